@@ -1,0 +1,1 @@
+"""The device runtime: numpy + onnxruntime (+ sounddevice for `listen`). No torch, no librosa."""

@@ -1,0 +1,116 @@
+"""The one spectrogram featurizer, shared by training and the device.
+
+A fixed-length window of 16 kHz audio becomes a 224x224 grayscale float32 image in [0, 1]:
+the STFT magnitude in dB (the study's representation), relative to the window's loudest bin,
+floored at -IMAGE_TOP_DB. The STFT sizes are chosen so the image is exactly 224x224 without
+any resizing: N_FFT = 446 gives 224 frequency bins (0 to 8 kHz, linear) and STFT_HOP = 141 gives
+224 frames over a 2 s window. Row 0 is the highest frequency (image convention), column 0 the
+earliest frame.
+
+Bump FEATURE_VERSION whenever anything here changes what a window renders to: every exported
+model carries it and the runtime refuses a model whose version differs.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, PathLike, load_audio, trim_silence
+
+FEATURE_VERSION = "vg-stft-1"
+
+IMAGE_SIZE = 224  # pixels, both axes
+WINDOW_SECONDS = 2.0  # one spectrogram covers this much (trimmed) speech
+WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)  # 32000
+N_FFT = 2 * (IMAGE_SIZE - 1)  # 446 -> N_FFT // 2 + 1 = 224 frequency bins
+STFT_HOP = (WINDOW_SAMPLES - N_FFT) // (IMAGE_SIZE - 1)  # 141 -> exactly 224 frames
+IMAGE_TOP_DB = 80.0  # dynamic range of the image: 0 dB (window max) -> 1.0, -80 dB -> 0.0
+AMIN = 1e-10  # magnitude floor before the log
+
+TRAIN_HOP_SECONDS = 0.5  # window hop when cutting training windows (75 % overlap)
+INFER_HOP_SECONDS = 1.0  # window hop at decision time (50 % overlap)
+MAX_UTTERANCE_SECONDS = 30.0  # a decision looks at no more than this much trimmed speech
+MAX_READ_SECONDS = 120.0  # a decision decodes no more than this much of a file (bounds memory)
+
+assert N_FFT // 2 + 1 == IMAGE_SIZE
+assert 1 + (WINDOW_SAMPLES - N_FFT) // STFT_HOP == IMAGE_SIZE
+
+_HANN = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+
+
+def feature_contract() -> dict:
+    """Every constant that decides what a window renders to; exported models carry it."""
+    from . import audio
+
+    return {
+        "feature_version": FEATURE_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "image_size": IMAGE_SIZE,
+        "window_seconds": WINDOW_SECONDS,
+        "n_fft": N_FFT,
+        "stft_hop": STFT_HOP,
+        "image_top_db": IMAGE_TOP_DB,
+        "window": "hann-periodic",
+        "trim_top_db": audio.TRIM_TOP_DB,
+        "silence_floor_dbfs": audio.SILENCE_FLOOR_DBFS,
+        "infer_hop_seconds": INFER_HOP_SECONDS,
+    }
+
+
+def frame_windows(x: np.ndarray, hop_seconds: float = INFER_HOP_SECONDS) -> np.ndarray:
+    """Cut mono 16 kHz audio into (n, WINDOW_SAMPLES) windows every ``hop_seconds``.
+
+    Audio shorter than one window is tiled (repeated) to fill it, so short commands still
+    give one full window of voice rather than padded silence. The last window is aligned to
+    the end of the audio so the tail is covered.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        raise ValueError("frame_windows: empty audio")
+    if x.size < WINDOW_SAMPLES:
+        reps = int(np.ceil(WINDOW_SAMPLES / x.size))
+        return np.tile(x, reps)[None, :WINDOW_SAMPLES].copy()
+    hop = max(1, int(round(hop_seconds * SAMPLE_RATE)))
+    starts = list(range(0, x.size - WINDOW_SAMPLES + 1, hop))
+    if starts[-1] + WINDOW_SAMPLES < x.size and x.size - WINDOW_SAMPLES - starts[-1] >= hop // 2:
+        starts.append(x.size - WINDOW_SAMPLES)
+    return np.stack([x[s : s + WINDOW_SAMPLES] for s in starts])
+
+
+def spectrogram(windows: np.ndarray) -> np.ndarray:
+    """Render (n, WINDOW_SAMPLES) audio windows (or one 1-D window) as (n, 224, 224) images."""
+    w = np.asarray(windows, dtype=np.float32)
+    single = w.ndim == 1
+    if single:
+        w = w[None]
+    if w.ndim != 2 or w.shape[1] != WINDOW_SAMPLES:
+        raise ValueError(f"spectrogram: expected (n, {WINDOW_SAMPLES}) windows, got {w.shape}")
+    frames = np.lib.stride_tricks.sliding_window_view(w, N_FFT, axis=1)[:, ::STFT_HOP]
+    frames = frames[:, :IMAGE_SIZE] * _HANN  # (n, frames, n_fft)
+    mag = np.abs(np.fft.rfft(frames, axis=-1)).astype(np.float32)  # (n, frames, bins)
+    db = 20.0 * np.log10(np.maximum(mag, AMIN))
+    db -= db.max(axis=(1, 2), keepdims=True)
+    img = (np.maximum(db, -IMAGE_TOP_DB) + IMAGE_TOP_DB) / IMAGE_TOP_DB
+    img = np.ascontiguousarray(img.transpose(0, 2, 1)[:, ::-1, :], dtype=np.float32)
+    return img[0] if single else img
+
+
+def featurize(
+    source: Union[PathLike, np.ndarray],
+    sample_rate: int | None = None,
+    hop_seconds: float = INFER_HOP_SECONDS,
+    max_seconds: float | None = MAX_UTTERANCE_SECONDS,
+) -> np.ndarray:
+    """Path or array -> trimmed speech -> (n, 224, 224) spectrogram windows.
+
+    An array is taken at ``sample_rate`` (default SAMPLE_RATE). Raises AudioError / NoSpeechError.
+    """
+    if isinstance(source, np.ndarray) and sample_rate is None:
+        sample_rate = SAMPLE_RATE
+    x = load_audio(source, sample_rate=sample_rate, max_seconds=MAX_READ_SECONDS)
+    speech = trim_silence(x)
+    if max_seconds is not None:
+        speech = speech[: int(max_seconds * SAMPLE_RATE)]
+    return spectrogram(frame_windows(speech, hop_seconds))
