@@ -1,0 +1,11 @@
+"""CLI commands of the export side (see voicegate.train.commands for how they are found)."""
+
+from __future__ import annotations
+
+from voicegate.train.commands import add_lazy_commands
+
+COMMANDS = {"export": ("onnx_export", "export a trained run to ONNX (MC-dropout and ensemble)")}
+
+
+def register(subparsers) -> None:
+    add_lazy_commands(subparsers, "voicegate.export", COMMANDS)
