@@ -1,0 +1,7 @@
+"""``python -m voicegate.device`` = the ``voicegate`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The ``voicegate`` command.
+
+Device commands (``enroll-check``, ``listen``) are built in and import nothing heavy until they
+run. Other command groups (``prepare``, ``train``, ``eval``, ``report``, ``export``) come from the
+``voicegate.commands`` entry points, which are only looked up when the command is not a device
+command (or for ``--help``), so a decision on the device never scans them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_MODEL, EXIT_USAGE
+
+log = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "voicegate.commands"
+TRAIN_EXTRA_MESSAGE = "this command needs the training extra: pip install 'voicegate[train]'"
+HEAVY_MODULES = ("torch", "torchvision", "torchaudio", "librosa", "sklearn", "matplotlib", "onnx", "tqdm")
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and threshold options shared by the device commands."""
+    p.add_argument("--model", metavar="PATH",
+                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped compact model)")
+    p.add_argument("--method", choices=("mc", "ensemble"),
+                   help="MC dropout or deep ensemble: picks the shipped model, and must match --model")
+    p.add_argument("--accept", type=_probability, metavar="P",
+                   help="override the model's accept threshold on p(allowed)")
+    p.add_argument("--uncertainty-limit", type=_non_negative, metavar="U",
+                   help="override the model's uncertainty limit")
+    p.add_argument("--deny", type=_probability, metavar="P",
+                   help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+
+
+def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="an audio file holding one utterance")
+    add_model_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+
+
+def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
+    print(f"voicegate: {kind}: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({"decision": None, "error": kind, "reason": message, "exit_code": code}))
+    return code
+
+
+def cmd_enroll_check(args: argparse.Namespace) -> int:
+    """Decide on one file. Fails closed: every error is a non-zero exit, never GRANTED."""
+    try:
+        from .audio import AudioError
+        from .contract import ModelError
+        from .runtime import Gate
+    except Exception as e:  # a broken install (e.g. onnxruntime missing)
+        return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
+    try:
+        gate = Gate.load(
+            args.model, method=args.method, accept=args.accept,
+            uncertainty_limit=args.uncertainty_limit, deny=args.deny, threads=args.threads,
+        )
+        d = gate.decide_file(args.file)
+    except AudioError as e:
+        return _fail(args, EXIT_AUDIO, "unusable audio", str(e))
+    except ModelError as e:
+        return _fail(args, EXIT_MODEL, "model error", str(e))
+    except Exception as e:  # anything else: internal error, still no access
+        log.debug("internal error", exc_info=True)
+        return _fail(args, EXIT_MODEL, "internal error", f"{type(e).__name__}: {e}")
+    if args.json:
+        import json
+
+        print(json.dumps(d.to_dict()))
+    else:
+        print(
+            f"{d.decision}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
+            f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
+            f"latency={d.latency_ms:.1f} ms"
+        )
+    return d.exit_code
+
+
+def _listen_arguments(p: argparse.ArgumentParser) -> None:
+    from . import listen
+
+    listen.add_arguments(p)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from . import listen
+
+    return listen.run(args)
+
+
+# name -> (help, add_arguments, handler); arguments are only built for the command being run
+DEVICE_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "enroll-check": ("decide on one audio file: GRANTED / DENIED / UNCERTAIN",
+                     _enroll_check_arguments, cmd_enroll_check),
+    "listen": ("listen on the microphone and decide on every utterance",
+               _listen_arguments, cmd_listen),
+}
+
+
+def _first_command(argv: Sequence[str]) -> str | None:
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def _load_plugins(subparsers) -> list[tuple[str, BaseException]]:
+    """Register the ``voicegate.commands`` groups; return (name, error) for those that failed."""
+    from importlib.metadata import entry_points
+
+    failed = []
+    try:
+        eps = entry_points(group=PLUGIN_GROUP)
+    except TypeError:  # Python < 3.10
+        eps = entry_points().get(PLUGIN_GROUP, [])
+    for ep in eps:
+        try:
+            ep.load()(subparsers)
+        except Exception as e:
+            log.debug("command group %s failed to load: %s", ep.name, e, exc_info=True)
+            failed.append((ep.name, e))
+    return failed
+
+
+def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str], list]:
+    """(parser, device command names, failed plugin groups) for this command line."""
+    parser = argparse.ArgumentParser(
+        prog="voicegate",
+        description="Edge voice gate: is this voice an allowed person's? (GRANTED / DENIED / UNCERTAIN)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    parser.add_argument("--debug", action="store_true", help="log everything (DEBUG)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    first = _first_command(argv)
+    for name, (help_text, add_args, handler) in DEVICE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == first:
+            add_args(p)
+        p.set_defaults(func=handler)
+    failed = [] if first in DEVICE_COMMANDS else _load_plugins(sub)
+    return parser, list(sub.choices), failed
+
+
+def configure_logging(verbose: bool = False, debug: bool = False) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _missing_heavy(e: BaseException) -> bool:
+    name = getattr(e, "name", None) or ""
+    return isinstance(e, ImportError) and name.split(".")[0] in HEAVY_MODULES
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = _first_command(argv)
+    try:
+        parser, commands, failed = build_parser(argv)
+    except ImportError as e:  # e.g. the listen module could not be imported
+        print(f"voicegate: {first}: unavailable ({e})", file=sys.stderr)
+        return EXIT_MODEL
+    if first is not None and first not in commands and failed:
+        if any(_missing_heavy(e) for _, e in failed):
+            print(f"voicegate: {first}: {TRAIN_EXTRA_MESSAGE}", file=sys.stderr)
+        else:
+            why = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failed)
+            print(f"voicegate: {first}: unknown command (command groups failed to load: {why})",
+                  file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    if args.version:
+        from voicegate import __version__
+
+        print(f"voicegate {__version__}")
+        return 0
+    configure_logging(args.verbose, args.debug)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("voicegate: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as e:
+        if _missing_heavy(e):
+            print(f"voicegate: {args.command}: {TRAIN_EXTRA_MESSAGE}", file=sys.stderr)
+            return EXIT_USAGE
+        log.debug("import failed", exc_info=True)
+        print(f"voicegate: {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
+    except Exception as e:
+        log.debug("command failed", exc_info=True)
+        print(f"voicegate: {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

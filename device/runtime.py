@@ -1,0 +1,344 @@
+"""The gate: an exported ONNX model, its contract and the decision policy, on numpy + onnxruntime.
+
+    gate = Gate.load()                       # the shipped compact MC model
+    decision = gate.decide_file("door.wav")  # or gate.decide_audio(samples_16k_float32)
+    decision.decision, decision.exit_code    # "GRANTED" / "DENIED" / "UNCERTAIN", 0 / 1 / 3
+
+Which model: ``model_path`` > ``$VOICEGATE_MODEL`` > the shipped
+``voicegate.models/voicegate-compact-{mc,ensemble}.onnx``. Before a model is used its bytes are
+checked against the sha256 in its sidecar (``NAME.onnx.sha256``, ``sha256sum`` format) or in
+``manifest.json`` beside it; a model without either, or whose hash differs, is refused. The
+contract in its metadata must match this featurizer (feature version, sample rate, image size).
+
+Every failure is an exception: :class:`~voicegate.device.audio.AudioError` (exit 4) for audio
+that cannot be used, :class:`~voicegate.device.contract.ModelError` (exit 5) for the model.
+Callers turn any exception into "no access" (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError, PathLike
+from .contract import (
+    DECISION_EXIT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelContract,
+    ModelError,
+)
+from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, featurize
+from .policy import decide, summarize
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV = "VOICEGATE_MODEL"
+DEFAULT_METHOD = "mc"
+DEFAULT_MODEL_NAMES = {
+    "mc": "voicegate-compact-mc.onnx",
+    "ensemble": "voicegate-compact-ensemble.onnx",
+}
+MANIFEST_NAME = "manifest.json"  # {file name: sha256} for the models in one folder
+SIDECAR_SUFFIX = ".sha256"  # NAME.onnx.sha256 holds "HEX  NAME.onnx" (sha256sum format)
+MAX_MODEL_BYTES = 512 * 1024 * 1024  # refuse anything larger than this as "not a gate model"
+
+
+# --- locating and verifying a model ---------------------------------------------------------
+def models_dir() -> Path:
+    """The folder of the shipped models (the ``voicegate.models`` package)."""
+    try:
+        import voicegate.models as shipped
+
+        return Path(shipped.__file__).resolve().parent
+    except ImportError:  # running from a source tree without the package mapping
+        return Path(__file__).resolve().parents[1] / "models"
+
+
+def resolve_model_path(model_path: PathLike | None = None, method: str | None = None) -> Path:
+    """``model_path`` > ``$VOICEGATE_MODEL`` > the shipped default for ``method`` (mc)."""
+    if model_path:
+        return Path(model_path)
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    m = method or DEFAULT_METHOD
+    if m not in DEFAULT_MODEL_NAMES:
+        raise ModelError(f"unknown method {m!r} (want mc|ensemble)")
+    return models_dir() / DEFAULT_MODEL_NAMES[m]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(model_path: PathLike) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(model_path: PathLike, digest: str | None = None) -> Path:
+    """Write ``NAME.onnx.sha256`` in ``sha256sum`` format; return its path."""
+    p = Path(model_path)
+    digest = digest or file_sha256(p)
+    out = sidecar_path(p)
+    out.write_text(f"{digest}  {p.name}\n")
+    return out
+
+
+def expected_sha256(model_path: PathLike) -> tuple[str, str]:
+    """(expected hex digest, where it came from) from the sidecar or the folder's manifest.
+
+    If both exist they must agree. Raises ModelError when neither names the file.
+    """
+    p = Path(model_path)
+    found: list[tuple[str, str]] = []
+    side = sidecar_path(p)
+    if side.is_file():
+        words = side.read_text(errors="replace").split()
+        if not words or len(words[0]) != 64:
+            raise ModelError(f"{side}: not a sha256 sidecar (want 'HEX  {p.name}')")
+        found.append((words[0].lower(), str(side)))
+    manifest = p.with_name(MANIFEST_NAME)
+    if manifest.is_file():
+        try:
+            entries = json.loads(manifest.read_text())
+        except ValueError as e:
+            raise ModelError(f"{manifest}: not valid JSON ({e})") from None
+        if isinstance(entries, dict) and isinstance(entries.get(p.name), str):
+            found.append((entries[p.name].lower(), str(manifest)))
+    if not found:
+        raise ModelError(
+            f"{p}: no sha256 to verify it against (want {side.name} or an entry in "
+            f"{MANIFEST_NAME}); make one with: sha256sum {p.name} > {side.name}"
+        )
+    digests = {d for d, _ in found}
+    if len(digests) > 1:
+        raise ModelError(f"{p}: its sidecar and {MANIFEST_NAME} disagree about its sha256")
+    return found[0]
+
+
+def read_verified_model(model_path: PathLike) -> tuple[bytes, str]:
+    """The model's bytes and sha256, after checking them against the sidecar/manifest.
+
+    The same bytes are hashed and then handed to onnxruntime, so nothing can change in between.
+    """
+    p = Path(model_path)
+    if not p.exists():
+        raise ModelError(f"{p}: model file not found")
+    if not p.is_file():
+        raise ModelError(f"{p}: not a model file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelError(f"{p}: empty model file (0 bytes)")
+    if size > MAX_MODEL_BYTES:
+        raise ModelError(f"{p}: {size} bytes is too large for a voicegate model")
+    want, source = expected_sha256(p)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{p}: cannot read the model ({e.strerror or e})") from None
+    got = sha256_bytes(data)
+    if got != want:
+        raise ModelError(
+            f"{p}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}... from {source}): "
+            "the model was modified or truncated; refusing it"
+        )
+    return data, got
+
+
+# --- the decision record ---------------------------------------------------------------------
+@dataclass
+class Decision:
+    """One gate decision and everything needed to audit it."""
+
+    decision: str  # GRANTED | DENIED | UNCERTAIN
+    p_allow: float  # mean p(allowed) over windows and samples
+    uncertainty: float  # the deciding measure's value (see uncertainty_measure)
+    uncertainty_measure: str
+    std: float
+    entropy: float  # predictive entropy, bits
+    mutual_info: float  # BALD mutual information, bits
+    windows: int
+    samples: int
+    method: str
+    model_sha256: str
+    latency_ms: float  # audio in -> decision out (featurize + model + policy)
+    reason: str
+    thresholds: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return DECISION_EXIT[self.decision]
+
+    @property
+    def granted(self) -> bool:
+        return self.decision == "GRANTED"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+
+# --- the gate ------------------------------------------------------------------------------
+def make_session(model: Union[bytes, str], threads: int = 1):
+    """A small, explicit CPU session with onnxruntime's default graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: the CLI prints one line, not ORT's warnings
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+class Gate:
+    """A loaded, verified model plus its thresholds; thread-compatible (one decision at a time)."""
+
+    def __init__(self, session, contract: ModelContract, path: Path, sha256: str,
+                 thresholds, measure: str):
+        self.session = session
+        self.contract = contract
+        self.path = path
+        self.sha256 = sha256
+        self.thresholds = thresholds
+        self.measure = measure
+
+    @property
+    def method(self) -> str:
+        return self.contract.method
+
+    @property
+    def samples(self) -> int:
+        return self.contract.samples
+
+    @classmethod
+    def load(
+        cls,
+        model_path: PathLike | None = None,
+        method: str | None = None,
+        accept: float | None = None,
+        uncertainty_limit: float | None = None,
+        threads: int = 1,
+        deny: float | None = None,
+        seed: int | None = None,
+    ) -> "Gate":
+        """Resolve, verify and open a model; apply threshold overrides.
+
+        ``method`` picks the shipped default model, and when a model is named it must match its
+        contract. ``seed`` seeds onnxruntime's random ops (MC masks) for reproducible runs; it
+        is process-global in onnxruntime, so leave it None on a real gate.
+        """
+        path = resolve_model_path(model_path, method)
+        data, digest = read_verified_model(path)
+        try:
+            import onnxruntime as ort
+
+            if seed is not None:
+                ort.set_seed(int(seed))
+            session = make_session(data, threads)
+        except Exception as e:  # onnxruntime raises its own types for invalid graphs
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        contract = ModelContract.from_metadata(meta)
+        contract.check_features(feature_contract())
+        if method is not None and method != contract.method:
+            raise ModelError(f"{path}: is a {contract.method} model, but --method {method} was asked for")
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
+            raise ModelError(
+                f"{path}: graph interface is {[i.name for i in inputs]} -> {[o.name for o in outputs]}, "
+                f"want [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+            )
+        try:
+            thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)
+        except ValueError as e:
+            raise ModelError(f"bad threshold override: {e}") from None
+        log.info(
+            "model %s (%s, S=%d, sha256 %s...), thresholds %s",
+            path, contract.method, contract.samples, digest[:12], thresholds.to_dict(),
+        )
+        return cls(session, contract, path, digest, thresholds, contract.uncertainty_measure)
+
+    # -- inference ----------------------------------------------------------------------------
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(n, 224, 224) spectrograms -> (n, S) per-sample p(allowed), one batch (shared masks)."""
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE) or x.shape[0] == 0:
+            raise ValueError(f"predict: want (n, {IMAGE_SIZE}, {IMAGE_SIZE}) images, got {x.shape}")
+        try:
+            (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x)})
+        except Exception as e:
+            raise ModelError(f"{self.path}: inference failed ({str(e).strip()[:200]})") from None
+        out = np.asarray(out)
+        if out.shape != (x.shape[0], self.samples):
+            raise ModelError(
+                f"{self.path}: output shape {out.shape}, contract says ({x.shape[0]}, {self.samples})"
+            )
+        return out
+
+    def decide_images(self, images: np.ndarray, started: float | None = None) -> Decision:
+        """Decide on the spectrogram windows of one utterance."""
+        t0 = time.perf_counter() if started is None else started
+        samples = self.predict(images)
+        try:
+            stats = summarize(samples)
+        except ValueError as e:
+            raise ModelError(f"{self.path}: the model produced unusable output ({e})") from None
+        verdict, reason = decide(stats, self.thresholds, self.measure)
+        latency = (time.perf_counter() - t0) * 1000.0
+        return Decision(
+            decision=verdict,
+            p_allow=stats.p_allow,
+            uncertainty=stats.uncertainty(self.measure),
+            uncertainty_measure=self.measure,
+            std=stats.std,
+            entropy=stats.entropy,
+            mutual_info=stats.mutual_info,
+            windows=stats.windows,
+            samples=stats.samples,
+            method=self.method,
+            model_sha256=self.sha256,
+            latency_ms=latency,
+            reason=reason,
+            thresholds=self.thresholds.to_dict(),
+        )
+
+    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Decision:
+        """Decide on one utterance given as a float array (mono, or (frames, channels))."""
+        t0 = time.perf_counter()
+        if not isinstance(audio, np.ndarray):
+            raise AudioError(f"audio must be a numpy array, got {type(audio).__name__}")
+        images = featurize(audio, sample_rate=sample_rate, hop_seconds=INFER_HOP_SECONDS)
+        return self.decide_images(images, started=t0)
+
+    def decide_file(self, path: PathLike) -> Decision:
+        """Decide on the audio file at ``path`` (any rate/channels soundfile reads)."""
+        t0 = time.perf_counter()
+        images = featurize(Path(path), hop_seconds=INFER_HOP_SECONDS)
+        return self.decide_images(images, started=t0)
+
+    def warmup(self) -> None:
+        """Run the model once on a blank window, so the first real decision is warm."""
+        self.predict(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.float32))
