@@ -198,6 +198,22 @@ class Decision:
 
 
 # --- the gate ------------------------------------------------------------------------------
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """(n, 224, 224) or (n, 1, 224, 224) spectrograms -> contiguous float32 (n, 1, 224, 224)."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE) or x.shape[0] == 0:
+        raise ValueError(f"want (n, {IMAGE_SIZE}, {IMAGE_SIZE}) spectrograms, got {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def run_session(session, images: np.ndarray) -> np.ndarray:
+    """One batch through a gate graph -> (n, S) p(allowed) samples (MC masks shared by the batch)."""
+    (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: as_model_input(images)})
+    return np.asarray(out)
+
+
 def make_session(model: Union[bytes, str], threads: int = 1):
     """A small, explicit CPU session with onnxruntime's default graph optimisation."""
     import onnxruntime as ort
@@ -282,16 +298,11 @@ class Gate:
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(n, 224, 224) spectrograms -> (n, S) per-sample p(allowed), one batch (shared masks)."""
-        x = np.asarray(images, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE) or x.shape[0] == 0:
-            raise ValueError(f"predict: want (n, {IMAGE_SIZE}, {IMAGE_SIZE}) images, got {x.shape}")
+        x = as_model_input(images)
         try:
-            (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x)})
+            out = run_session(self.session, x)
         except Exception as e:
             raise ModelError(f"{self.path}: inference failed ({str(e).strip()[:200]})") from None
-        out = np.asarray(out)
         if out.shape != (x.shape[0], self.samples):
             raise ModelError(
                 f"{self.path}: output shape {out.shape}, contract says ({x.shape[0]}, {self.samples})"
