@@ -1,0 +1,134 @@
+"""The gate's audit trail: one JSON object per line, flushed and fsync'd per line.
+
+Every record has ``ts`` (UTC, ISO 8601) and ``type`` ("decision" or "event"). A crash (even
+kill -9 or power loss) can leave at most the last line partial: :func:`read_audit_log` skips
+it, and :class:`AuditLog` starts a fresh line when it reopens such a file, so the next record
+is never glued onto the broken one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .audio import PathLike
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class AuditError(OSError):
+    """The audit log cannot be written (the decision it was to record is not durable)."""
+
+
+class AuditLog:
+    """Append-only JSON-lines writer; each ``write`` is durable when it returns."""
+
+    def __init__(self, path: PathLike, fsync: bool = True):
+        self.path = Path(path)
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "ab")
+        self.records = 0
+        if self._f.tell() > 0 and not _ends_with_newline(self.path):
+            log.warning("%s: last line was partial (a crash?); starting a new line", self.path)
+            self._f.write(b"\n")
+            self._sync()
+
+    def write(self, record: dict) -> dict:
+        """Append ``record`` (with a ``ts``) durably; return it as written (JSON-safe)."""
+        record = stamped(record)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        try:
+            self._f.write(line.encode("utf-8") + b"\n")
+            self._sync()
+        except (OSError, ValueError) as e:  # ValueError: the file was closed
+            raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
+        self.records += 1
+        return record
+
+    def _sync(self) -> None:
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def __enter__(self) -> "AuditLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stamped(record: dict) -> dict:
+    """``record`` with a ``ts`` first, made JSON-safe (numpy scalars unwrapped, NaN -> null)."""
+    return jsonable({"ts": utc_now(), **record})
+
+
+def jsonable(value):
+    """A JSON-safe version of ``value``: numpy scalars unwrapped, NaN and infinities as null."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            value = str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def iter_audit_log(path: PathLike) -> Iterator[dict]:
+    """Yield the records of an audit log, skipping a partial last line.
+
+    A line without its newline at the end of the file is an interrupted write and is skipped
+    quietly. A complete line that is not a JSON object (a line cut by an earlier crash and then
+    terminated on restart) is skipped with a warning.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                log.info("%s: skipping a partial last line (%d bytes)", path, len(raw))
+                break
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                log.warning("%s:%d: skipping a line that is not valid JSON", path, lineno)
+                continue
+            if isinstance(record, dict):
+                yield record
+            else:
+                log.warning("%s:%d: skipping a line that is not a JSON object", path, lineno)
+
+
+def read_audit_log(path: PathLike) -> list[dict]:
+    """All complete records of an audit log (see :func:`iter_audit_log`)."""
+    return list(iter_audit_log(path))

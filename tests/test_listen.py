@@ -1,0 +1,461 @@
+"""`voicegate listen`: streaming sources, the endpointer, the loop, faults and the audit log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from listen_fakes import SR, FakeGate, FlakySource, noise, speech_stream
+from synth import synth_voice, write_wav
+
+from voicegate.device import listen
+from voicegate.device.audio import AudioError, NoSpeechError, load_audio
+from voicegate.device.audit import AuditLog, read_audit_log
+from voicegate.device.stream import (
+    ArraySource,
+    AudioDeviceError,
+    ChunkQueue,
+    Endpointer,
+    FileSource,
+    MicrophoneSource,
+    iter_file_16k,
+)
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+FAKE_CLI = str(TESTS / "listen_fakes.py")
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return speech_stream(n_utterances=4)
+
+
+def endpoint(audio, chunk):
+    ep = Endpointer()
+    utts = []
+    for c in ArraySource(audio, chunk):
+        utts += ep.feed(c)
+    return utts + ep.flush()
+
+
+def decisions(records):
+    return [r for r in records if r.get("type") == "decision"]
+
+
+def stable(record):
+    return {k: v for k, v in record.items() if k not in ("ts", "latency_ms")}
+
+
+def listener(gate, sources, **kw):
+    """A Listener over a list of sources (each reopen takes the next; an Exception raises)."""
+    queue = list(sources)
+
+    def open_source():
+        item = queue.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    records = []
+    return listen.Listener(gate, open_source, emit=records.append, **kw), records
+
+
+def parse(*argv):
+    return listen.build_parser().parse_args([str(a) for a in argv])
+
+
+# --- endpointer ----------------------------------------------------------------------------------
+def test_endpointer_finds_each_utterance_where_it_is(stream):
+    audio, spans = stream
+    utts = endpoint(audio, 1600)
+    assert len(utts) == len(spans)
+    for u, (a, b) in zip(utts, spans):
+        assert a - 0.25 <= u.start_s <= a + 0.2, (u.start_s, a)
+        assert b - 0.3 <= u.end_s <= b + 0.2, (u.end_s, b)
+        assert u.cut == "silence"
+        assert u.audio.size == u.end_sample - u.start_sample
+
+
+def test_endpointer_is_chunk_size_invariant(stream):
+    audio, _ = stream
+    ref = endpoint(audio, 160)
+    assert len(ref) == 4
+    for chunk in (1000, 4096, 333, 1):
+        utts = endpoint(audio, chunk)
+        assert [(u.start_sample, u.end_sample, u.cut) for u in utts] == [
+            (u.start_sample, u.end_sample, u.cut) for u in ref
+        ]
+        for u, r in zip(utts, ref):
+            assert np.array_equal(u.audio, r.audio)
+
+
+def test_listen_decisions_are_chunk_size_invariant(stream):
+    audio, _ = stream
+    runs = []
+    for chunk in (160, 1000, 4096):
+        lst, records = listener(FakeGate(), [ArraySource(audio, chunk)])
+        assert lst.run() == 0
+        runs.append([stable(r) for r in records])
+    assert len(runs[0]) == 4
+    assert runs[0] == runs[1] == runs[2]
+    assert len({r["p_allow"] for r in runs[0]}) == 4  # the fake gate saw four different utterances
+
+
+def test_endpointer_adapts_to_a_loud_noise_floor():
+    quiet, spans = speech_stream(n_utterances=3, noise_level=0.001)
+    loud, _ = speech_stream(n_utterances=3, noise_level=0.02)  # about -34 dBFS of noise
+    assert len(endpoint(quiet, 1600)) == len(endpoint(loud, 1600)) == len(spans)
+    assert endpoint(noise(20.0, 0.05), 1600) == []  # steady noise alone is never speech
+
+
+def test_endpointer_cuts_long_speech_and_drops_clicks():
+    t = np.arange(int(23.0 * SR)) / SR
+    syllables = np.clip(np.sin(2 * np.pi * 3.0 * t), 0.05, 1.0).astype(np.float32)  # no long pauses
+    long_voice = synth_voice("m1", 23.0, seed=3, pauses=False) * syllables
+    utts = endpoint(np.concatenate([noise(1.0), long_voice, noise(1.0)]), 4096)
+    assert [u.cut for u in utts][:2] == ["max_length", "max_length"]
+    assert all(u.audio.size <= 10.0 * SR for u in utts)
+    assert sum(u.audio.size for u in utts) >= 22.0 * SR
+    click = np.concatenate([noise(1.0), 0.5 * np.ones(800, np.float32), noise(1.0)])  # 50 ms
+    assert endpoint(click, 1000) == []
+
+
+def test_abort_returns_the_utterance_in_progress(stream):
+    audio, spans = stream
+    ep = Endpointer()
+    cut = int((spans[0][0] + 0.5) * SR)
+    assert ep.feed(audio[:cut]) == []
+    assert ep.in_speech
+    utt = ep.abort()
+    assert utt is not None and utt.cut == "aborted" and not ep.in_speech
+    assert ep.abort() is None
+
+
+# --- sources -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rate,channels,subtype", [(44_100, 2, "PCM_16"), (48_000, 1, "FLOAT"), (8_000, 1, "PCM_24")])
+def test_file_source_streams_like_load_audio(tmp_path, rate, channels, subtype):
+    x = synth_voice("f2", 3.0, seed=1, sr=rate)
+    data = np.stack([x, np.zeros_like(x)], 1) if channels == 2 else x
+    path = write_wav(tmp_path / "a.wav", data, sr=rate, subtype=subtype)
+    whole = load_audio(path)
+    streamed = np.concatenate(list(iter_file_16k(path, block_seconds=0.37)))
+    assert streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed, whole, atol=1e-6)
+    chunks = list(FileSource(path, chunk_samples=1000))
+    assert all(c.size == 1000 for c in chunks[:-1])
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-6)
+
+
+def test_file_source_rejects_bad_files_at_once(tmp_path):
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
+    for bad in (tmp_path / "missing.wav", tmp_path / "junk.wav", tmp_path):
+        with pytest.raises(AudioError):
+            FileSource(bad)
+
+
+def test_chunk_queue_drops_the_oldest_and_counts():
+    q = ChunkQueue(3)
+    for i in range(5):
+        q.push(np.full(4, i, np.float32))
+    assert q.dropped == 2 and len(q) == 3
+    assert [int(q.pop(0.0)[0]) for _ in range(3)] == [2, 3, 4]
+    assert q.pop(0.01) is None
+
+
+class FakeStream:
+    """A stand-in for sounddevice.InputStream: a thread calls the callback with blocks."""
+
+    def __init__(self, blocks, callback):
+        self.blocks, self.callback, self.active = blocks, callback, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        for b in self.blocks:
+            self.callback(b[:, None], len(b), None, None)
+        self.active = False  # the device went away
+
+    def start(self):
+        self.active = True
+        self._thread.start()
+
+    def stop(self):
+        self._thread.join(5)
+
+    def close(self):
+        pass
+
+
+class FakeSounddevice:
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.default = type("D", (), {"device": [1, 3]})()
+
+    def query_devices(self, device=None, kind=None):
+        devs = [
+            {"index": 0, "name": "hdmi out", "max_input_channels": 0, "default_samplerate": 48000.0},
+            {"index": 1, "name": "USB mic", "max_input_channels": 1, "default_samplerate": 16000.0},
+            {"index": 2, "name": "array mic", "max_input_channels": 4, "default_samplerate": 48000.0},
+        ]
+        if kind is None:
+            return devs
+        if device in (None, 1, 2):
+            return devs[1 if device is None else device]
+        raise ValueError(f"No input device matching {device!r}")
+
+    def InputStream(self, callback, **kw):
+        assert kw["samplerate"] == SR and kw["channels"] == 1 and kw["dtype"] == "float32"
+        return FakeStream(self.blocks, callback)
+
+
+def test_microphone_source_overflow_drops_oldest_and_is_logged(monkeypatch, caplog):
+    blocks = [np.full(1600, i, np.float32) for i in range(40)]
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice(blocks))
+    src = MicrophoneSource(device="1", queue_seconds=1.0, stall_seconds=0.2)  # 10 chunks of room
+    src.open()
+    src._stream._thread.join(5)  # the consumer was "too slow": the callback filled the queue
+    assert src.dropped == 30
+    got = []
+    with pytest.raises(AudioDeviceError, match="stopped"):
+        for c in src:
+            got.append(int(c[0]))
+    assert got == list(range(30, 40))  # the newest audio survived
+
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice(blocks))
+    mic = MicrophoneSource(queue_seconds=1.0, stall_seconds=0.2).open()
+    mic._stream._thread.join(5)
+    lst, records = listener(FakeGate(), [mic])
+    lst.exit_on_error = True
+    with caplog.at_level(logging.WARNING):
+        assert lst.run() == listen.EXIT_DEVICE
+    assert "dropped 30 oldest chunk" in caplog.text
+    assert lst.stats.dropped_chunks == 30
+
+
+def test_microphone_source_reports_a_missing_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice([]))
+    with pytest.raises(AudioDeviceError, match="no input device 'nope'"):
+        MicrophoneSource(device="nope").open()
+
+
+def test_missing_portaudio_is_one_line_exit_6(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    assert listen.run(parse(), gate_factory=lambda a: FakeGate()) == listen.EXIT_DEVICE
+    assert listen.run(parse("--list-devices")) == listen.EXIT_DEVICE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("PortAudio library not found" in e for e in err)
+    assert "Traceback" not in "".join(err)
+
+
+def test_list_devices_prints_inputs_only(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice([]))
+    assert listen.run(parse("--list-devices")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "USB mic" in out[0] and out[0].startswith("*") and "array mic" in out[1]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def test_from_file_gives_one_decision_per_utterance(tmp_path, stream, capsys):
+    audio, spans = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    log_path = tmp_path / "audit.jsonl"
+    assert listen.run(parse("--from-file", wav, "--log", log_path), gate_factory=lambda a: FakeGate()) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(spans)
+    assert all(line.split()[1] in ("GRANTED", "DENIED", "UNCERTAIN") for line in lines)
+    records = read_audit_log(log_path)
+    assert len(records) == len(spans)
+    for r, (a, b) in zip(records, spans):
+        assert r["utt_start_s"] < b and r["utt_end_s"] > a  # each decision covers its utterance
+        for key in ("ts", "decision", "p_allow", "uncertainty", "windows", "latency_ms", "model_sha256",
+                    "utt_start_s", "utt_end_s", "reason", "dropped_chunks"):
+            assert key in r
+
+    # --json: one object per line, same decisions; --max-utterances stops early
+    args = parse("--from-file", wav, "--json", "--chunk-samples", 4096, "--max-utterances", 3)
+    assert listen.run(args, gate_factory=lambda a: FakeGate()) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [stable(o) for o in objs] == [stable(r) for r in records[:3]]
+
+
+def test_gate_errors_fail_closed(stream):
+    audio, _ = stream
+
+    class BadGate(FakeGate):
+        def decide_audio(self, a):
+            self.calls += 1
+            if self.calls == 1:
+                raise NoSpeechError("no speech found")
+            if self.calls == 2:
+                raise RuntimeError("onnxruntime exploded")
+            if self.calls == 3:
+                return {"decision": "OPEN", "p_allow": 1.0}
+            return super().decide_audio(a)
+
+    lst, records = listener(BadGate(), [ArraySource(audio)])
+    assert lst.run() == 0
+    assert [r["decision"] for r in records[:3]] == ["DENIED"] * 3
+    assert "no speech found" in records[0]["reason"]
+    assert "onnxruntime exploded" in records[1]["reason"]
+    assert "invalid decision" in records[2]["reason"]
+    assert len(records) == 4
+
+
+def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+
+    def no_model(args):
+        raise RuntimeError("model not found: /nowhere.onnx")
+
+    assert listen.run(parse("--from-file", wav), gate_factory=no_model) == listen.EXIT_MODEL
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEfmt ")
+    assert listen.run(parse("--from-file", tmp_path / "bad.wav"), gate_factory=lambda a: FakeGate()) == 4
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    args = parse("--from-file", wav, "--log", blocked / "audit.jsonl")
+    assert listen.run(args, gate_factory=lambda a: FakeGate()) == listen.EXIT_AUDIT
+    assert listen.run(parse("--loop", 3), gate_factory=lambda a: FakeGate()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(e.startswith("voicegate listen: error:") for e in err)
+    assert "model not found" in err[0] and "bad.wav" in err[1]
+
+
+def test_keyboard_interrupt_denies_in_progress_and_exits_0(tmp_path, stream):
+    audio, spans = stream
+    stop_at = int((spans[1][0] + 0.6) * SR) // 1600  # in the middle of the second utterance
+
+    src = FlakySource(audio, fail_after=stop_at, error=KeyboardInterrupt())
+    log_path = tmp_path / "audit.jsonl"
+    code = listen.run(
+        parse("--log", log_path), gate_factory=lambda a: FakeGate(), source_factory=lambda a: (lambda: src)
+    )
+    assert code == 0 and src.closed
+    records = read_audit_log(log_path)
+    assert [r["decision"] for r in records][-1] == "DENIED"
+    assert len(records) == 2 and "stopped mid-utterance" in records[-1]["reason"]
+
+
+# --- faults --------------------------------------------------------------------------------------
+def test_device_failure_denies_in_progress_and_retries_with_backoff(stream, tmp_path):
+    audio, spans = stream
+    mid_second = int((spans[1][0] + 0.6) * SR) // 1600
+    gone = AudioDeviceError("device unplugged")
+    sources = [
+        FlakySource(audio, fail_after=mid_second, error=gone),
+        AudioDeviceError("no input device"),
+        AudioDeviceError("no input device"),
+        FlakySource(audio, fail_after=None, name="back"),
+    ]
+    sleeps = []
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    lst, records = listener(FakeGate(), sources, audit=audit, sleep=sleeps.append)
+    assert lst.run() == 0
+    audit.close()
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert len(records) == 1 + 1 + 4  # one decided, one denied mid-utterance, then all four again
+    assert records[1]["decision"] == "DENIED" and "device unplugged" in records[1]["reason"]
+    assert records[1]["utt_cut"] == "aborted"
+    logged = read_audit_log(tmp_path / "audit.jsonl")
+    assert decisions(logged) == records
+    events = [r["event"] for r in logged if r["type"] == "event"]
+    assert events == ["source_error", "source_reopened"]
+    assert lst.stats.source_errors == 1 and lst.stats.reopens == 1
+
+
+def test_backoff_doubles_to_the_cap_and_resets_after_audio():
+    delays = listen.Backoff().delays()
+    assert [next(delays) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    audio, _ = speech_stream(n_utterances=1)
+    err = AudioDeviceError("glitch")
+    # fails, reopens (0.5), delivers audio, fails again: the back-off starts again at 0.5
+    sources = [FlakySource(audio, fail_after=3, error=err), FlakySource(audio, fail_after=3, error=err),
+               FlakySource(audio)]
+    sleeps = []
+    lst, _ = listener(FakeGate(), sources, sleep=sleeps.append)
+    assert lst.run() == 0 and sleeps == [0.5, 0.5]
+
+
+def test_exit_on_error_and_permanent_errors_stop(stream):
+    audio, _ = stream
+    for kw, err in (({"exit_on_error": True}, AudioDeviceError("gone")),
+                    ({}, AudioDeviceError("no PortAudio", permanent=True))):
+        sleeps = []
+        lst, _ = listener(FakeGate(), [FlakySource(audio, fail_after=5, error=err)], sleep=sleeps.append, **kw)
+        assert lst.run() == listen.EXIT_DEVICE and sleeps == []
+    lst, _ = listener(FakeGate(), [FlakySource(audio, fail_after=5, error=AudioDeviceError("x"))]
+                      + [AudioDeviceError("still gone")] * 3, sleep=lambda s: None, max_reopen_attempts=3)
+    assert lst.run() == listen.EXIT_DEVICE
+
+
+# --- audit log -----------------------------------------------------------------------------------
+def test_audit_log_reader_skips_a_partial_last_line_and_writer_recovers(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log_:
+        for i in range(3):
+            log_.write({"type": "decision", "decision": "DENIED", "n": i, "p_allow": np.float32(0.25),
+                        "uncertainty": float("nan")})
+    with open(path, "ab") as f:
+        f.write(b'{"type":"decision","decision":"GRA')  # a write cut by a crash
+    records = read_audit_log(path)
+    assert [r["n"] for r in records] == [0, 1, 2]
+    assert records[0]["p_allow"] == 0.25 and records[0]["uncertainty"] is None
+    with AuditLog(path) as log_:  # a restart: the next record goes on a fresh line
+        log_.write({"type": "decision", "decision": "GRANTED", "n": 3})
+    assert [r["n"] for r in read_audit_log(path)] == [0, 1, 2, 3]
+
+
+# --- process-level checks ------------------------------------------------------------------------
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+
+
+def test_no_sounddevice_import_unless_the_microphone_is_used(tmp_path, stream):
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    code = (
+        "import sys, listen_fakes\n"
+        "import voicegate.device.listen\n"
+        "assert 'sounddevice' not in sys.modules, 'imported by the module'\n"
+        f"rc = listen_fakes.main(['--from-file', {str(wav)!r}, '--json'])\n"
+        "heavy = [m for m in ('sounddevice', 'torch', 'librosa', 'sklearn') if m in sys.modules]\n"
+        "print('HEAVY', heavy, rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY [] 0" in out.stdout
+    assert sum(1 for line in out.stdout.splitlines() if line.startswith("{")) == 4
+
+
+def test_sigterm_stops_cleanly_with_exit_0(tmp_path, stream):
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    log_path = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, FAKE_CLI, "--fake-delay", "0.01", "--from-file", wav, "--loop", "0", "--log", log_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not log_path.exists() or log_path.stat().st_size < 2000):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, proc.stderr.read().decode()
+    raw = log_path.read_bytes()
+    assert raw.endswith(b"\n")  # closed cleanly: no partial line
+    assert len(read_audit_log(log_path)) == raw.count(b"\n") > 5
