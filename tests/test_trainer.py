@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fake_corpus import FakeCorpus
+from fake_corpus import fake_corpus
 
 from voicegate.train import fit
 from voicegate.train.data import split_data
@@ -18,7 +18,7 @@ TINY = ModelConfig(arch="compact", widths=(4, 8, 8, 8), embed_dim=16, dropout=0.
 
 @pytest.fixture(scope="module")
 def corpus():
-    return FakeCorpus()
+    return fake_corpus()
 
 
 def tiny_train_config(**kw):
@@ -50,7 +50,7 @@ def test_evaluation_is_deterministic_and_keeps_the_mode(corpus):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="compact", widths=(4, 8, 8, 8), embed_dim=16, dropout=0.9))
     model.train()  # as it is in the middle of training: dropout on, BatchNorm updating
-    loader = fit.make_loader(corpus.images, split_data(corpus, "val", aug=0), 8, shuffle=False)
+    loader = fit.make_loader(corpus.images, split_data(corpus, "val", aug=False), 8, shuffle=False)
     a = fit.predict_logits(model, loader, torch.device("cpu"))
     b = fit.predict_logits(model, loader, torch.device("cpu"))
     assert torch.equal(a, b)
@@ -124,3 +124,27 @@ def test_cli_without_torch_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(SystemExit, match=r"pip install 'voicegate\[train\]'"):
         trainer.run(None)
+
+
+def test_cli_end_to_end_on_a_generated_corpus(tiny_corpus, tmp_path, capsys):
+    from voicegate.device.cli import main
+
+    out = tmp_path / "runs" / "tiny"
+    argv = [
+        "train", "--corpus", str(tiny_corpus), "--cache", str(tmp_path / "cache"), "--out", str(out),
+        "--arch", "compact", "--widths", "4,8,8,8", "--embed-dim", "16", "--epochs", "1",
+        "--ensemble", "2", "--batch-size", "32", "--device", "cpu", "--threads", "1",
+    ]
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["members"] == ["member0", "member1"]
+    assert info["model_config"]["widths"] == [4, 8, 8, 8]
+    assert info["roles"]["allowed"] == ["f1", "m1"] and info["roles"]["heldout_impostors"] == ["f3", "m3"]
+    assert info["data_config"]["cache_dir"] == str(tmp_path / "cache")
+    assert (out / "ensemble.json").is_file() and (out / "member1" / "best.pt").is_file()
+    assert "ensemble of 2 test:" in capsys.readouterr().out
+    # the stored data config reopens the same prepared cache, without rebuilding it
+    from voicegate.train.prepare import PrepareConfig, prepare_corpus
+
+    _, ckpt = load_run(out)[0]
+    assert prepare_corpus(PrepareConfig.from_dict(ckpt["data_config"])).reused

@@ -35,28 +35,22 @@ class SplitData:
         return SplitData(self.name, self.rows[pick], self.labels[pick], self.speakers[pick], self.recordings[pick])
 
 
-def column(index, name: str) -> np.ndarray:
-    """One column of the corpus index as a numpy array (works for a DataFrame, a structured array
-    or a dict of arrays)."""
-    return np.asarray(index[name])
-
-
-def split_data(corpus, split: str, aug=None) -> SplitData:
-    """Rows of ``split`` (``aug`` as understood by ``corpus.indices``; 0 = clean windows only)."""
-    rows = np.asarray(corpus.indices(split) if aug is None else corpus.indices(split, aug=aug), dtype=np.int64)
+def split_data(corpus, split: str, aug: bool = True) -> SplitData:
+    """Rows of ``split``; ``aug=False`` keeps only the clean windows (no augmented copies)."""
+    rows = corpus.indices(split, aug=aug).astype(np.int64)
     index = corpus.index
     return SplitData(
         name=split,
         rows=rows,
-        labels=column(index, "label")[rows].astype(np.int64),
-        speakers=column(index, "speaker")[rows].astype(str),
-        recordings=column(index, "recording")[rows].astype(str),
+        labels=index.label[rows].astype(np.int64),
+        speakers=index.speaker[rows].astype(str),
+        recordings=index.recording[rows].astype(str),
     )
 
 
 def speaker_roles(corpus) -> dict:
     """{role: sorted speakers} from the corpus index."""
-    speakers, roles = column(corpus.index, "speaker").astype(str), column(corpus.index, "role").astype(str)
+    speakers, roles = corpus.index.speaker, corpus.index.role
     return {str(r): sorted(map(str, set(speakers[roles == r]))) for r in sorted(set(roles))}
 
 

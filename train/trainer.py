@@ -23,17 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .splits import HELDOUT, TEST, TRAIN, VAL
+
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "voicegate-run-1"
 CHECKPOINT_NAME = "best.pt"  # the member checkpoint that export and evaluation read
-EVAL_SPLITS = ("val", "test", "heldout")  # heldout is only reported, never used to select
+EVAL_SPLITS = (VAL, TEST, HELDOUT)  # selection uses VAL only; HELDOUT is only reported
 
 
 @dataclass
@@ -98,12 +101,12 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    splits = {"train": split_data(corpus, "train")}
+    splits = {TRAIN: split_data(corpus, TRAIN)}
     for name in EVAL_SPLITS:  # evaluation always on clean windows
-        splits[name] = split_data(corpus, name, aug=0)
+        splits[name] = split_data(corpus, name, aug=False)
     if tcfg.limit_train:
-        splits["train"] = splits["train"].subset(tcfg.limit_train, tcfg.seed)
-    counts = np.bincount(splits["train"].labels, minlength=2)
+        splits[TRAIN] = splits[TRAIN].subset(tcfg.limit_train, tcfg.seed)
+    counts = np.bincount(splits[TRAIN].labels, minlength=2)
     log.info("train windows: %d not_allowed, %d allowed (class weights = inverse frequency)", counts[0], counts[1])
     for name in EVAL_SPLITS:
         log.info("%s windows: %d", name, len(splits[name]))
@@ -178,10 +181,20 @@ def _widths(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}")
 
 
+def _names(text: str) -> list:
+    return [t for t in text.split(",") if t]
+
+
+def _flat(groups) -> Optional[list]:
+    return None if groups is None else [name for group in groups for name in group]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder (manifest + roles.json, DAPS, or a folder per speaker)")
     p.add_argument("--cache", help="prepared-window cache folder (default: voicegate prepare's default)")
-    p.add_argument("--allowed", nargs="+", metavar="SPEAKER", help="allowed speakers (overrides roles.json)")
+    p.add_argument("--allowed", nargs="+", type=_names, metavar="SPEAKER", help="allowed speakers, space or comma separated (overrides roles.json)")
+    p.add_argument("--impostors", nargs="+", type=_names, metavar="SPEAKER", help="held-out impostor speakers (overrides roles.json)")
+    p.add_argument("--layout", choices=("auto", "manifest", "daps", "folders"), help="corpus layout (default: detect)")
     p.add_argument("--arch", choices=("seed", "compact"), default="compact", help="seed = the study's SpectrogramCNN; compact = edge CNN (default)")
     p.add_argument("--out", required=True, help="run folder to write (e.g. runs/NAME)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default %(default)s)")
@@ -224,11 +237,40 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("voicegate train needs PyTorch: pip install 'voicegate[train]'")
-    from .prepare import PrepareConfig, prepare_corpus
+    from .corpus import CorpusError
+    from .prepare import prepare_corpus
 
-    model_cfg, tcfg = configs_from_args(args)
-    prep_kwargs = {"corpus": args.corpus, "cache_dir": args.cache, "allowed": args.allowed}
-    prep_cfg = PrepareConfig(**{k: v for k, v in prep_kwargs.items() if v is not None})
-    corpus = prepare_corpus(prep_cfg)
+    # the per-epoch lines are this command's progress report: show them without --verbose
+    train_log = logging.getLogger("voicegate.train")
+    if train_log.getEffectiveLevel() > logging.INFO:
+        train_log.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    try:
+        model_cfg, tcfg = configs_from_args(args)
+        prep_cfg = prepare_config_from_args(args)
+        corpus = prepare_corpus(prep_cfg)
+    except (CorpusError, ValueError, OSError) as e:
+        print(f"voicegate train: error: {e}", file=sys.stderr)
+        return 2
     train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
     return 0
+
+
+def prepare_config_from_args(args: argparse.Namespace):
+    """The PrepareConfig for this run. An existing ``--cache`` keeps the options it was prepared
+    with (``voicegate prepare --aug-allowed ...``), so training reuses it instead of rebuilding it
+    with defaults; ``--corpus``, ``--layout``, ``--allowed`` and ``--impostors`` still apply."""
+    from .prepare import PrepareConfig
+
+    base = {}
+    meta = Path(args.cache).expanduser() / "meta.json" if args.cache else None
+    if meta is not None and meta.is_file():
+        base = json.loads(meta.read_text()).get("config", {})
+    overrides = {"corpus": args.corpus, "cache_dir": args.cache, "force": False}
+    if args.layout is not None:
+        overrides["layout"] = args.layout
+    for name in ("allowed", "impostors"):
+        if getattr(args, name) is not None:
+            overrides[name] = _flat(getattr(args, name))
+    return PrepareConfig.from_dict({**base, **overrides})
