@@ -166,11 +166,13 @@ class Roles:
         """
         new_allowed = self.allowed if allowed is None else _names(allowed)
         new_heldout = self.heldout_impostors if impostors is None else _names(impostors)
+        if impostors is None:  # an allowed override may pull a speaker out of the held-out list
+            new_heldout = tuple(s for s in new_heldout if s not in new_allowed)
+        elif allowed is None:  # and an impostor override out of the allowed list
+            new_allowed = tuple(s for s in new_allowed if s not in new_heldout)
         both = set(new_allowed) & set(new_heldout)
         if both:
             raise CorpusError(f"speakers {sorted(both)} are both allowed and held-out impostors")
-        if impostors is None:  # an allowed override may pull a speaker out of the held-out list
-            new_heldout = tuple(s for s in new_heldout if s not in new_allowed)
         everyone = [*self.allowed, *self.not_allowed_train, *self.heldout_impostors]
         taken = set(new_allowed) | set(new_heldout)
         rest = tuple(s for s in everyone if s not in taken)
