@@ -6,11 +6,16 @@ Pure numpy (plus soundfile for decoding). Every audio constant is named once, he
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
+import stat
+import tempfile
+import threading
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 
@@ -21,6 +26,9 @@ SAMPLE_RATE = 16_000  # Hz: everything downstream of load_audio runs at this rat
 MIN_INPUT_RATE = 8_000  # Hz: lower rates carry too little of the voice to decide on
 MAX_INPUT_RATE = 192_000  # Hz
 MAX_CHANNELS = 32
+MAX_ABS_SAMPLE = float(2**31)  # no PCM format reaches beyond this, even unscaled int32: junk
+MAX_FILE_SECONDS = 3600.0  # an uncapped read refuses longer files (memory); pass max_seconds
+_READ_BLOCK_FRAMES = 1 << 16  # frames decoded per block when mixing a file down to mono
 
 # Silence trimming (energy based, like the study's librosa.effects.split with top_db).
 TRIM_TOP_DB = 40.0  # frames quieter than (loudest frame - TRIM_TOP_DB) are silence
@@ -35,6 +43,8 @@ RESAMPLE_ZERO_CROSSINGS = 16  # half-length of the sinc, in zero crossings of th
 RESAMPLE_ROLLOFF = 0.945  # cutoff as a share of the lower Nyquist frequency
 RESAMPLE_KAISER_BETA = 8.6  # about 80 dB stop-band attenuation
 _RESAMPLE_CHUNK = 1 << 16  # output samples per vectorised block (bounds memory)
+_TABLE_CHUNK = 1 << 10  # filter phases computed per block (bounds memory at odd rates)
+_RMS_CHUNK = 1 << 13  # RMS frames per block in frame_rms_db (bounds memory on long audio)
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,50 +58,191 @@ class NoSpeechError(AudioError):
 
 
 # --- reading ---------------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _open_reason(e: BaseException, p: Path) -> str:
+    """libsndfile's reason without the repeated path, and without its misleading guess."""
+    reason = _first_line(e)
+    for prefix in (f"Error opening {str(p)!r}: ", f"Error opening '{p}': "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+    if reason.startswith("File does not exist or is not a regular file"):
+        reason = "unrecognised or corrupt data"  # we checked it exists and is a regular file
+    return reason
+
+
+def _check_path(p: Path) -> None:
+    """Raise AudioError unless ``p`` is a non-empty regular file this process may open."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{p}: no such file") from None
+    except PermissionError:
+        raise AudioError(f"{p}: permission denied") from None
+    except (OSError, ValueError) as e:  # ELOOP, ENOTDIR, ENAMETOOLONG, embedded NUL byte, ...
+        raise AudioError(f"{p}: cannot access ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{p}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device could block or never end
+        raise AudioError(f"{p}: not a regular file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise AudioError(f"{p}: empty file (0 bytes)")
+    try:  # a real open, so a denial is reported even where os.access would be fooled
+        os.close(os.open(p, os.O_RDONLY))
+    except PermissionError:
+        raise AudioError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise AudioError(f"{p}: cannot open ({e.strerror or e})") from None
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decoder_chatter_to_log():
+    """Route what C decoders print straight to file descriptor 2 into the log (DEBUG).
+
+    libsndfile's MP3 decoder (libmpg123) writes warnings such as "Note: Trying to resync..."
+    to the process's stderr while it probes or decodes a file. A CLI promises one line on
+    stderr, so the descriptor is pointed at a temporary file for the call and its text is
+    logged instead. Held briefly (one open or one block read), under a lock.
+    """
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to protect
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    chatter = tmp.read().decode("utf-8", "replace").strip()
+                    if chatter:
+                        log.debug("audio decoder: %s", " / ".join(chatter.splitlines()))
+        finally:
+            os.close(saved)
+
+
+def _open(p: Path, max_seconds: float | None):
+    """Open ``p`` with soundfile after the path checks; validate rate, channels and length.
+
+    Returns ``(soundfile, frames_to_read)``; frames_to_read is -1 for "to the end".
+    """
+    import soundfile as sf  # local: keeps `import voicegate.device` light
+
+    _check_path(p)
+    try:
+        with _decoder_chatter_to_log():
+            f = sf.SoundFile(str(p))
+    except Exception as e:  # soundfile raises several types for malformed files
+        raise AudioError(f"{p}: not readable audio ({_open_reason(e, p)})") from None
+    try:
+        sr, channels = int(f.samplerate), int(f.channels)
+        if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
+            raise AudioError(
+                f"{p}: sample rate {sr} Hz is outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz"
+            )
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise AudioError(f"{p}: {channels} channels is not supported (1-{MAX_CHANNELS})")
+        if max_seconds is not None:
+            frames = int(math.ceil(max(0.0, float(max_seconds)) * sr))
+        elif f.frames > MAX_FILE_SECONDS * sr:
+            raise AudioError(
+                f"{p}: {f.frames / sr:.0f} s long, more than the {MAX_FILE_SECONDS:.0f} s "
+                "that can be read whole (read a part with max_seconds)"
+            )
+        else:
+            frames = -1
+    except BaseException:
+        f.close()
+        raise
+    return f, frames
+
+
+def _read_block(f, p: Path, n: int) -> np.ndarray:
+    quiet = _decoder_chatter_to_log() if f.format == "MP3" else contextlib.nullcontext()
+    try:
+        with quiet:
+            return f.read(frames=n, dtype="float32", always_2d=True)
+    except Exception as e:  # a decoder error part-way through the file
+        raise AudioError(f"{p}: not readable audio ({_first_line(e)})") from None
+
+
 def read_audio(path: PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode ``path`` to float32 (frames, channels) and its sample rate.
 
     Raises :class:`AudioError` with a one-line reason that names the file for anything that is
-    not readable audio. ``max_seconds`` caps how much is decoded, so a huge (or lying) file
-    cannot exhaust memory.
+    not readable audio (missing, a directory, a pipe, empty, unreadable, not audio, a sample
+    rate or channel count out of range, no samples). ``max_seconds`` caps how much is decoded,
+    so a huge (or lying) file cannot exhaust memory; without it a file longer than
+    MAX_FILE_SECONDS is refused.
     """
-    import soundfile as sf  # local: keeps `import voicegate.device` light
-
     p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: no such file")
-    if p.is_dir():
-        raise AudioError(f"{p}: is a directory, not an audio file")
-    if not os.access(p, os.R_OK):
-        raise AudioError(f"{p}: permission denied")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: empty file (0 bytes)")
-    try:
-        with sf.SoundFile(str(p)) as f:
-            sr = int(f.samplerate)
-            channels = int(f.channels)
-            if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
-                raise AudioError(
-                    f"{p}: sample rate {sr} Hz is outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz"
-                )
-            if not 1 <= channels <= MAX_CHANNELS:
-                raise AudioError(f"{p}: {channels} channels is not supported")
-            frames = -1 if max_seconds is None else int(math.ceil(max_seconds * sr))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as e:  # soundfile raises several types for malformed files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AudioError(f"{p}: not readable audio ({reason})") from None
+    f, frames = _open(p, max_seconds)
+    with f:
+        data = _read_block(f, p, frames)
     if data.shape[0] == 0:
         raise AudioError(f"{p}: holds no audio samples")
-    return data, sr
+    return data, int(f.samplerate)
+
+
+def open_mono_blocks(
+    path: PathLike, block_frames: int = _READ_BLOCK_FRAMES, max_seconds: float | None = None
+) -> tuple[int, Iterator[np.ndarray]]:
+    """Validate and open ``path`` now; return (sample rate, iterator of mono float32 blocks).
+
+    The file is checked at once (same one-line :class:`AudioError` reasons as
+    :func:`read_audio`). Each block of up to ``block_frames`` frames is mixed to mono and
+    checked for NaN, Inf and absurd values as it is decoded, so memory is one block, not the
+    file. ``max_seconds`` caps the total (without it, files over MAX_FILE_SECONDS are refused).
+    Concatenated, the blocks equal ``to_mono(read_audio(path, max_seconds)[0])``.
+    """
+    p = Path(path)
+    block_frames = max(1, int(block_frames))
+    f, frames = _open(p, max_seconds)
+
+    def blocks() -> Iterator[np.ndarray]:
+        with f:
+            left = frames  # -1: to the end
+            while left != 0:
+                n = block_frames if left < 0 else min(block_frames, left)
+                data = _read_block(f, p, n)
+                if data.shape[0] == 0:
+                    return
+                x = to_mono(data)
+                check_finite(x, str(p))
+                left = left - data.shape[0] if left > 0 else left
+                yield x
+
+    return int(f.samplerate), blocks()
+
+
+def _read_mono(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Like ``to_mono(read_audio(p))`` (the same samples) with one mono copy at peak."""
+    sr, it = open_mono_blocks(p, max_seconds=max_seconds)
+    blocks = list(it)
+    if not blocks:
+        raise AudioError(f"{p}: holds no audio samples")
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), sr
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
     """Average the channels of a (frames, channels) or (frames,) array to float32 mono."""
-    data = np.asarray(data, dtype=np.float32)
+    try:
+        data = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise AudioError(f"audio is not numeric ({_first_line(e)})") from None
     if data.ndim == 2:
+        if data.shape[1] == 0:
+            raise AudioError("audio has no channels")
         data = data.mean(axis=1, dtype=np.float32)
     elif data.ndim != 1:
         raise AudioError(f"audio must be 1-D or (frames, channels), got shape {data.shape}")
@@ -99,8 +250,14 @@ def to_mono(data: np.ndarray) -> np.ndarray:
 
 
 def check_finite(x: np.ndarray, where: str = "audio") -> None:
-    if not np.all(np.isfinite(x)):
+    """Raise AudioError if ``x`` holds NaN, Inf, or values beyond +-MAX_ABS_SAMPLE (junk)."""
+    if x.size == 0:
+        return
+    peak = float(np.max(np.abs(x)))  # NaN propagates through max; Inf stays Inf
+    if not math.isfinite(peak):
         raise AudioError(f"{where}: contains NaN or infinite samples")
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(f"{where}: sample values up to {peak:.3g} are not audio")
 
 
 def load_audio(
@@ -111,38 +268,59 @@ def load_audio(
     """Return mono float32 audio at :data:`SAMPLE_RATE` from a path or an array.
 
     An array needs ``sample_rate`` (it may be 1-D or (frames, channels)). A path is decoded
-    with soundfile; ``max_seconds`` caps the decoded duration.
+    with soundfile; ``max_seconds`` caps the decoded duration (from a file or an array).
+    Raises :class:`AudioError` (one line, naming the file) for anything unusable.
     """
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise ValueError("load_audio: an array needs sample_rate")
         where = "audio array"
-        data, sr = source, int(sample_rate)
+        sr = _check_rate(sample_rate, where)
+        data = source
         if max_seconds is not None:
-            data = data[: int(math.ceil(max_seconds * sr))]
+            data = data[: int(math.ceil(max(0.0, float(max_seconds)) * sr))]
+        x = to_mono(data)
+        check_finite(x, where)
     else:
         where = str(source)
-        data, sr = read_audio(source, max_seconds=max_seconds)
-    x = to_mono(data)
+        x, sr = _read_mono(Path(source), max_seconds)
     if x.size == 0:
         raise AudioError(f"{where}: holds no audio samples")
-    check_finite(x, where)
     return resample(x, sr, SAMPLE_RATE)
 
 
+def _check_rate(sample_rate, where: str) -> int:
+    try:
+        sr = int(sample_rate)
+    except (TypeError, ValueError, OverflowError):
+        raise AudioError(f"{where}: invalid sample rate {sample_rate!r}") from None
+    if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
+        raise AudioError(f"{where}: sample rate {sr} Hz is outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz")
+    return sr
+
+
 # --- resampling ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
 def _resample_table(up: int, down: int) -> tuple[np.ndarray, int]:
-    """Polyphase windowed-sinc table: row p holds the taps for output phase p/up."""
+    """Polyphase windowed-sinc table: row p holds the taps for output phase p/up.
+
+    Built a block of phases at a time (odd rates have up to 16000 phases) and cached: a
+    streaming reader resamples every block with the same table. The table is read-only.
+    """
     cutoff = RESAMPLE_ROLLOFF * min(1.0, up / down)  # relative to the input Nyquist
     half = int(math.ceil(RESAMPLE_ZERO_CROSSINGS / cutoff))  # taps each side, input samples
     offsets = np.arange(-half + 1, half + 1)  # input sample k = floor(t) + offset
-    frac = np.arange(up)[:, None] / up  # fractional part of t for each phase
-    d = frac - offsets[None, :]  # t - k, in input samples
     w = np.kaiser(2 * half + 1, RESAMPLE_KAISER_BETA)
-    # sample the continuous Kaiser window at d (|d| <= half)
-    window = np.interp(d, np.linspace(-half, half, 2 * half + 1), w, left=0.0, right=0.0)
-    table = cutoff * np.sinc(cutoff * d) * window
-    return table.astype(np.float32), half
+    grid = np.linspace(-half, half, 2 * half + 1)
+    table = np.empty((up, offsets.size), dtype=np.float32)
+    for p0 in range(0, up, _TABLE_CHUNK):
+        frac = np.arange(p0, min(up, p0 + _TABLE_CHUNK))[:, None] / up  # fractional part of t
+        d = frac - offsets[None, :]  # t - k, in input samples
+        # sample the continuous Kaiser window at d (|d| <= half)
+        window = np.interp(d, grid, w, left=0.0, right=0.0)
+        table[p0 : p0 + frac.shape[0]] = cutoff * np.sinc(cutoff * d) * window
+    table.flags.writeable = False
+    return table, half
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
@@ -180,7 +358,11 @@ def frame_rms_db(x: np.ndarray) -> np.ndarray:
     xp = np.pad(x, (pad, pad))
     n_frames = 1 + max(0, xp.size - TRIM_FRAME) // TRIM_HOP
     frames = np.lib.stride_tricks.sliding_window_view(xp, TRIM_FRAME)[::TRIM_HOP][:n_frames]
-    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    rms = np.empty(frames.shape[0], dtype=np.float64)
+    for i in range(0, frames.shape[0], _RMS_CHUNK):  # a float64 copy of a block at a time
+        rms[i : i + _RMS_CHUNK] = np.sqrt(
+            np.mean(frames[i : i + _RMS_CHUNK].astype(np.float64) ** 2, axis=1)
+        )
     return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
@@ -217,18 +399,23 @@ def voiced_intervals(
 
 
 def trim_silence(
-    x: np.ndarray, top_db: float = TRIM_TOP_DB, sample_rate: int = SAMPLE_RATE
+    x: np.ndarray,
+    top_db: float = TRIM_TOP_DB,
+    sample_rate: int = SAMPLE_RATE,
+    where: str | None = None,
 ) -> np.ndarray:
     """Drop leading, trailing and inner silence; return the voiced audio joined together.
 
-    Raises :class:`NoSpeechError` if less than MIN_SPEECH_SECONDS of speech remains.
+    Raises :class:`NoSpeechError` if less than MIN_SPEECH_SECONDS of speech remains (its
+    message starts with ``where``, e.g. the file name, when given).
     """
     x = np.asarray(x, dtype=np.float32)
     intervals = voiced_intervals(x, top_db, sample_rate)
     kept = np.concatenate([x[a:b] for a, b in intervals]) if intervals else x[:0]
     if kept.size < MIN_SPEECH_SECONDS * sample_rate:
+        prefix = f"{where}: " if where else ""
         raise NoSpeechError(
-            f"no speech found ({kept.size / sample_rate:.2f} s above the silence threshold, "
-            f"need {MIN_SPEECH_SECONDS} s)"
+            f"{prefix}no speech found ({kept.size / sample_rate:.2f} s above the silence "
+            f"threshold, need {MIN_SPEECH_SECONDS} s)"
         )
     return kept

@@ -110,7 +110,8 @@ def featurize(
     if isinstance(source, np.ndarray) and sample_rate is None:
         sample_rate = SAMPLE_RATE
     x = load_audio(source, sample_rate=sample_rate, max_seconds=MAX_READ_SECONDS)
-    speech = trim_silence(x)
+    where = "audio array" if isinstance(source, np.ndarray) else str(source)
+    speech = trim_silence(x, where=where)
     if max_seconds is not None:
         speech = speech[: int(max_seconds * SAMPLE_RATE)]
     return spectrogram(frame_windows(speech, hop_seconds))
