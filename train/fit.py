@@ -12,7 +12,6 @@ accept of an impostor equally, which is what a gate needs before its threshold i
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -185,7 +184,7 @@ def fit_member(
         improved = better(score, best_score)
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             checkpoint("best.pt", epoch)
         else:
             bad_epochs += 1

@@ -93,7 +93,7 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
     """Train ``tcfg.ensemble`` members on a prepared corpus into ``out_dir``; returns ensemble.json."""
     from . import fit
     from .data import speaker_roles, split_data
-    from .metrics import split_report, summary_line
+    from .metrics import split_report
     from .torchutil import select_device, set_threads
 
     set_threads(tcfg.threads)
@@ -150,11 +150,6 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
         probs = np.mean([p[name] for p in member_probs], axis=0)
         ensemble["mean_of_members"][name] = split_report(data.labels, probs, data.speakers, data.recordings)
     (out_dir / "ensemble.json").write_text(json.dumps(ensemble, indent=1))
-
-    label = f"ensemble of {tcfg.ensemble}" if tcfg.ensemble > 1 else "model"
-    for name, report in ensemble["mean_of_members"].items():
-        print(f"{label} {name}: {summary_line(report)}")
-    print(f"run written to {out_dir}")
     return ensemble
 
 
@@ -238,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise SystemExit("voicegate train needs PyTorch: pip install 'voicegate[train]'")
     from .corpus import CorpusError
+    from .metrics import summary_line
     from .prepare import prepare_corpus
 
     # the per-epoch lines are this command's progress report: show them without --verbose
@@ -253,21 +249,30 @@ def run(args: argparse.Namespace) -> int:
     except (CorpusError, ValueError, OSError) as e:
         print(f"voicegate train: error: {e}", file=sys.stderr)
         return 2
-    train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
+    ensemble = train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
+    label = f"ensemble of {tcfg.ensemble}" if tcfg.ensemble > 1 else "model"
+    for name, report in ensemble["mean_of_members"].items():
+        print(f"{label} {name}: {summary_line(report)}")
+    print(f"run written to {args.out}")
     return 0
 
 
 def prepare_config_from_args(args: argparse.Namespace):
-    """The PrepareConfig for this run. An existing ``--cache`` keeps the options it was prepared
-    with (``voicegate prepare --aug-allowed ...``), so training reuses it instead of rebuilding it
-    with defaults; ``--corpus``, ``--layout``, ``--allowed`` and ``--impostors`` still apply."""
+    """The PrepareConfig for this run (paths made absolute, so later tools can reopen the cache
+    from anywhere). An existing ``--cache`` keeps the options it was prepared with
+    (``voicegate prepare --aug-allowed ...``), so training reuses it instead of rebuilding it with
+    defaults; ``--corpus``, ``--layout``, ``--allowed`` and ``--impostors`` still apply."""
     from .prepare import PrepareConfig
 
+    cache = Path(args.cache).expanduser().resolve() if args.cache else None
     base = {}
-    meta = Path(args.cache).expanduser() / "meta.json" if args.cache else None
-    if meta is not None and meta.is_file():
-        base = json.loads(meta.read_text()).get("config", {})
-    overrides = {"corpus": args.corpus, "cache_dir": args.cache, "force": False}
+    if cache is not None and (cache / "meta.json").is_file():
+        base = json.loads((cache / "meta.json").read_text()).get("config", {})
+    overrides = {
+        "corpus": str(Path(args.corpus).expanduser().resolve()),
+        "cache_dir": None if cache is None else str(cache),
+        "force": False,
+    }
     if args.layout is not None:
         overrides["layout"] = args.layout
     for name in ("allowed", "impostors"):
