@@ -312,7 +312,14 @@ class Gate:
     def decide_images(self, images: np.ndarray, started: float | None = None) -> Decision:
         """Decide on the spectrogram windows of one utterance."""
         t0 = time.perf_counter() if started is None else started
-        samples = self.predict(images)
+        return self.decide_samples(self.predict(images), started=t0)
+
+    def decide_samples(self, samples: np.ndarray, started: float | None = None) -> Decision:
+        """Decide on the (windows, S) samples :meth:`predict` gave for one utterance.
+
+        Lets a caller keep the per-window samples (``voicegate eval``) without a second run.
+        """
+        t0 = time.perf_counter() if started is None else started
         try:
             stats = summarize(samples)
         except ValueError as e:
