@@ -56,7 +56,7 @@ from voicegate.device.features import (
     spectrogram,
 )
 
-from .corpus import ROLE_ALLOWED, ROLE_NAMES, Corpus, CorpusError, Recording, Roles, load_corpus
+from .corpus import ROLE_NAMES, Corpus, CorpusError, Recording, Roles, load_corpus
 from .splits import ALL_SPLITS, DEFAULT_FRACTIONS, TRAIN, count_heldout_violations, count_leakage
 from .splits import keyed_rng, split_recordings
 
@@ -605,7 +605,7 @@ def build_report(
             "seconds_trimmed": round(s.seconds_trimmed, 2),
             "windows": s.windows,
         }
-        for spk, s in sorted(stats.items())
+        for spk, s in sorted(stats.items(), key=lambda kv: (ROLE_NAMES.index(kv[1].role), kv[0]))
     }
     per_role = {}
     for role in ROLE_NAMES:
