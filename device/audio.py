@@ -42,9 +42,9 @@ MIN_SPEECH_SECONDS = 0.3  # less voiced audio than this after trimming is "no sp
 RESAMPLE_ZERO_CROSSINGS = 16  # half-length of the sinc, in zero crossings of the cutoff
 RESAMPLE_ROLLOFF = 0.945  # cutoff as a share of the lower Nyquist frequency
 RESAMPLE_KAISER_BETA = 8.6  # about 80 dB stop-band attenuation
-_RESAMPLE_CHUNK = 1 << 16  # output samples per vectorised block (bounds memory)
+_RESAMPLE_GATHER = 1 << 21  # input samples gathered per vectorised block (bounds memory)
 _TABLE_CHUNK = 1 << 10  # filter phases computed per block (bounds memory at odd rates)
-_RMS_CHUNK = 1 << 13  # RMS frames per block in frame_rms_db (bounds memory on long audio)
+_RMS_CHUNK = 1 << 11  # RMS frames per block in frame_rms_db (bounds memory on long audio)
 
 PathLike = Union[str, os.PathLike]
 
@@ -341,8 +341,9 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray
     padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
     taps = np.arange(-half + 1, half + 1) + half  # offsets into `padded`
     out = np.empty(n_out, dtype=np.float32)
-    for start in range(0, n_out, _RESAMPLE_CHUNK):
-        n = np.arange(start, min(n_out, start + _RESAMPLE_CHUNK), dtype=np.int64)
+    chunk = max(1, _RESAMPLE_GATHER // taps.size)  # output samples per block
+    for start in range(0, n_out, chunk):
+        n = np.arange(start, min(n_out, start + chunk), dtype=np.int64)
         pos = n * down
         base, phase = pos // up, pos % up
         frames = padded[base[:, None] + taps[None, :]]
