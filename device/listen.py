@@ -129,6 +129,7 @@ class Listener:
         self._warned_drops = 0
         self._last_drop_warning = -1e9
         self._delays = None  # back-off in progress; reset once a reopened source delivers
+        self.last_error: Optional[str] = None  # the last source failure, for the final message
 
     # -- public --------------------------------------------------------------------------------
     def run(self, source: Optional[AudioSource] = None) -> int:
@@ -175,7 +176,7 @@ class Listener:
                     self._source_failed(e)
                     if self.exit_on_error or getattr(e, "permanent", False):
                         return EXIT_DEVICE
-                    if not self._reopen(e):
+                    if not self._reopen():
                         return EXIT_DEVICE
                     break
                 self._delays = None
@@ -235,12 +236,13 @@ class Listener:
     def _source_failed(self, e: BaseException) -> None:
         self.stats.source_errors += 1
         name = getattr(self._source, "name", "source")
+        self.last_error = str(e) or type(e).__name__
         log.error("audio source %s failed: %s", name, e)
         self._deny_in_progress(f"audio source failed mid-utterance: {e}")
         self._event("source_error", source=name, error=f"{type(e).__name__}: {e}")
         self._close_source()
 
-    def _reopen(self, error: BaseException) -> bool:
+    def _reopen(self) -> bool:
         """Reopen the source with back-off; False if that is hopeless or attempts ran out."""
         if self._delays is None:
             self._delays = self.backoff.delays()
@@ -254,11 +256,9 @@ class Listener:
                 self._source = self.open_source()
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except AudioError as e:
-                log.error("cannot reopen the audio source: %s", e)
-                return False
             except Exception as e:
-                if getattr(e, "permanent", False):
+                self.last_error = str(e) or type(e).__name__
+                if isinstance(e, AudioError) or getattr(e, "permanent", False):
                     log.error("cannot reopen the audio source: %s", e)
                     return False
                 log.warning("reopening the audio source failed: %s", e)
@@ -303,6 +303,7 @@ def decision_record(result) -> dict:
         d = dict(result)
     else:
         d = dict(vars(result))
+    d.pop("exit_code", None)  # enroll-check's mapping; listen's exit code is not per decision
     if d.get("decision") not in DECISIONS:
         d["reason"] = f"gate returned an invalid decision {d.get('decision')!r}"
         d["decision"] = DENIED
@@ -498,8 +499,8 @@ def run(
             except AuditError as e:
                 _error(str(e))
                 return EXIT_AUDIT
-            if code == EXIT_DEVICE:
-                _error("the audio device failed (see the log above)")
+            if code in (EXIT_AUDIO, EXIT_DEVICE):
+                _error(listener.last_error or "the audio source failed")
             log.info("listen stopped: %s", listener.stats.to_dict())
             return code
         except KeyboardInterrupt:  # Ctrl-C while loading the model or opening the source

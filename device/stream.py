@@ -30,7 +30,16 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from . import audio as _audio
-from .audio import SAMPLE_RATE, AudioError, PathLike, check_finite, read_audio, resample, to_mono
+from .audio import (
+    SAMPLE_RATE,
+    AudioError,
+    PathLike,
+    _first_line,
+    check_finite,
+    read_audio,
+    resample,
+    to_mono,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +233,6 @@ def iter_file_16k(path: PathLike, block_seconds: float = FILE_BLOCK_SECONDS) -> 
             yield y[off : off + math.ceil(cur.size * up / down)]
             left = np.concatenate([left, cur])[-ctx:]
             cur = nxt
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def import_sounddevice():

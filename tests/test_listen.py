@@ -459,3 +459,17 @@ def test_sigterm_stops_cleanly_with_exit_0(tmp_path, stream):
     raw = log_path.read_bytes()
     assert raw.endswith(b"\n")  # closed cleanly: no partial line
     assert len(read_audit_log(log_path)) == raw.count(b"\n") > 5
+
+
+def test_from_file_that_turns_bad_mid_stream_exits_4_after_its_decisions(tmp_path, stream, capsys):
+    audio, spans = stream
+    bad = audio.copy()
+    bad[int(spans[2][0] * SR) :] = np.nan  # the third utterance onwards is NaN
+    wav = write_wav(tmp_path / "nan.wav", bad, subtype="FLOAT")
+    log_path = tmp_path / "audit.jsonl"
+    args = parse("--from-file", wav, "--log", log_path, "--chunk-samples", 512)
+    assert listen.run(args, gate_factory=lambda a: FakeGate()) == 4
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 2
+    assert err.count("\n") == 1 and "NaN" in err
+    assert [r["type"] for r in read_audit_log(log_path)] == ["decision", "decision", "event"]
