@@ -473,3 +473,24 @@ def test_from_file_that_turns_bad_mid_stream_exits_4_after_its_decisions(tmp_pat
     assert len(out.strip().splitlines()) == 2
     assert err.count("\n") == 1 and "NaN" in err
     assert [r["type"] for r in read_audit_log(log_path)] == ["decision", "decision", "event"]
+
+
+@pytest.mark.shared
+def test_endpointer_on_real_speech_never_straddles_a_pause(librispeech):
+    import csv
+
+    with open(librispeech / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:5]
+    parts, spans, t = [], [], 0.0
+    for row in rows:
+        x = load_audio(librispeech / row["path"], max_seconds=12.0)
+        parts += [np.zeros(SR, np.float32), x]
+        spans.append((t + 1.0, t + 1.0 + x.size / SR))
+        t += 1.0 + x.size / SR
+    audio = np.concatenate(parts)
+    audio = audio + noise(audio.size / SR, 0.003, seed=5)  # a steady room noise at about -50 dBFS
+    utts = endpoint(audio, 1600)
+    for a, b in spans:  # every recording is covered, and no utterance runs across a gap
+        inside = [u for u in utts if u.start_s < b and u.end_s > a]
+        assert inside, (a, b)
+        assert all(a - 0.3 <= u.start_s and u.end_s <= b + 0.3 for u in inside), (a, b)
