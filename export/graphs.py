@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from voicegate.device.contract import INPUT_NAME, OUTPUT_NAME
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DROPOUT_P_NAME = "mc_dropout_p"  # scalar float32 initializer of the MC graph
 DEFAULT_OPSET = 17
+FP16_MIN_ELEMENTS = 1024  # smaller tensors (biases, scalars) stay float32
 
 
 def head_parts(model: nn.Module) -> tuple[float, nn.Linear]:
@@ -149,3 +150,28 @@ def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = str(k), str(v)
     proto.producer_name = "voicegate"
+
+
+def store_weights_fp16(proto: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) -> onnx.ModelProto:
+    """A copy whose large float32 weights are stored as float16 and cast back to float32.
+
+    Halves the file; onnxruntime folds the casts when it loads the model, so inference still
+    runs in float32 (with the weights rounded to float16). The MC dropout rate is never touched.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    casts = []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=init.name + "__cast"))
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out

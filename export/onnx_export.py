@@ -11,6 +11,8 @@ For each method (``--method mc|ensemble|both``; ``both`` writes ``NAME-mc.onnx``
    onnxruntime's default session options; the ensemble must match torch eval within 1e-4;
 3. choose the thresholds on the validation split (:mod:`voicegate.export.thresholds`), running
    the exported graph through onnxruntime one utterance per batch, as the device does;
+   with ``--weights fp16`` the weights are then stored as float16 (half the file, computed in
+   float32) and the graph must stay within FP16_ATOL of the float32 one;
 4. write the model with its contract in ``metadata_props``, a ``NAME.onnx.sha256`` sidecar,
    and the folder's ``manifest.json``; then reload it through the device runtime.
 
@@ -38,6 +40,7 @@ PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| with dropout off / for the ensemble
 MC_MEAN_SIGMAS = 6.0  # MC means may differ by this many standard errors (plus MC_MEAN_ATOL)
 MC_MEAN_ATOL = 1e-3
 MC_PARITY_ROUNDS = 20  # onnxruntime runs (of T samples each) for the MC-mean comparison
+FP16_ATOL = 5e-3  # max |p_fp16 - p_fp32| for a graph whose weights are stored as float16
 
 
 class ExportError(RuntimeError):
@@ -57,6 +60,7 @@ class ExportConfig:
     utterance_windows: int = 0  # 0: a validation utterance = a whole recording (<= runtime cap)
     parity_windows: int = 32  # real validation windows for the parity checks
     seed: int = 0  # seeds onnxruntime's masks during threshold selection (reproducible export)
+    weights: str = "fp32"  # fp16: store weights as float16 (half the file; computed in float32)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +175,24 @@ def check_ensemble_parity(proto, models: list, images: np.ndarray) -> dict:
     if got.shape != ref.shape or err > PARITY_ATOL:
         raise ExportError(f"ensemble parity failed: max |onnx - torch| = {err:.2e} > {PARITY_ATOL}")
     return {"max_abs": err}
+
+
+def check_fp16(proto32, proto16, images: np.ndarray) -> float:
+    """Max |p| difference between a graph and its float16-stored copy (MC with dropout off)."""
+    from voicegate.device.runtime import run_session
+
+    from .graphs import DROPOUT_P_NAME, with_dropout_p
+
+    def det(proto):
+        is_mc = any(i.name == DROPOUT_P_NAME for i in proto.graph.initializer)
+        return with_dropout_p(proto, 0.0) if is_mc else proto
+
+    a = run_session(_session(det(proto32)), images)
+    b = run_session(_session(det(proto16)), images)
+    err = float(np.abs(a - b).max())
+    if err > FP16_ATOL:
+        raise ExportError(f"float16 weights change p(allowed) by up to {err:.2e} (> {FP16_ATOL}); use --weights fp32")
+    return err
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -310,13 +332,17 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
             proto = graphs.export_mc(model, cfg.samples, cfg.opset, image_size)
             parity = check_mc_parity(proto, model, parity_images, cfg.samples)
             samples, dropout_p = cfg.samples, graphs.head_parts(model)[0]
-            weights = weights_digest(ckpt_paths[cfg.member : cfg.member + 1]) if ckpt_paths else ""
+            weights_sha = weights_digest(ckpt_paths[cfg.member : cfg.member + 1]) if ckpt_paths else ""
         else:
             models = [m for m, _ in members]
             proto = graphs.export_ensemble(models, cfg.opset, image_size)
             parity = check_ensemble_parity(proto, models, parity_images)
             samples, dropout_p = len(models), None
-            weights = weights_digest(ckpt_paths) if ckpt_paths else ""
+            weights_sha = weights_digest(ckpt_paths) if ckpt_paths else ""
+        if cfg.weights == "fp16":
+            proto16 = graphs.store_weights_fp16(proto)
+            parity["fp16_max_abs_vs_fp32"] = check_fp16(proto, proto16, parity_images)
+            proto = proto16
         log.info("%s parity OK: %s", method, parity)
 
         ort.set_seed(cfg.seed)
@@ -341,7 +367,7 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
             corpus={"data_config": data_config, "roles": roles,
                     "run": run_dir.name, "validation_utterances": len(utterances)},
             metrics={"validation": val_report, "parity": parity, "training": _training_metrics(run_dir)},
-            weights_sha256=weights,
+            weights_sha256=weights_sha,
             created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             voicegate_version=voicegate.__version__,
             extra={"export_config": cfg.to_dict(), "model_config": model_cfg, "member": cfg.member if method == "mc" else None},
@@ -378,6 +404,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="uncertainty limit = this quantile over correctly accepted allowed val utterances")
     p.add_argument("--utterance-windows", type=int, default=d.utterance_windows,
                    help="cut validation recordings into utterances of N windows (0 = whole recording)")
+    p.add_argument("--weights", choices=("fp32", "fp16"), default=d.weights,
+                   help="fp16 stores the weights as float16: half the file, still computed in float32 "
+                   "(default %(default)s)")
     p.add_argument("--cache", help="prepared corpus cache (default: the one the run was trained on)")
 
 
@@ -385,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ExportConfig(
         method=args.method, samples=args.samples, target_far=args.target_far, opset=args.opset,
         member=args.member, measure=args.measure, uncertainty_quantile=args.uncertainty_quantile,
-        utterance_windows=args.utterance_windows,
+        utterance_windows=args.utterance_windows, weights=args.weights,
     )
     problem = None
     if cfg.samples < 2:

@@ -145,6 +145,20 @@ def test_parity_check_fails_loudly(windows):
         check_mc_parity(mc, tiny_compact(7), windows, 8)
 
 
+def test_fp16_weights_halve_the_file_and_keep_the_outputs(windows):
+    from voicegate.export.onnx_export import check_fp16
+
+    model = tiny_compact(3)
+    p32 = graphs.export_mc(model, samples=8)
+    p16 = graphs.store_weights_fp16(p32, min_elements=16)
+    halves = [i for i in p16.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert halves and all(i.name != graphs.DROPOUT_P_NAME for i in halves)
+    assert len(p16.SerializeToString()) < len(p32.SerializeToString())
+    assert check_fp16(p32, p16, windows) < 5e-3
+    out = run_session(default_session(p16), windows)
+    assert out.std(axis=1).min() > 0  # still live MC dropout
+
+
 def test_mc_export_refuses_a_model_without_dropout():
     with pytest.raises(ValueError, match="dropout"):
         graphs.export_mc(TinyNet(p=0.0), samples=4)
@@ -186,7 +200,7 @@ def test_export_command_end_to_end(tmp_path, capsys):
     write_fake_cache(tmp_path / "cache", corpus)
     write_run(tmp_path / "run", [tiny_compact(s) for s in range(2)])
     out = tmp_path / "models" / "gate.onnx"
-    rc = main(["export", str(tmp_path / "run"), "--out", str(out), "--method", "both",
+    rc = main(["export", str(tmp_path / "run"), "--out", str(out), "--method", "both", "--weights", "fp16",
                "--samples", "10", "--cache", str(tmp_path / "cache"), "--target-far", "0.0"])
     assert rc == 0, capsys.readouterr()
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
@@ -203,7 +217,8 @@ def test_export_command_end_to_end(tmp_path, capsys):
         # target FAR 0 on validation: no not-allowed validation utterance is granted
         assert val["policy"]["not_allowed"][GRANTED] == 0.0 and val["accept_only"]["far"] == 0.0
         assert 0.0 <= c.thresholds.deny <= c.thresholds.accept <= 1.0
-        assert c.weights_sha256 and c.created_at
+        assert c.weights_sha256 and c.created_at and c.extra["export_config"]["weights"] == "fp16"
+        assert c.metrics["parity"]["fp16_max_abs_vs_fp32"] < 5e-3
         assert path.stat().st_size < 200_000
     assert ModelContract.from_metadata(
         {p.key: p.value for p in onnx.load(str(tmp_path / "models" / "gate-mc.onnx")).metadata_props}
