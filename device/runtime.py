@@ -102,6 +102,13 @@ def write_sidecar(model_path: PathLike, digest: str | None = None) -> Path:
     return out
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def expected_sha256(model_path: PathLike) -> tuple[str, str]:
     """(expected hex digest, where it came from) from the sidecar or the folder's manifest.
 
@@ -111,14 +118,14 @@ def expected_sha256(model_path: PathLike) -> tuple[str, str]:
     found: list[tuple[str, str]] = []
     side = sidecar_path(p)
     if side.is_file():
-        words = side.read_text(errors="replace").split()
+        words = _read_text(side).split()
         if not words or len(words[0]) != 64:
             raise ModelError(f"{side}: not a sha256 sidecar (want 'HEX  {p.name}')")
         found.append((words[0].lower(), str(side)))
     manifest = p.with_name(MANIFEST_NAME)
     if manifest.is_file():
         try:
-            entries = json.loads(manifest.read_text())
+            entries = json.loads(_read_text(manifest))
         except ValueError as e:
             raise ModelError(f"{manifest}: not valid JSON ({e})") from None
         if isinstance(entries, dict) and isinstance(entries.get(p.name), str):

@@ -9,10 +9,10 @@ For each method (``--method mc|ensemble|both``; ``both`` writes ``NAME-mc.onnx``
    MC with its dropout rate set to 0 must match torch eval within 1e-4, the MC mean over many
    samples must match torch's MC mean within sampling error, and the samples must vary under
    onnxruntime's default session options; the ensemble must match torch eval within 1e-4;
-3. choose the thresholds on the validation split (:mod:`voicegate.export.thresholds`), running
-   the exported graph through onnxruntime one utterance per batch, as the device does;
    with ``--weights fp16`` the weights are then stored as float16 (half the file, computed in
    float32) and the graph must stay within FP16_ATOL of the float32 one;
+3. choose the thresholds on the validation split (:mod:`voicegate.export.thresholds`), running
+   the exported graph through onnxruntime one utterance per batch, as the device does;
 4. write the model with its contract in ``metadata_props``, a ``NAME.onnx.sha256`` sidecar,
    and the folder's ``manifest.json``; then reload it through the device runtime.
 
