@@ -1,0 +1,435 @@
+"""`voicegate report uncertainty`: MC dropout (T = 2, 20, 50) against the deep ensemble.
+
+MC dropout samples the head only: the trunk runs once per window (eval mode, BatchNorm frozen)
+and the head's dropout mask is drawn T times, which is exactly what the exported MC model does.
+The ensemble runs every member once (eval mode) on the same windows. Both give S samples of
+p(allowed) per window; their mean is the prediction, their spread the uncertainty.
+
+Windows: the closed-set ``--split`` (default test: unseen recordings of the training speakers)
+and the held-out impostors (speakers never seen in training) for the open-set AUROCs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+NEEDS_RUN = True
+DEFAULT_T = (2, 20, 50)
+SINGLE = "single"  # member 0 with dropout off: the deterministic baseline
+CLASS_NAMES = ("not_allowed", "allowed")
+
+# "comparable" = within these margins (absolute for rates and AUROCs, relative for NLL/Brier)
+ABS_MARGIN = 0.01
+REL_MARGIN = 0.10
+HIGHER_BETTER = ("accuracy", "f1_weighted", "error_auroc", "open_auroc_p", "open_auroc_unc")
+LOWER_BETTER = ("ece", "nll", "brier", "aurc", "eer", "ms_per_window", "size_mb")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", choices=("val", "test"), help="closed-set split (default %(default)s)")
+    p.add_argument("--T", dest="mc_samples", type=int, nargs="+", default=list(DEFAULT_T), help="MC dropout sample counts (default 2 20 50)")
+    p.add_argument("--member", type=int, default=0, help="the ensemble member MC dropout samples (default %(default)s)")
+    p.add_argument("--max-windows", type=int, default=3000, help="seeded subset of at most this many windows per split (default %(default)s; 0 = all)")
+    p.add_argument("--bins", type=int, default=10, help="confidence bins for ECE (default %(default)s)")
+    p.add_argument("--timing-batch", type=int, default=32, help="windows per batch when timing each method (default %(default)s)")
+
+
+# --- sampling ----------------------------------------------------------------------------------
+def trunk_features(model, images, rows, desc: str = ""):
+    """(N, D) trunk outputs in eval mode, no gradients."""
+    import torch
+
+    from .report import window_batches
+
+    model.eval()
+    with torch.no_grad():
+        feats = [model.trunk(x) for x in window_batches(images, rows, desc=desc)]
+    return torch.cat(feats) if feats else torch.zeros(0, model.feature_dim)
+
+
+def head_probs(model, feats):
+    """(N,) p(allowed) from the head in eval mode (dropout off)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return torch.softmax(model.head(feats), dim=1)[:, 1].numpy().astype(float)
+
+
+def mc_head_samples(model, feats, T: int, generator, chunk: int = 512):
+    """(T, N) p(allowed): the head with its dropout live, T masks per window, trunk not rerun.
+
+    Dropout is applied as in ``nn.Dropout`` in train mode (keep with prob 1 - p, scale by
+    1 / (1 - p)) with masks from ``generator``, so the draw is reproducible.
+    """
+    import numpy as np
+    import torch
+
+    drop, linear = model.head[0], model.head[1]
+    p = float(drop.p)
+    out = []
+    with torch.no_grad():
+        for s in range(0, feats.shape[0], chunk):
+            f = feats[s : s + chunk]
+            keep = (torch.rand((T, *f.shape), generator=generator) >= p).float() / (1.0 - p)
+            logits = linear(f.unsqueeze(0) * keep)  # (T, n, 2)
+            out.append(torch.softmax(logits, dim=-1)[..., 1].numpy())
+    return np.concatenate(out, axis=1).astype(float) if out else np.zeros((T, 0))
+
+
+def sample_methods(members, member: int, Ts, images, rows, seed: int, desc: str) -> dict:
+    """{method: (S, N) p(allowed)} for single, MC-T for each T, and ensemble-K (K > 1)."""
+    import numpy as np
+    import torch
+
+    feats = [trunk_features(m, images, rows, desc=f"{desc} member {i}") for i, (m, _) in enumerate(members)]
+    model = members[member][0]
+    out = {SINGLE: head_probs(model, feats[member])[None]}
+    gen = torch.Generator().manual_seed(seed)
+    for T in Ts:
+        out[f"MC-{T}"] = mc_head_samples(model, feats[member], T, gen)
+    if len(members) > 1:
+        out[f"ensemble-{len(members)}"] = np.stack([head_probs(m, f) for (m, _), f in zip(members, feats)])
+    return out
+
+
+# --- cost --------------------------------------------------------------------------------------
+def time_methods(members, member: int, Ts, x, repeats: int = 5) -> dict:
+    """Median ms per window of each method on batch ``x`` (B, 1, 224, 224), on this CPU."""
+    import time
+
+    import numpy as np
+    import torch
+
+    model = members[member][0]
+    gen = torch.Generator().manual_seed(0)
+
+    def clock(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1000.0 / x.shape[0]
+
+    with torch.no_grad():
+        costs = {SINGLE: clock(lambda: model(x))}
+        for T in Ts:
+            costs[f"MC-{T}"] = clock(lambda T=T: mc_head_samples(model, model.trunk(x), T, gen))
+        if len(members) > 1:
+            costs[f"ensemble-{len(members)}"] = clock(lambda: [m(x) for m, _ in members])
+    return costs
+
+
+def model_sizes(members, member: int, Ts) -> dict:
+    """fp32 parameter megabytes each method must hold (MC: one model; ensemble: all K)."""
+    from .models import count_parameters
+
+    mb = [count_parameters(m) * 4 / 1e6 for m, _ in members]
+    sizes = {SINGLE: mb[member], **{f"MC-{T}": mb[member] for T in Ts}}
+    if len(members) > 1:
+        sizes[f"ensemble-{len(members)}"] = sum(mb)
+    return sizes
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+def table_rows(results: dict) -> dict:
+    """{method: {metric: value}} with the table's metrics flattened (uncertainty = std; the
+    single model has no spread, so its uncertainty is the predictive entropy)."""
+    rows = {}
+    for method, r in results.items():
+        unc = "entropy" if method == SINGLE else "std"
+        o = r.get("open_set", {})
+        rows[method] = {
+            "accuracy": r["accuracy"],
+            "f1_weighted": r["f1_weighted"],
+            "ece": r["ece"],
+            "nll": r["nll"],
+            "brier": r["brier"],
+            "error_auroc": r["error_auroc"][unc],
+            "aurc": r["aurc"][unc],
+            "open_auroc_p": o.get("auroc_p_allow"),
+            "open_auroc_unc": (o.get("auroc_uncertainty") or {}).get(unc),
+            "eer": o.get("eer"),
+            "ms_per_window": r["ms_per_window"],
+            "size_mb": r["size_mb"],
+            "uncertainty": unc,
+        }
+    return rows
+
+
+def winners(rows: dict, methods=None) -> dict:
+    """{metric: [best methods]} over ``methods`` (ties within 1e-9 share the win)."""
+    methods = list(methods or rows)
+    out = {}
+    for metric in (*HIGHER_BETTER, *LOWER_BETTER):
+        vals = {m: rows[m][metric] for m in methods if rows[m][metric] is not None}
+        if not vals:
+            continue
+        best = max(vals.values()) if metric in HIGHER_BETTER else min(vals.values())
+        out[metric] = [m for m, v in vals.items() if abs(v - best) <= 1e-9]
+    return out
+
+
+def compare(mc: dict, ens: dict) -> dict:
+    """Per metric: ensemble minus MC value, and whether MC is 'comparable' (within the margins),
+    'better' or 'worse'."""
+    out = {}
+    for metric in (*HIGHER_BETTER, "ece", "nll", "brier", "aurc", "eer"):
+        a, b = mc[metric], ens[metric]
+        if a is None or b is None:
+            continue
+        margin = REL_MARGIN * max(abs(b), 1e-12) if metric in ("nll", "brier", "aurc") else ABS_MARGIN
+        sign = 1 if metric in HIGHER_BETTER else -1
+        gain = sign * (a - b)  # > 0: MC is better
+        verdict = "comparable" if abs(a - b) <= margin else ("better" if gain > 0 else "worse")
+        out[metric] = {"mc": a, "ensemble": b, "ensemble_minus_mc": b - a, "mc_is": verdict}
+    return out
+
+
+# --- figures -----------------------------------------------------------------------------------
+def plot_triangles(report, panels: dict, split: str, filename: str, caption: str) -> None:
+    """One row per method; columns: closed-set windows per true class, then held-out impostors.
+    x = mean predicted probability of the panel's class, y = its std over samples."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(panels)
+    fig, axes = plt.subplots(len(methods), 3, figsize=(13, 3.4 * len(methods)), squeeze=False)
+    grid = np.linspace(0, 1, 201)
+    for r, method in enumerate(methods):
+        d = panels[method]
+        cols = [
+            (f"true {CLASS_NAMES[0]} ({split})", 1.0 - d["mean"][d["y"] == 0], d["std"][d["y"] == 0], d["wrong"][d["y"] == 0], "p(not_allowed)"),
+            (f"true {CLASS_NAMES[1]} ({split})", d["mean"][d["y"] == 1], d["std"][d["y"] == 1], d["wrong"][d["y"] == 1], "p(allowed)"),
+            ("held-out impostors (heldout)", 1.0 - d["open_mean"], d["open_std"], d["open_mean"] >= 0.5, "p(not_allowed)"),
+        ]
+        for c, (name, x, y, wrong, xlabel) in enumerate(cols):
+            ax = axes[r, c]
+            ax.plot(grid, np.sqrt(grid * (1 - grid)), color="grey", lw=0.8, ls="--", label="max std")
+            ax.scatter(x[~wrong], y[~wrong], s=5, alpha=0.4, color="tab:blue", label="correct")
+            ax.scatter(x[wrong], y[wrong], s=8, alpha=0.7, color="tab:red", label="wrong")
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(-0.01, 0.52)
+            ax.set_xlabel(f"mean {xlabel}")
+            ax.set_ylabel("std over samples")
+            ax.set_title(report.fig_title(f"{method}: {name}", split if c < 2 else "heldout"), fontsize=9)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    report.save(fig, filename, caption)
+
+
+def plot_histograms(report, panels: dict, split: str, filename: str) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(panels)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.2), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for ax, method in zip(axes[0], methods):
+        d = panels[method]
+        ax.hist(d["mean"][d["y"] == 0], bins=bins, alpha=0.6, label=f"{CLASS_NAMES[0]} ({split})", color="tab:orange")
+        ax.hist(d["mean"][d["y"] == 1], bins=bins, alpha=0.6, label=f"{CLASS_NAMES[1]} ({split})", color="tab:green")
+        ax.hist(d["open_mean"], bins=bins, histtype="step", lw=1.5, label="held-out impostors", color="tab:purple")
+        ax.set_yscale("log")
+        ax.set_xlabel("mean p(allowed)")
+        ax.set_title(report.fig_title(method, f"{split} + heldout"), fontsize=9)
+    axes[0, 0].set_ylabel("windows (log)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    report.save(fig, filename, "Histograms of the mean p(allowed) per true class and for held-out impostors.")
+
+
+def plot_reliability(report, y, means: dict, split: str, bins: int) -> None:
+    import matplotlib.pyplot as plt
+
+    from .calibration import reliability_bins
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0.5, 1], [0.5, 1], color="grey", ls="--", lw=0.8)
+    for method, p in means.items():
+        b = reliability_bins(y, p, bins)
+        ok = b["count"] > 0
+        ax.plot(b["confidence"][ok], b["accuracy"][ok], marker="o", ms=3, label=method)
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(report.fig_title("Reliability diagram", split), fontsize=9)
+    ax.legend(fontsize=7)
+    report.save(fig, "reliability.png", "Reliability: accuracy against confidence per bin (diagonal = calibrated).")
+
+
+def plot_risk_coverage(report, y, samples: dict, split: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from .calibration import risk_coverage, sample_uncertainty
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, measure in zip(axes, ("std", "entropy")):
+        for i, (method, s) in enumerate(samples.items()):
+            if measure == "std" and method == SINGLE:
+                continue
+            u = sample_uncertainty(s)
+            rc = risk_coverage(y, u["mean"], u[measure])
+            ax.plot(rc["coverage"], rc["accuracy"], label=method, color=f"C{i}")
+        ax.set_xlabel("coverage (share of windows kept, least uncertain first)")
+        ax.set_ylabel("accuracy of the kept windows")
+        ax.set_title(report.fig_title(f"Risk-coverage, rejecting by {measure}", split), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    report.save(fig, "risk_coverage.png", "Accuracy as the most uncertain windows are rejected.")
+
+
+# --- the report --------------------------------------------------------------------------------
+def make_report(args: argparse.Namespace):
+    import numpy as np
+    from tqdm import tqdm
+
+    from .calibration import sample_uncertainty, uncertainty_report
+    from .report import load_members, open_prepared, read_run_info, select_split, start_report, window_batches
+
+    report = start_report(args, "uncertainty", "MC dropout against the deep ensemble")
+    run_info = read_run_info(args.run)
+    members = load_members(args.run)
+    if not 0 <= args.member < len(members):
+        raise ValueError(f"--member {args.member}: the run has {len(members)} member(s)")
+    Ts = sorted(set(int(t) for t in args.mc_samples if t >= 1))
+    if not Ts:
+        raise ValueError("--T needs at least one sample count >= 1")
+    corpus = open_prepared(args, run_info)
+    split = args.split
+    closed = select_split(corpus, split, args.max_windows, args.seed)
+    heldout = select_split(corpus, "heldout", args.max_windows, args.seed)
+    if not len(closed):
+        raise ValueError(f"no {split} windows in the prepared corpus")
+
+    steps = tqdm(total=4, desc="report uncertainty", unit="step")
+    s_closed = sample_methods(members, args.member, Ts, corpus.images, closed.rows, args.seed, split)
+    s_open = (
+        sample_methods(members, args.member, Ts, corpus.images, heldout.rows, args.seed + 1, "heldout")
+        if len(heldout)
+        else None
+    )
+    steps.update()
+
+    x = next(window_batches(corpus.images, closed.rows[: args.timing_batch]))
+    costs = time_methods(members, args.member, Ts, x)
+    sizes = model_sizes(members, args.member, Ts)
+    steps.update()
+
+    y = closed.labels
+    results, panels = {}, {}
+    for method, s in s_closed.items():
+        so = s_open[method] if s_open is not None else None
+        r = uncertainty_report(y, s, n_bins=args.bins, open_samples=so)
+        r["ms_per_window"], r["size_mb"] = costs[method], sizes[method]
+        results[method] = r
+        u = sample_uncertainty(s)
+        uo = sample_uncertainty(so) if so is not None else {"mean": np.zeros(0), "std": np.zeros(0)}
+        panels[method] = {
+            "y": y, "mean": u["mean"], "std": u["std"], "wrong": (u["mean"] >= 0.5) != (y == 1),
+            "open_mean": uo["mean"], "open_std": uo["std"],
+        }
+    steps.update()
+
+    mc_names = [f"MC-{T}" for T in Ts]
+    ens_name = f"ensemble-{len(members)}" if len(members) > 1 else None
+    plot_triangles(report, {m: panels[m] for m in mc_names}, split, "triangles_mc.png",
+                   "MC dropout: mean predicted probability of each class against its std (the study's triangles); red = misclassified.")
+    if ens_name:
+        plot_triangles(report, {mc_names[-1]: panels[mc_names[-1]], ens_name: panels[ens_name]}, split,
+                       "triangles_ensemble_vs_mc.png", f"{ens_name} beside {mc_names[-1]}.")
+    plot_histograms(report, {m: panels[m] for m in [*mc_names, *([ens_name] if ens_name else [])]}, split, "histograms.png")
+    plot_reliability(report, y, {m: panels[m]["mean"] for m in results}, split, args.bins)
+    plot_risk_coverage(report, y, s_closed, split)
+    steps.update()
+    steps.close()
+
+    rows = table_rows(results)
+    wins = winners(rows, [m for m in rows if m != SINGLE])
+    comparison = compare(rows[mc_names[-1]], rows[ens_name]) if ens_name else {}
+    write_summary(report, args, run_info, closed, heldout, rows, wins, comparison, mc_names[-1], ens_name)
+    report.data.update({
+        "run": str(args.run),
+        "arch": run_info.get("arch"),
+        "split": split,
+        "n_windows": {split: len(closed), "heldout": len(heldout)},
+        "threads": _threads(),
+        "methods": results,
+        "table": rows,
+        "winners": wins,
+        "mc_vs_ensemble": comparison,
+    })
+    return report
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def write_summary(report, args, run_info, closed, heldout, rows, wins, comparison, mc_name, ens_name) -> None:
+    split = args.split
+    n_allowed = int((closed.labels == 1).sum())
+    subset = f" (a seeded subset of at most {args.max_windows} per split)" if args.max_windows else ""
+    report.section(
+        "Setup",
+        f"Run `{args.run}` ({run_info.get('arch')}, {len(run_info.get('members', []))} member(s)). "
+        f"Closed set: {len(closed)} clean windows of the **{split}** split ({n_allowed} allowed, "
+        f"{len(closed) - n_allowed} not allowed){subset}; open set: "
+        f"{len(heldout)} windows of held-out impostors (speakers never seen in training). "
+        "Recordings are split whole, but a speaker's recordings can share one audiobook chapter "
+        "(librispeech), so closed-set numbers are optimistic against new sessions.",
+        f"MC-T = member {args.member}: trunk once, head dropout live, T masks. {SINGLE} = member "
+        f"{args.member} with dropout off. Ensemble = mean of the members in eval mode. Prediction = "
+        "mean p(allowed) >= 0.5. Uncertainty = std of p(allowed) over the samples (entropy of the mean "
+        f"for {SINGLE}). ECE over {args.bins} top-label confidence bins; Brier = mean (p - y)^2; NLL in "
+        f"nats. Cost = median CPU time per window in batches of {args.timing_batch} ({_threads()} torch "
+        "thread(s)) on this machine; size = fp32 parameters held in memory.",
+    )
+    headers = ["method", "acc", "F1w", "ECE", "NLL", "Brier", "err-AUROC", "AURC", "open AUROC p", "open AUROC unc", "open EER", "ms/window", "MB"]
+    keys = ["accuracy", "f1_weighted", "ece", "nll", "brier", "error_auroc", "aurc", "open_auroc_p", "open_auroc_unc", "eer", "ms_per_window", "size_mb"]
+    report.section("Results")
+    report.table(headers, [[m, *[r[k] for k in keys]] for m, r in rows.items()])
+    report.text(
+        "err-AUROC: uncertainty ranking misclassified windows above correct ones. AURC: area under "
+        "the risk-coverage curve (lower is better). open AUROC p: p(allowed) separating allowed "
+        f"{split} windows from held-out impostor windows. open AUROC unc: uncertainty flagging "
+        f"held-out impostor windows among all {split} windows. open EER: equal error rate of "
+        "p(allowed), allowed vs held-out impostors."
+    )
+    names = {"accuracy": "accuracy", "f1_weighted": "weighted F1", "ece": "ECE", "nll": "NLL", "brier": "Brier",
+             "error_auroc": "error AUROC", "aurc": "AURC", "open_auroc_p": "open-set AUROC of p(allowed)",
+             "open_auroc_unc": "open-set AUROC of uncertainty", "eer": "open-set EER",
+             "ms_per_window": "cost per window", "size_mb": "model size"}
+    report.section("Which method wins what (single excluded)", "\n".join(f"- {names[k]}: {', '.join(v)}" for k, v in wins.items()))
+    if comparison:
+        worse = [names[k] for k, c in comparison.items() if c["mc_is"] == "worse"]
+        better = [names[k] for k, c in comparison.items() if c["mc_is"] == "better"]
+        same = [names[k] for k, c in comparison.items() if c["mc_is"] == "comparable"]
+        verdict = (
+            f"On these numbers {mc_name} is **comparable** to {ens_name} on every quality metric"
+            if not worse
+            else f"On these numbers {mc_name} is **not** comparable to {ens_name}: it is worse on {', '.join(worse)}"
+        )
+        report.section(
+            f"Is MC dropout comparable to the ensemble? ({mc_name} vs {ens_name})",
+            verdict + f" (margins: {ABS_MARGIN} absolute for rates and AUROCs, {int(REL_MARGIN * 100)} % relative for NLL, Brier and AURC).",
+            f"- comparable on: {', '.join(same) or 'nothing'}\n- MC better on: {', '.join(better) or 'nothing'}\n"
+            f"- MC worse on: {', '.join(worse) or 'nothing'}",
+            f"Cost: {mc_name} {fmt_ms(rows[mc_name]['ms_per_window'])} and {rows[mc_name]['size_mb']:.2f} MB; "
+            f"{ens_name} {fmt_ms(rows[ens_name]['ms_per_window'])} and {rows[ens_name]['size_mb']:.2f} MB.",
+            "These are window-level numbers on one split; windows of one recording are correlated, so "
+            "small differences are within noise.",
+        )
+    else:
+        report.section("Ensemble", "The run has one member, so there is no ensemble to compare against.")
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:.2f} ms/window"
