@@ -95,16 +95,19 @@ def validation_utterances(corpus, utterance_windows: int = 0) -> list[tuple[str,
     rows = np.asarray(corpus.indices("val", aug=False), dtype=np.int64)
     if rows.size == 0:
         raise ExportError("the corpus has no validation windows to choose thresholds on")
+    if "heldout_impostors" in set(_column(index, "role").astype(str)[rows]):
+        raise ExportError("held-out impostors in the validation split: refusing to choose thresholds on them")
     recordings = _column(index, "recording").astype(str)[rows]
     labels = _column(index, "label").astype(np.int64)[rows]
     starts = _column(index, "start_s").astype(np.float64)[rows]
+    items = _column(index, "item").astype(str)[rows]
     hop = float((getattr(corpus, "meta", None) or {}).get("config", {}).get("eval_hop_seconds", INFER_HOP_SECONDS))
     stride = max(1, int(round(INFER_HOP_SECONDS / hop)))
     cap = runtime_window_cap()
     out = []
     for rec in dict.fromkeys(recordings):  # first-seen order
         sel = np.flatnonzero(recordings == rec)
-        mine = rows[sel[np.argsort(starts[sel], kind="stable")]][::stride]
+        mine = rows[sel[np.lexsort((starts[sel], items[sel]))]][::stride]  # by item, then time
         label = int(labels[sel[0]])
         groups = (
             [mine[i : i + utterance_windows] for i in range(0, mine.size, utterance_windows)]

@@ -79,6 +79,7 @@ def choose_thresholds(
     report = {
         "target_far": target_far,
         "measure": measure,
+        "data": "validation split (allowed and not-allowed training speakers); no held-out impostors",
         "rules": {
             "accept": "lowest p threshold with FAR <= target_far on not-allowed validation utterances",
             "uncertainty_limit": f"quantile {quantile} of {measure} over {basis}, floor {UNCERTAINTY_FLOOR[measure]}",

@@ -171,6 +171,9 @@ def test_validation_utterances_never_include_heldout():
     assert recs == {f"{s}-3" for s in ("a1", "a2", "n1", "n2", "n3")}  # val recordings only
     assert all(im.shape == (3, 224, 224) and im.dtype == np.float32 for _, _, im in utts)
     assert len(validation_utterances(corpus, utterance_windows=2)) == 10  # 3 windows -> 2 + 1
+    corpus.index.split[corpus.index.role == "heldout_impostors"] = "val"  # a corrupted split
+    with pytest.raises(ExportError, match="held-out impostors"):
+        validation_utterances(corpus)
 
 
 def write_fake_cache(path, corpus) -> None:
