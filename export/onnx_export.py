@@ -260,12 +260,22 @@ def weights_digest(paths: list[Path]) -> str:
 
 # --- the export ------------------------------------------------------------------------------
 def open_corpus(data_config: dict, cache: str | None = None):
-    """The prepared corpus a run was trained on (``cache`` overrides the checkpoint's)."""
+    """The prepared corpus a run was trained on (``cache`` overrides the checkpoint's).
+
+    The stored data config's cache folder is opened as it is when it exists; otherwise the
+    config is prepared again (which reuses a matching cache).
+    """
     from voicegate.train import prepare
 
     if cache:
         return prepare.PreparedCorpus.open(cache)
-    cfg = prepare.PrepareConfig.from_dict(data_config)
+    stored = data_config.get("cache_dir") or data_config.get("cache")
+    if stored and (Path(stored) / "meta.json").is_file():
+        return prepare.PreparedCorpus.open(stored)
+    try:
+        cfg = prepare.PrepareConfig.from_dict(data_config)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"cannot rebuild the run's corpus from its data config ({e}); pass --cache") from None
     return prepare.prepare_corpus(cfg)
 
 
