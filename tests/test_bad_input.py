@@ -2,7 +2,8 @@
 
 Every kind must give its documented outcome: a decision, or a clean one-line error (exit 4)
 naming the file. The CLI runs mostly in-process (``cli.main``); a few cases run in a real
-process, where C libraries writing to file descriptor 2 would show.
+process, where C libraries writing to file descriptor 2 would show. ``listen --from-file``
+gets the same suite: an unreadable file is exit 4, a silent one simply holds no utterance.
 
 The CLI tests use a model that GRANTS EVERYTHING: every input that must not reach a decision
 still has to exit 4, so no error path can end in an open door.
@@ -214,6 +215,43 @@ def test_permission_denied_for_real(suite, grant_model):
     p = subprocess.run(prefix + badaudio.cli_command(case.path, grant_model), capture_output=True,
                        text=True, timeout=120)
     _check_cli_result(case, p.returncode, p.stdout, p.stderr, granting=True)
+    listen = [sys.executable, "-m", "voicegate.device", "listen", "--from-file", str(case.path),
+              "--model", str(grant_model)]
+    p = subprocess.run(prefix + listen, capture_output=True, text=True, timeout=120)
+    _check_cli_result(case, p.returncode, p.stdout, p.stderr, granting=True)
+
+
+# --- (b') listen --from-file: the same suite through the streaming path ------------------------
+LISTEN_SKIP = {  # streaming memory over long inputs is the soak test's job (tests/test_soak.py)
+    "sparse_2GB_zeros": "listen streams all 2 GB of it (about 40 s)",
+    "speech_10_minutes": "listen streams all 10 minutes of it (seconds)",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_listen_from_file_outcome(suite, grant_model, name, capfd, tmp_path):
+    """Unreadable -> exit 4 (one line); no speech -> no decision; never GRANTED for either."""
+    _skip_if_root_permission(name)
+    if name in LISTEN_SKIP:
+        pytest.skip(LISTEN_SKIP[name])
+    case = suite[name]
+    log = tmp_path / "audit.jsonl"
+    code = cli.main(["listen", "--from-file", str(case.path), "--model", str(grant_model),
+                     "--json", "--log", str(log)])
+    out, err = capfd.readouterr()
+    decisions = [json.loads(line).get("decision") for line in out.splitlines() if line.startswith("{")]
+    assert "Traceback" not in err and "Traceback" not in out
+    if case.expect == DECISION:
+        assert code == 0, err
+    elif case.kind.reason == "no speech":  # a stream of silence holds no utterance
+        assert code == 0 and decisions == [] and err.strip() == "", (code, out, err)
+    else:
+        lines = err.strip().splitlines()
+        assert code == 4 and decisions == [] and len(lines) == 1, (code, out, err)
+        assert str(case.path) in lines[0] and case.kind.reason in lines[0].lower(), lines[0]
+    if case.expect == EXIT4:
+        logged = log.read_text() if log.exists() else ""
+        assert "GRANTED" not in logged and "GRANTED" not in out
 
 
 # --- (c) corpus preparation reports and skips bad files ----------------------------------------
