@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .data import SplitData, WindowDataset
 from .metrics import classification_metrics, split_report
 from .models import ModelConfig, build_model, count_parameters, save_checkpoint
+from .splits import TRAIN, VAL
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,6 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, aug, aug_gen, des
     return epoch_stats(total / max(n, 1), torch.cat(all_labels).numpy(), torch.cat(all_probs).numpy())
 
 
-def better(score: tuple, best: tuple | None) -> bool:
-    return best is None or score > best
-
-
 def fit_member(
     images,
     splits: dict,
@@ -152,7 +149,7 @@ def fit_member(
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     model = build_model(model_cfg).to(device)
-    train, val = splits["train"], splits["val"]
+    train, val = splits[TRAIN], splits[VAL]
     weights = class_weights(train.labels)
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device))
     eval_loss = nn.CrossEntropyLoss(weight=weights)
@@ -175,13 +172,19 @@ def fit_member(
     )
     history, best_score, best_state, best_epoch, bad_epochs = [], None, None, 0, 0
     for epoch in range(1, tcfg.epochs + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         tr = train_one_epoch(model, loader, optimizer, loss_fn, device, tcfg.augment, aug_gen, f"seed {seed} epoch {epoch}")
         va, _ = evaluate_split(model, images, val, device, eval_loss)
-        row = {"epoch": epoch, "seconds": time.perf_counter() - t0, "train": tr, "val": va}
+        row = {
+            "epoch": epoch,
+            "seconds": time.perf_counter() - t0,  # wall clock, train + val evaluation
+            "cpu_seconds": time.process_time() - cpu0,  # this process's CPU time (all threads)
+            "train": tr,  # from the training passes themselves: dropout and augmentation on
+            "val": va,  # eval mode, clean windows
+        }
         history.append(row)
         score = (va["balanced_accuracy"], -va["loss"])
-        improved = better(score, best_score)
+        improved = best_score is None or score > best_score
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -205,7 +208,7 @@ def fit_member(
 
     probs, metrics = {}, {"best_epoch": best_epoch, "last_epoch": last_epoch, "selection": "val balanced_accuracy"}
     for name, data in splits.items():
-        if name == "train" or data is None or not len(data):
+        if name == TRAIN or not len(data):
             continue
         _, probs[name] = evaluate_split(model, images, data, device, eval_loss)
         metrics[name] = split_report(data.labels, probs[name], data.speakers, data.recordings)

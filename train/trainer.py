@@ -106,6 +106,8 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
         splits[name] = split_data(corpus, name, aug=False)
     if tcfg.limit_train:
         splits[TRAIN] = splits[TRAIN].subset(tcfg.limit_train, tcfg.seed)
+    if not len(splits[VAL]) or len(set(splits[VAL].labels)) < 2:
+        raise SystemExit("the val split needs windows of both classes to select a model; prepare more recordings per speaker")
     counts = np.bincount(splits[TRAIN].labels, minlength=2)
     log.info("train windows: %d not_allowed, %d allowed (class weights = inverse frequency)", counts[0], counts[1])
     for name in EVAL_SPLITS:
