@@ -203,10 +203,27 @@ def prepare_config(args: argparse.Namespace, run_info: Optional[dict] = None):
 
 
 def open_prepared(args: argparse.Namespace, run_info: Optional[dict] = None):
-    """The prepared window cache of ``--corpus`` (preparation reuses an existing cache)."""
-    from .prepare import prepare_corpus
+    """The prepared window cache of ``--corpus``.
 
-    return prepare_corpus(prepare_config(args, run_info))
+    An existing ``--cache`` is opened as it is, never rebuilt (an analysis must not overwrite the
+    windows a run was trained on); it must come from ``--corpus``, and roles that differ from the
+    run's are logged. Otherwise the corpus is prepared (reusing a matching cache).
+    """
+    from .prepare import PreparedCorpus, prepare_corpus
+
+    cfg = prepare_config(args, run_info)
+    if args.cache and (Path(args.cache) / "meta.json").is_file():
+        pc = PreparedCorpus.open(args.cache)
+        theirs = Path(str(pc.meta.get("corpus", ""))).expanduser().resolve()
+        if theirs != Path(cfg.corpus).expanduser().resolve():
+            raise ValueError(f"--cache {args.cache} holds windows of {theirs}, not of --corpus {cfg.corpus}")
+        run_roles = (run_info or {}).get("roles")
+        if run_roles and {r: sorted(v) for r, v in pc.meta.get("roles", {}).items() if v} != {
+            r: sorted(v) for r, v in run_roles.items() if v
+        }:
+            log.warning("the roles in %s differ from the run's roles", args.cache)
+        return pc
+    return prepare_corpus(cfg)
 
 
 def load_members(run_dir) -> list:
@@ -214,6 +231,15 @@ def load_members(run_dir) -> list:
     from .trainer import load_run
 
     return load_run(run_dir)
+
+
+def open_run(args: argparse.Namespace) -> tuple:
+    """(run.json, [(model, checkpoint), ...]) of ``--run``, checking ``--member`` against it."""
+    run_info = read_run_info(args.run)
+    members = load_members(args.run)
+    if not 0 <= getattr(args, "member", 0) < len(members):
+        raise ValueError(f"--member {args.member}: the run has {len(members)} member(s)")
+    return run_info, members
 
 
 def select_split(corpus, split: str, max_windows: Optional[int], seed: int):

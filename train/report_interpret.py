@@ -208,14 +208,11 @@ def make_report(args: argparse.Namespace):
     import torch
     from tqdm import tqdm
 
-    from .report import band_shares, frequency_axis, load_members, open_prepared, read_run_info, select_split
-    from .report import start_report, window_batches
+    from .report import band_shares, frequency_axis, open_prepared, open_run, select_split, start_report
+    from .report import window_batches
 
     report = start_report(args, "interpret", "What the CNN looks at")
-    run_info = read_run_info(args.run)
-    members = load_members(args.run)
-    if not 0 <= args.member < len(members):
-        raise ValueError(f"--member {args.member}: the run has {len(members)} member(s)")
+    run_info, members = open_run(args)
     model = members[args.member][0].eval()
     corpus = open_prepared(args, run_info)
     data = select_split(corpus, args.split, args.max_windows, args.seed)

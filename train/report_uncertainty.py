@@ -290,13 +290,10 @@ def make_report(args: argparse.Namespace):
     from tqdm import tqdm
 
     from .calibration import sample_uncertainty, uncertainty_report
-    from .report import load_members, open_prepared, read_run_info, select_split, start_report, window_batches
+    from .report import open_prepared, open_run, select_split, start_report, window_batches
 
     report = start_report(args, "uncertainty", "MC dropout against the deep ensemble")
-    run_info = read_run_info(args.run)
-    members = load_members(args.run)
-    if not 0 <= args.member < len(members):
-        raise ValueError(f"--member {args.member}: the run has {len(members)} member(s)")
+    run_info, members = open_run(args)
     Ts = sorted(set(int(t) for t in args.mc_samples if t >= 1))
     if not Ts:
         raise ValueError("--T needs at least one sample count >= 1")
