@@ -15,7 +15,8 @@ from tiny_gate import TinyNet, write_gate_model
 
 from voicegate.device import cli
 from voicegate.device.cli import main
-from voicegate.device.runtime import MODEL_ENV
+from voicegate.device.features import feature_contract
+from voicegate.device.runtime import MODEL_ENV, write_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +96,18 @@ def test_model_errors_exit_5(files, tmp_path, capsys, monkeypatch):
     (tmp_path / "mod.onnx.sha256").write_text(files["mc"].with_name("mc.onnx.sha256").read_text())
     assert main(["enroll-check", wav, "--model", str(modified)]) == 5
     assert main(["enroll-check", wav, "--model", str(files["mc"]), "--method", "ensemble"]) == 5
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(files["mc"].read_bytes()[:5000])
+    write_sidecar(truncated)  # its hash matches, but it is not a whole model
+    assert main(["enroll-check", wav, "--model", str(truncated)]) == 5
+    old = write_gate_model(tmp_path / "old.onnx", "mc", samples=4,
+                           features={**feature_contract(), "feature_version": "vg-stft-0"})
+    assert main(["enroll-check", wav, "--model", str(old)]) == 5
     monkeypatch.setenv(MODEL_ENV, str(tmp_path / "gone.onnx"))
     assert main(["enroll-check", wav]) == 5
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 6 and all(line.startswith("voicegate: model error:") for line in err)
+    assert "feature_version" in err[-2]
+    assert len(err) == 8 and all(line.startswith("voicegate: model error:") for line in err)
 
 
 def test_model_error_with_json_still_prints_json(files, tmp_path, capsys):
