@@ -107,28 +107,38 @@ def _decoder_chatter_to_log():
 
     libsndfile's MP3 decoder (libmpg123) writes warnings such as "Note: Trying to resync..."
     to the process's stderr while it probes or decodes a file. A CLI promises one line on
-    stderr, so the descriptor is pointed at a temporary file for the call and its text is
-    logged instead. Held briefly (one open or one block read), under a lock.
+    stderr, so the descriptor points at a temporary file for the call and its text is logged
+    instead. Held briefly (one open or one block read), under a lock; anything another thread
+    writes to fd 2 meanwhile is logged the same way, not lost. Without a usable stderr or
+    temporary file, the call runs unguarded.
     """
     with _STDERR_LOCK:
         try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to protect
+            tmp = tempfile.TemporaryFile()
+        except OSError:
+            tmp = None
+        try:
+            saved = os.dup(2) if tmp is not None else None
+        except OSError:
+            saved = None
+        if saved is None:
+            if tmp is not None:
+                tmp.close()
             yield
             return
         try:
-            with tempfile.TemporaryFile() as tmp:
-                os.dup2(tmp.fileno(), 2)
-                try:
-                    yield
-                finally:
-                    os.dup2(saved, 2)
-                    tmp.seek(0)
-                    chatter = tmp.read().decode("utf-8", "replace").strip()
-                    if chatter:
-                        log.debug("audio decoder: %s", " / ".join(chatter.splitlines()))
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+            tmp.seek(0)
+            chatter = tmp.read().decode("utf-8", "replace").strip()
         finally:
             os.close(saved)
+            tmp.close()
+    if chatter:
+        log.debug("audio decoder: %s", " / ".join(chatter.splitlines()))
 
 
 def _open(p: Path, max_seconds: float | None):
