@@ -77,6 +77,7 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
     try:
         from .audio import AudioError
         from .contract import ModelError
+        from .policy import ThresholdError
         from .runtime import Gate
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
@@ -86,6 +87,8 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
             uncertainty_limit=args.uncertainty_limit, deny=args.deny, threads=args.threads,
         )
         d = gate.decide_file(args.file)
+    except ThresholdError as e:
+        return _fail(args, EXIT_USAGE, "bad thresholds", str(e))
     except AudioError as e:
         return _fail(args, EXIT_AUDIO, "unusable audio", str(e))
     except ModelError as e:

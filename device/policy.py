@@ -42,6 +42,10 @@ UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_info")
 DEFAULT_MEASURE = "std"
 
 
+class ThresholdError(ValueError):
+    """Thresholds that make no sense (out of range, deny above accept): a usage error."""
+
+
 @dataclass
 class Thresholds:
     """Decision thresholds: accept p, the uncertainty limit, and the deny p (deny <= accept)."""
@@ -54,11 +58,11 @@ class Thresholds:
         self.accept, self.deny = float(self.accept), float(self.deny)
         self.uncertainty_limit = float(self.uncertainty_limit)
         if not 0.0 <= self.accept <= 1.0:
-            raise ValueError(f"accept threshold must be in [0, 1], got {self.accept}")
+            raise ThresholdError(f"accept threshold must be in [0, 1], got {self.accept}")
         if not 0.0 <= self.deny <= self.accept:
-            raise ValueError(f"deny threshold must be in [0, accept={self.accept}], got {self.deny}")
+            raise ThresholdError(f"deny threshold must be in [0, accept={self.accept}], got {self.deny}")
         if not (self.uncertainty_limit >= 0.0 and math.isfinite(self.uncertainty_limit)):
-            raise ValueError(f"uncertainty limit must be finite and >= 0, got {self.uncertainty_limit}")
+            raise ThresholdError(f"uncertainty limit must be finite and >= 0, got {self.uncertainty_limit}")
 
     def to_dict(self) -> dict:
         return asdict(self)

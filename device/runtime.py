@@ -292,10 +292,7 @@ class Gate:
                 f"{path}: graph interface is {[i.name for i in inputs]} -> {[o.name for o in outputs]}, "
                 f"want [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
             )
-        try:
-            thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)
-        except ValueError as e:
-            raise ModelError(f"bad threshold override: {e}") from None
+        thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)  # ThresholdError
         log.info(
             "model %s (%s, S=%d, sha256 %s...), thresholds %s",
             path, contract.method, contract.samples, digest[:12], thresholds.to_dict(),

@@ -138,6 +138,11 @@ def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
 
 
+def test_deny_above_the_accept_threshold_is_a_usage_error(files, capsys):
+    assert check(files, "--accept", "0.5", "--deny", "0.9") == 2
+    assert capsys.readouterr().err.startswith("voicegate: bad thresholds:")
+
+
 def test_help_documents_exit_codes(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
