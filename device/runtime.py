@@ -148,7 +148,8 @@ def read_verified_model(model_path: PathLike) -> tuple[bytes, str]:
     """
     p = Path(model_path)
     if not p.exists():
-        raise ModelError(f"{p}: model file not found")
+        hint = f" (name one with --model or ${MODEL_ENV})" if p.parent == models_dir() else ""
+        raise ModelError(f"{p}: model file not found{hint}")
     if not p.is_file():
         raise ModelError(f"{p}: not a model file")
     size = p.stat().st_size
