@@ -91,3 +91,25 @@ def test_bad_input_is_rejected():
         cal.brier_score([1, 0], [0.5, 1.5])
     with pytest.raises(ValueError):
         cal.brier_score([2, 0], [0.5, 0.5])
+
+
+def test_paired_bootstrap_of_a_method_against_itself_is_zero():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(y * 0.7 + rng.random(60) * 0.3, 0, 1)
+    u = rng.random(60)
+    groups = np.repeat(np.arange(12), 5)
+    out = cal.paired_bootstrap(y, groups, (p, u), (p, u), n_boot=50)
+    for m in ("accuracy", "ece", "nll", "brier"):
+        assert out[m]["difference"] == 0.0 and out[m]["low"] == 0.0 and out[m]["high"] == 0.0
+
+
+def test_paired_bootstrap_sees_a_clearly_better_method():
+    y = np.tile([0, 1], 50)
+    good = np.where(y == 1, 0.9, 0.1)
+    bad = np.where(np.arange(100) % 4 == 0, 1 - good, good)  # a quarter of the windows wrong
+    groups = np.repeat(np.arange(25), 4)
+    out = cal.paired_bootstrap(y, groups, (bad, np.zeros(100)), (good, np.zeros(100)), n_boot=100)
+    assert out["accuracy"]["difference"] == pytest.approx(0.25)
+    assert out["accuracy"]["low"] > 0  # the interval excludes zero
+    assert out["brier"]["high"] < 0

@@ -90,7 +90,7 @@ def test_eda(tiny_run, tmp_path):
 def test_uncertainty(tiny_run, tmp_path):
     corpus, prepared, run_dir = tiny_run
     s = run_report(["uncertainty", "--corpus", str(corpus), "--run", str(run_dir), "--out", str(tmp_path),
-                    "--threads", "1", "--timing-batch", "4"])
+                    "--threads", "1", "--timing-batch", "4", "--bootstrap", "50"])
     methods = s["methods"]
     assert list(methods) == ["single", "MC-2", "MC-20", "MC-50", f"ensemble-{MEMBERS}"]
     n_test = len(prepared.indices("test", aug=False))
@@ -109,6 +109,11 @@ def test_uncertainty(tiny_run, tmp_path):
     # the ensemble holds every member; MC dropout one
     assert methods[f"ensemble-{MEMBERS}"]["size_mb"] == pytest.approx(MEMBERS * methods["MC-50"]["size_mb"])
     assert set(s["winners"]) >= {"accuracy", "ece", "nll", "brier"}
+    cmp = s["mc_vs_ensemble"]
+    assert cmp["accuracy"]["mc"] == methods["MC-50"]["accuracy"]
+    assert cmp["accuracy"]["mc_is"] in ("comparable", "not distinguishable", "better", "worse")
+    low, high = cmp["brier"]["ci95_ensemble_minus_mc"]
+    assert low <= high
     md = (tmp_path / "summary.md").read_text()
     assert "| MC-50 |" in md and "comparable" in md
 

@@ -224,3 +224,56 @@ def uncertainty_report(
             },
         }
     return out
+
+
+# --- paired bootstrap over groups ------------------------------------------------------------
+BOOTSTRAP_METRICS = ("accuracy", "ece", "nll", "brier", "error_auroc")
+
+
+def core_metrics(y_true, p_allow, uncertainty, n_bins: int = 10, threshold: float = 0.5) -> dict:
+    """Accuracy, ECE, NLL, Brier and the error AUROC of ``uncertainty`` (None without errors)."""
+    p = _probs(p_allow)
+    y = _labels(y_true, p.size)
+    return {
+        "accuracy": float(np.mean(predictions(p, threshold) == y)) if p.size else float("nan"),
+        "ece": expected_calibration_error(y, p, n_bins),
+        "nll": negative_log_likelihood(y, p),
+        "brier": brier_score(y, p),
+        "error_auroc": misclassification_auroc(y, p, uncertainty, threshold),
+    }
+
+
+def paired_bootstrap(
+    y_true, groups, a: tuple, b: tuple, n_boot: int = 500, seed: int = 0, n_bins: int = 10, level: float = 0.95
+) -> dict:
+    """Confidence intervals of ``metric(b) - metric(a)`` for BOOTSTRAP_METRICS.
+
+    ``a`` and ``b`` are (p_allow, uncertainty) of two methods on the same windows. Whole groups
+    (recordings) are resampled with replacement, because windows of one recording are correlated;
+    both methods see the same resample. Returns per metric the point difference, the percentile
+    interval and the number of resamples where the metric was defined.
+    """
+    y = _labels(y_true, _probs(a[0]).size)
+    g = np.asarray(groups).astype(str).ravel()
+    if g.size != y.size:
+        raise ValueError(f"groups and labels differ in length: {g.size} vs {y.size}")
+    ids, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(ids.size)]
+    rng = np.random.default_rng(seed)
+    point_a, point_b = core_metrics(y, *a, n_bins=n_bins), core_metrics(y, *b, n_bins=n_bins)
+    diffs = {m: [] for m in BOOTSTRAP_METRICS}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, ids.size, ids.size)])
+        ma = core_metrics(y[idx], a[0][idx], a[1][idx], n_bins=n_bins)
+        mb = core_metrics(y[idx], b[0][idx], b[1][idx], n_bins=n_bins)
+        for m in BOOTSTRAP_METRICS:
+            if ma[m] is not None and mb[m] is not None:
+                diffs[m].append(mb[m] - ma[m])
+    tail = (1.0 - level) / 2 * 100
+    out = {}
+    for m in BOOTSTRAP_METRICS:
+        d = np.asarray(diffs[m])
+        point = None if point_a[m] is None or point_b[m] is None else point_b[m] - point_a[m]
+        lo, hi = (np.percentile(d, [tail, 100 - tail]) if d.size else (np.nan, np.nan))
+        out[m] = {"difference": point, "low": float(lo), "high": float(hi), "resamples": int(d.size)}
+    return out

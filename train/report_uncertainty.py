@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member", type=int, default=0, help="the ensemble member MC dropout samples (default %(default)s)")
     p.add_argument("--max-windows", type=int, default=3000, help="seeded subset of at most this many windows per split (default %(default)s; 0 = all)")
     p.add_argument("--bins", type=int, default=10, help="confidence bins for ECE (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=500, help="recording-level bootstrap resamples for the MC vs ensemble intervals (default %(default)s)")
     p.add_argument("--timing-batch", type=int, default=32, help="windows per batch when timing each method (default %(default)s)")
 
 
@@ -175,9 +176,11 @@ def winners(rows: dict, methods=None) -> dict:
     return out
 
 
-def compare(mc: dict, ens: dict) -> dict:
-    """Per metric: ensemble minus MC value, and whether MC is 'comparable' (within the margins),
-    'better' or 'worse'."""
+def compare(mc: dict, ens: dict, boot: dict | None = None) -> dict:
+    """Per metric: the ensemble's and MC's values, and what MC is: 'comparable' (within the
+    margins), 'not distinguishable' (beyond the margin, but the recording-level bootstrap interval
+    of the difference includes 0), 'better' or 'worse'."""
+    boot = boot or {}
     out = {}
     for metric in (*HIGHER_BETTER, "ece", "nll", "brier", "aurc", "eer"):
         a, b = mc[metric], ens[metric]
@@ -185,9 +188,17 @@ def compare(mc: dict, ens: dict) -> dict:
             continue
         margin = REL_MARGIN * max(abs(b), 1e-12) if metric in ("nll", "brier", "aurc") else ABS_MARGIN
         sign = 1 if metric in HIGHER_BETTER else -1
-        gain = sign * (a - b)  # > 0: MC is better
-        verdict = "comparable" if abs(a - b) <= margin else ("better" if gain > 0 else "worse")
-        out[metric] = {"mc": a, "ensemble": b, "ensemble_minus_mc": b - a, "mc_is": verdict}
+        ci = boot.get(metric)
+        if abs(a - b) <= margin:
+            verdict = "comparable"
+        elif ci and ci["resamples"] and ci["low"] <= 0 <= ci["high"]:
+            verdict = "not distinguishable"
+        else:
+            verdict = "better" if sign * (a - b) > 0 else "worse"
+        row = {"mc": a, "ensemble": b, "ensemble_minus_mc": b - a, "mc_is": verdict}
+        if ci:
+            row["ci95_ensemble_minus_mc"] = [ci["low"], ci["high"]]
+        out[metric] = row
     return out
 
 
@@ -348,7 +359,14 @@ def make_report(args: argparse.Namespace):
 
     rows = table_rows(results)
     wins = winners(rows, [m for m in rows if m != SINGLE])
-    comparison = compare(rows[mc_names[-1]], rows[ens_name]) if ens_name else {}
+    comparison = {}
+    if ens_name:
+        from .calibration import paired_bootstrap
+
+        mc_u, ens_u = sample_uncertainty(s_closed[mc_names[-1]]), sample_uncertainty(s_closed[ens_name])
+        boot = paired_bootstrap(y, closed.recordings, (mc_u["mean"], mc_u["std"]), (ens_u["mean"], ens_u["std"]),
+                                n_boot=args.bootstrap, seed=args.seed, n_bins=args.bins)
+        comparison = compare(rows[mc_names[-1]], rows[ens_name], boot)
     write_summary(report, args, run_info, closed, heldout, rows, wins, comparison, mc_names[-1], ens_name)
     report.data.update({
         "run": str(args.run),
@@ -406,23 +424,26 @@ def write_summary(report, args, run_info, closed, heldout, rows, wins, compariso
              "ms_per_window": "cost per window", "size_mb": "model size"}
     report.section("Which method wins what (single excluded)", "\n".join(f"- {names[k]}: {', '.join(v)}" for k, v in wins.items()))
     if comparison:
-        worse = [names[k] for k, c in comparison.items() if c["mc_is"] == "worse"]
-        better = [names[k] for k, c in comparison.items() if c["mc_is"] == "better"]
-        same = [names[k] for k, c in comparison.items() if c["mc_is"] == "comparable"]
+        by = {v: [names[k] for k, c in comparison.items() if c["mc_is"] == v]
+              for v in ("comparable", "not distinguishable", "better", "worse")}
         verdict = (
-            f"On these numbers {mc_name} is **comparable** to {ens_name} on every quality metric"
-            if not worse
-            else f"On these numbers {mc_name} is **not** comparable to {ens_name}: it is worse on {', '.join(worse)}"
+            f"On these numbers {mc_name} is **comparable** to {ens_name}: no quality metric is clearly worse"
+            if not by["worse"]
+            else f"On these numbers {mc_name} is **not** comparable to {ens_name}: it is clearly worse on {', '.join(by['worse'])}"
         )
+        ci_rows = [[names[k], c["mc"], c["ensemble"], c["ensemble_minus_mc"],
+                    *(c.get("ci95_ensemble_minus_mc") or [None, None]), c["mc_is"]] for k, c in comparison.items()]
         report.section(
             f"Is MC dropout comparable to the ensemble? ({mc_name} vs {ens_name})",
-            verdict + f" (margins: {ABS_MARGIN} absolute for rates and AUROCs, {int(REL_MARGIN * 100)} % relative for NLL, Brier and AURC).",
-            f"- comparable on: {', '.join(same) or 'nothing'}\n- MC better on: {', '.join(better) or 'nothing'}\n"
-            f"- MC worse on: {', '.join(worse) or 'nothing'}",
+            verdict + f". Comparable = within {ABS_MARGIN} (rates, AUROCs, EER) or {int(REL_MARGIN * 100)} % "
+            "(NLL, Brier, AURC); not distinguishable = beyond that, but the 95 % interval of the difference "
+            f"from {args.bootstrap} bootstrap resamples of whole recordings includes 0.",
+            "\n".join(f"- {v}: {', '.join(m) or 'nothing'}" for v, m in by.items()),
+        )
+        report.table(["metric", mc_name, ens_name, "ensemble − MC", "CI low", "CI high", "MC is"], ci_rows)
+        report.text(
             f"Cost: {mc_name} {fmt_ms(rows[mc_name]['ms_per_window'])} and {rows[mc_name]['size_mb']:.2f} MB; "
-            f"{ens_name} {fmt_ms(rows[ens_name]['ms_per_window'])} and {rows[ens_name]['size_mb']:.2f} MB.",
-            "These are window-level numbers on one split; windows of one recording are correlated, so "
-            "small differences are within noise.",
+            f"{ens_name} {fmt_ms(rows[ens_name]['ms_per_window'])} and {rows[ens_name]['size_mb']:.2f} MB."
         )
     else:
         report.section("Ensemble", "The run has one member, so there is no ensemble to compare against.")
