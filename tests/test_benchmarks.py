@@ -46,11 +46,12 @@ def test_mc_graph_counts_the_trunk_once_and_the_head_t_times(tmp_path):
     assert f["total"] == 2 * (count_macs(model) - head_macs) + 2 * t * head_macs
 
 
-def test_pi4_estimate_scales_by_the_throughput_ratio():
-    est = flops.pi4_estimate(flops=8e9, conv_gemm_ms=100.0, measured_ms=120.0, pi_gflops=4.0)
+def test_pi4_estimate_retimes_the_flops_and_scales_the_rest():
+    est = flops.pi4_estimate(flops=8e9, conv_gemm_ms=100.0, measured_ms=120.0, pi_gflops=4.0, other_slowdown=8.0)
     assert est["here_conv_gemm_gflops"] == 80.0
-    assert est["floor_ms"] == 2000.0  # 8 GFLOP at 4 GFLOP/s
-    assert est["estimate_ms"] == pytest.approx(120.0 * 80.0 / 4.0)
+    assert est["conv_gemm_ms_pi4"] == 2000.0  # 8 GFLOP at 4 GFLOP/s
+    assert est["rest_ms_here"] == 20.0
+    assert est["estimate_ms"] == pytest.approx(2000.0 + 20.0 * 8.0)
 
 
 def test_run_measured_reports_exit_code_and_peak_rss():
