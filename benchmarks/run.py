@@ -241,6 +241,8 @@ def run_measured(cmd: list, env: dict | None = None, timeout: float = 600) -> di
         proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         peak_kb = 0
         if wrapped is cmd:
+            from soak import _vm_hwm_kb  # the same VmHWM polling as the listen RSS figure
+
             while proc.poll() is None:
                 peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
                 time.sleep(0.002)
@@ -251,17 +253,6 @@ def run_measured(cmd: list, env: dict | None = None, timeout: float = 600) -> di
             peak_kb = int(words[-1]) if words and words[-1].isdigit() else 0
     return {"wall_s": wall, "peak_rss_mb": round(peak_kb / 1024.0, 1), "exit_code": proc.returncode,
             "stdout": stdout, "stderr_tail": stderr[-300:]}
-
-
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def voicegate_command(bindir: Path | None = None) -> list:
