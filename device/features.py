@@ -3,8 +3,9 @@
 A fixed-length window of 16 kHz audio becomes a 224x224 grayscale float32 image in [0, 1]:
 the STFT magnitude in dB (the study's representation), relative to the window's loudest bin,
 floored at -IMAGE_TOP_DB. The STFT sizes are chosen so the image is exactly 224x224 without
-any resizing: N_FFT = 446 gives 224 frequency bins (0 to 8 kHz, linear) and STFT_HOP = 141 gives
-224 frames over a 2 s window. Row 0 is the highest frequency (image convention), column 0 the
+any resizing: N_FFT = 448 gives 225 frequency bins of which the lowest 224 are kept (0 to
+7.96 kHz, linear; only the Nyquist bin is dropped), and STFT_HOP = 141 gives 224 frames over a
+2 s window. 448 = 2^6 * 7 keeps the FFT fast (446 = 2 * 223 would be several times slower). Row 0 is the highest frequency (image convention), column 0 the
 earliest frame.
 
 Bump FEATURE_VERSION whenever anything here changes what a window renders to: every exported
@@ -19,12 +20,12 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, PathLike, load_audio, trim_silence
 
-FEATURE_VERSION = "vg-stft-1"
+FEATURE_VERSION = "vg-stft-2"
 
 IMAGE_SIZE = 224  # pixels, both axes
 WINDOW_SECONDS = 2.0  # one spectrogram covers this much (trimmed) speech
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)  # 32000
-N_FFT = 2 * (IMAGE_SIZE - 1)  # 446 -> N_FFT // 2 + 1 = 224 frequency bins
+N_FFT = 2 * IMAGE_SIZE  # 448 -> 225 bins; the Nyquist bin is dropped -> 224
 STFT_HOP = (WINDOW_SAMPLES - N_FFT) // (IMAGE_SIZE - 1)  # 141 -> exactly 224 frames
 IMAGE_TOP_DB = 80.0  # dynamic range of the image: 0 dB (window max) -> 1.0, -80 dB -> 0.0
 AMIN = 1e-10  # magnitude floor before the log
@@ -34,7 +35,7 @@ INFER_HOP_SECONDS = 1.0  # window hop at decision time (50 % overlap)
 MAX_UTTERANCE_SECONDS = 30.0  # a decision looks at no more than this much trimmed speech
 MAX_READ_SECONDS = 120.0  # a decision decodes no more than this much of a file (bounds memory)
 
-assert N_FFT // 2 + 1 == IMAGE_SIZE
+assert N_FFT // 2 == IMAGE_SIZE
 assert 1 + (WINDOW_SAMPLES - N_FFT) // STFT_HOP == IMAGE_SIZE
 
 _HANN = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
@@ -89,7 +90,7 @@ def spectrogram(windows: np.ndarray) -> np.ndarray:
         raise ValueError(f"spectrogram: expected (n, {WINDOW_SAMPLES}) windows, got {w.shape}")
     frames = np.lib.stride_tricks.sliding_window_view(w, N_FFT, axis=1)[:, ::STFT_HOP]
     frames = frames[:, :IMAGE_SIZE] * _HANN  # (n, frames, n_fft)
-    mag = np.abs(np.fft.rfft(frames, axis=-1)).astype(np.float32)  # (n, frames, bins)
+    mag = np.abs(np.fft.rfft(frames, axis=-1)[..., :IMAGE_SIZE]).astype(np.float32)
     db = 20.0 * np.log10(np.maximum(mag, AMIN))
     db -= db.max(axis=(1, 2), keepdims=True)
     img = (np.maximum(db, -IMAGE_TOP_DB) + IMAGE_TOP_DB) / IMAGE_TOP_DB

@@ -72,7 +72,7 @@ def test_spectrogram_low_frequency_at_bottom():
     tone = np.sin(2 * np.pi * 500 * np.arange(F.WINDOW_SAMPLES) / 16000).astype(np.float32)
     img = F.spectrogram(tone)
     row = int(np.argmax(img.mean(axis=1)))
-    assert row == 223 - round(500 / 8000 * 223)
+    assert row == 223 - round(500 / (16000 / F.N_FFT))
 
 
 def test_featurize_is_deterministic_and_gain_invariant(tmp_path):
