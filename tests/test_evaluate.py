@@ -172,3 +172,13 @@ def test_eval_reports_a_missing_corpus_in_one_line(tiny_corpus, tmp_path, capsys
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("voicegate eval:") and "nowhere" in err and "\n" not in err
+
+
+def test_wilson_interval_known_values():
+    lo, hi = E.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # 0 of 10 is still up to ~28 %
+    lo, hi = E.wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    r = E.policy_report([G] * 9 + [U], [D] * 10, ["p"] * 10, ["n"] * 10)
+    assert r["frr"] == pytest.approx(0.1) and r["frr_ci95"][0] < 0.1 < r["frr_ci95"][1]
+    assert r["far_ci95"] == [0.0, pytest.approx(0.2775, abs=1e-4)]

@@ -171,6 +171,12 @@ def prepare_config_of(contract, corpus: Optional[str] = None):
     from .prepare import PrepareConfig
 
     data_config = dict((contract.corpus or {}).get("data_config") or {})
+    cache = data_config.get("cache") or data_config.get("cache_dir")
+    if not data_config.get("corpus") and cache:  # trained from a cache: its meta.json has the config
+        try:
+            data_config = {**json.loads((Path(cache) / "meta.json").read_text())["config"], **data_config}
+        except (OSError, ValueError, KeyError):
+            log.warning("cannot read the preparation config of the cache %s", cache)
     if corpus:
         data_config["corpus"] = str(corpus)
     if not data_config.get("corpus"):
@@ -338,11 +344,29 @@ def rejecting_scores(p_allow, uncertainty, limit: float) -> np.ndarray:
     return np.where(u <= limit, p, REJECTED_SCORE)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list:
+    """95 % Wilson score interval [low, high] of a rate of k out of n (n > 0)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def add_intervals(report: dict, n_genuine: int, n_impostor: int, keys=("far", "frr")) -> dict:
+    """Add ``<key>_ci95`` (Wilson) for FAR (over impostors) and FRR-like keys (over genuine)."""
+    for key in keys:
+        n = n_impostor if key.startswith("far") else n_genuine
+        report[f"{key}_ci95"] = wilson_interval(int(round(report[key] * n)), n)
+    return report
+
+
 def plain_report(pos, neg, threshold: float) -> dict:
-    """Accept iff score >= threshold: FAR, FRR, counts, and the EER with its threshold."""
+    """Accept iff score >= threshold: FAR, FRR (with 95 % intervals), counts, and the EER."""
     from .openset import eer, operating_point
 
-    out = operating_point(pos, neg, threshold)
+    out = add_intervals(operating_point(pos, neg, threshold), np.size(pos), np.size(neg))
     rate, at = eer(pos, neg)
     out["eer"], out["eer_threshold"] = rate, at
     return out
@@ -361,7 +385,7 @@ def policy_report(pos_decisions, neg_decisions, pos_groups, neg_groups) -> dict:
     pos_final, pos_nr = after_one_retry(pos_d, pos_groups)
     neg_final, neg_nr = after_one_retry(neg_d, neg_groups)
     n_all = pos_d.size + neg_d.size
-    return {
+    report = {
         "far": float(np.mean(neg_d == GRANTED)),
         "frr": float(np.mean(pos_d != GRANTED)),
         "uncertain_share": {
@@ -375,6 +399,7 @@ def policy_report(pos_decisions, neg_decisions, pos_groups, neg_groups) -> dict:
         "genuine": outcome_shares(pos_d),
         "impostor": outcome_shares(neg_d),
     }
+    return add_intervals(report, pos_d.size, neg_d.size, ("far", "frr", "far_after_retry", "frr_after_retry"))
 
 
 def verification_report(s: dict, pos: np.ndarray, neg: np.ndarray, thresholds) -> dict:
@@ -496,7 +521,9 @@ def det_figure(curves: list, title: str, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
     for i, c in enumerate(curves):
-        far, frr, _ = det_curve(c["pos"], c["neg"])
+        far, frr, thr = det_curve(c["pos"], c["neg"])
+        real = thr > REJECTED_SCORE  # "grant even what the policy never grants" is no operating point
+        far, frr = far[real], frr[real]
         color = f"C{c.get('color', i)}"
         (line,) = ax.plot(probit(far), probit(frr), c.get("style", "-"), color=color, label=c["label"])
         if c.get("point") is not None:
@@ -505,7 +532,7 @@ def det_figure(curves: list, title: str, path: Path) -> Path:
     labels = [f"{100 * t:g}" for t in DET_TICKS]
     ax.set_xticks(ticks, labels)
     ax.set_yticks(ticks, labels)
-    lim = probit([DET_FLOOR, 1 - DET_FLOOR])
+    lim = probit([DET_FLOOR / 2, 1 - DET_FLOOR / 2])  # rates of 0 / 1 sit just inside the frame
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
     ax.plot(lim, lim, ":", color="0.6", linewidth=0.8)  # FAR = FRR (the EER line)
@@ -625,6 +652,10 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def _ci(interval) -> str:
+    return f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def markdown(result: dict) -> str:
     """Tables: closed set (windows / attempts / recordings) and verification per impostor set."""
     proto = result["protocol"]
@@ -653,22 +684,25 @@ def markdown(result: dict) -> str:
                          f"{_pct(r['f1_macro'])} | {_pct(r['balanced_accuracy'])} | {r['confusion_matrix']} |")
     for key, what in IMPOSTOR_SETS.items():
         lines += ["", f"## Verification: allowed vs {what} (per attempt, %)", "",
-                  "| model | accept | plain FAR | plain FRR | EER | window EER | policy FAR | policy FRR | "
-                  "UNCERTAIN (genuine / impostor) | FAR after retry | FRR after retry | policy EER |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+                  "| model | genuine / impostor attempts | accept | plain FAR | plain FRR | EER | window EER | "
+                  "policy FAR | policy FRR | UNCERTAIN (genuine / impostor) | FAR after retry | FRR after retry | "
+                  "policy EER |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for name, m in result["models"].items():
             v = m["verification"].get(key)
             if not v:
                 continue
             pa, pw, r = v["plain"]["attempts"], v["plain"]["windows"], v["rejecting"]
             lines.append(
-                f"| {name} | {m['thresholds']['accept']:.3f} | {_pct(pa['far'])} | {_pct(pa['frr'])} | "
-                f"{_pct(pa['eer'])} | {_pct(pw['eer'] if pw else None)} | {_pct(r['far'])} | {_pct(r['frr'])} | "
+                f"| {name} | {v['n_genuine']} / {v['n_impostor']} | {m['thresholds']['accept']:.3f} | "
+                f"{_pct(pa['far'])} {_ci(pa['far_ci95'])} | {_pct(pa['frr'])} {_ci(pa['frr_ci95'])} | "
+                f"{_pct(pa['eer'])} | {_pct(pw['eer'] if pw else None)} | {_pct(r['far'])} {_ci(r['far_ci95'])} | "
+                f"{_pct(r['frr'])} {_ci(r['frr_ci95'])} | "
                 f"{_pct(r['uncertain_share']['genuine'])} / {_pct(r['uncertain_share']['impostor'])} | "
                 f"{_pct(r['far_after_retry'])} | {_pct(r['frr_after_retry'])} | {_pct(r['eer'])} |"
             )
     lines += ["", "plain: accept iff p(allowed) >= accept. policy: only GRANTED opens (UNCERTAIN counts as a "
-              "reject). Retry: " + proto["retry"], ""]
+              "reject). [low, high]: 95 % Wilson intervals. Retry: " + proto["retry"], ""]
     return "\n".join(lines)
 
 
