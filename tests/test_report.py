@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def run_report(argv: list) -> dict:
     report.add_arguments(parser)
     args = parser.parse_args(argv)
     assert report.run(args) == 0
-    out = report.Path(args.out)
+    out = Path(args.out)
     assert (out / "summary.md").is_file()
     summary = json.loads((out / "summary.json").read_text())
     for name in summary["figures"]:
