@@ -24,9 +24,9 @@ audio, not from cached training windows:
 Figures, per model:
 
 - closed set: accuracy, weighted F1, macro F1, balanced accuracy, ROC AUC and the confusion
-  matrix, per window (mean of the T/K samples of one window), per attempt (the gate's p_allow)
-  and per recording (mean over its windows), at the model's accept threshold and at 0.5 (the
-  study's argmax);
+  matrix, per window (mean of the T/K samples of one window), per attempt (= per utterance as
+  the device sees it: the gate's p_allow) and per recording (mean over its windows), at the
+  model's accept threshold and at 0.5 (the study's argmax);
 - verification, with the allowed speakers' attempts as genuine and, separately, two impostor
   sets: the held-out impostors (open set) and the not-allowed training speakers' ``--split``
   recordings (closed set):
