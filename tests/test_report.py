@@ -115,6 +115,15 @@ def test_uncertainty(tiny_run, tmp_path):
     assert cmp["accuracy"]["mc_is"] in ("comparable", "not distinguishable", "better", "worse")
     low, high = cmp["brier"]["ci95_ensemble_minus_mc"]
     assert low <= high
+    # the door setting: the test windows and the held-out impostors together
+    door = s["settings"]["test + heldout"]
+    n_heldout = len(prepared.indices("heldout", aug=False))
+    assert door["n_windows"] == n_test + n_heldout
+    for name, m in door["methods"].items():
+        # impostors are all "not allowed": the errors are the closed-set errors plus accepted impostors
+        accepted = round(methods[name]["open_set"]["impostor_accept_rate"] * n_heldout)
+        assert m["misclassified"] == methods[name]["misclassified"] + accepted
+    assert {"reliability_door.png", "risk_coverage_door.png"} <= set(s["figures"])
     md = (tmp_path / "summary.md").read_text()
     assert "| MC-50 |" in md and "comparable" in md
 
@@ -130,6 +139,11 @@ def test_interpret(tiny_run, tmp_path):
             # all None: no positive evidence at all (possible for an undertrained Grad-CAM)
             assert values == [None] * len(values) or sum(values) == pytest.approx(1.0), (kind, cls)
         assert all(v is not None for v in s["band_shares"]["intensity"]["allowed"].values())
+    # densities are relative to a flat profile: weighted by the rows in each band they average to 1
+    freqs = np.array(s["frequencies_hz"])
+    rows_in = [((freqs >= lo) & (freqs < hi)).sum() for lo, hi in report.FREQUENCY_BANDS]
+    density = list(s["band_density"]["intensity"]["allowed"].values())
+    assert np.dot(density, rows_in) / freqs.size == pytest.approx(1.0)
     assert sum(s["n_windows"].values()) == len(prepared.indices("test", aug=False))
     member0 = json.loads((run_dir / "member0" / "metrics.json").read_text())
     assert s["accuracy"] == pytest.approx(member0["test"]["windows"]["accuracy"])

@@ -280,6 +280,20 @@ def frequency_axis(n_bins: int = 224):
 FREQUENCY_BANDS = ((0, 250), (250, 500), (500, 1000), (1000, 2000), (2000, 4000), (4000, 8001))
 
 
+def band_density(profile, freqs) -> dict:
+    """Mean of a non-negative per-row profile in each of FREQUENCY_BANDS relative to its mean over
+    all rows: 1 = as much as a uniform profile would give the band, whatever the band's width
+    (None for every band when the profile is all zero)."""
+    import numpy as np
+
+    profile = np.clip(np.asarray(profile, dtype=float), 0, None)
+    overall = profile.mean()
+    return {
+        f"{lo}-{min(hi, 8000)} Hz": float(profile[(freqs >= lo) & (freqs < hi)].mean() / overall) if overall > 0 else None
+        for lo, hi in FREQUENCY_BANDS
+    }
+
+
 def band_shares(profile, freqs) -> dict:
     """Share of a non-negative per-row profile in each of FREQUENCY_BANDS (sums to 1; None for
     every band when the profile is all zero, e.g. a Grad-CAM with no positive evidence)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .report import FREQUENCY_BANDS
+
 log = logging.getLogger(__name__)
 
 NEEDS_RUN = True
@@ -208,7 +210,7 @@ def make_report(args: argparse.Namespace):
     import torch
     from tqdm import tqdm
 
-    from .report import band_shares, frequency_axis, open_prepared, open_run, select_split, start_report
+    from .report import band_density, band_shares, frequency_axis, open_prepared, open_run, select_split, start_report
     from .report import window_batches
 
     report = start_report(args, "interpret", "What the CNN looks at")
@@ -274,6 +276,8 @@ def make_report(args: argparse.Namespace):
     steps.update()
     steps.close()
 
+    density = {kind: {CLASS_NAMES[y]: band_density(profiles[kind][y], freqs) for y in (0, 1) if counts[y]}
+               for kind in profiles}
     bands = {kind: {CLASS_NAMES[y]: band_shares(profiles[kind][y], freqs) for y in (0, 1) if counts[y]}
              for kind in profiles}
     # how the saliency profile relates to the intensity profile, per class and to the class difference
@@ -289,7 +293,8 @@ def make_report(args: argparse.Namespace):
         }
     peaks = {kind: {CLASS_NAMES[y]: float(freqs[int(np.argmax(profiles[kind][y]))]) for y in (0, 1) if counts[y]}
              for kind in profiles}
-    write_summary(report, args, run_info, data, probs, bands, relation, peaks, examples)
+    cam_rows = acts_rows(model)
+    write_summary(report, args, run_info, data, probs, density, relation, peaks, cam_rows)
     report.data.update({
         "run": str(args.run),
         "member": args.member,
@@ -298,6 +303,8 @@ def make_report(args: argparse.Namespace):
         "n_windows": {CLASS_NAMES[y]: int(counts[y]) for y in (0, 1)},
         "accuracy": float(np.mean((probs >= 0.5) == (y_all == 1))),
         "band_shares": bands,
+        "band_density": density,
+        "gradcam_rows": cam_rows,
         "relation_to_intensity": relation,
         "peak_frequency_hz": peaks,
         "profiles": {k: v.round(6) for k, v in profiles.items()},
@@ -315,7 +322,16 @@ def _corr(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def write_summary(report, args, run_info, data, probs, bands, relation, peaks, examples) -> None:
+def acts_rows(model) -> int:
+    """Rows (frequency cells) of the last conv layer's activation map: Grad-CAM's resolution."""
+    import torch
+
+    with torch.no_grad():
+        _, acts = capture(model.eval(), conv_activations(model)[-1:], torch.zeros(1, 1, 224, 224))
+    return int(next(iter(acts.values())).shape[2])
+
+
+def write_summary(report, args, run_info, data, probs, density, relation, peaks, cam_rows) -> None:
     n_allowed = int((data.labels == 1).sum())
     report.section(
         "Setup",
@@ -323,17 +339,23 @@ def write_summary(report, args, run_info, data, probs, bands, relation, peaks, e
         f"of the **{args.split}** split ({n_allowed} allowed, {len(data) - n_allowed} not allowed); window "
         f"accuracy at 0.5: {float(((probs >= 0.5) == (data.labels == 1)).mean()):.3f}. Grad-CAM on the "
         "activation of the last conv layer, for each window's own class (log-odds of allowed for allowed "
-        "windows, of not allowed for the rest), max-normalised per window; gradient saliency = |d log-odds / "
-        "d input|. Per-frequency profiles are averages over time and over the windows of a class.",
+        "windows, of not allowed for the rest), max-normalised per window; that layer has "
+        f"{cam_rows} frequency rows, so Grad-CAM resolves about {8000 / max(cam_rows, 1):.0f} Hz. Gradient "
+        "saliency = |d log-odds / d input|, at full resolution. Per-frequency profiles are averages over "
+        "time and over the windows of a class.",
     )
-    report.section("Share of saliency per frequency band")
+    report.section(
+        "Saliency per frequency band",
+        "Mean of each profile within the band relative to its mean over all 224 rows (1 = what a flat profile "
+        "gives; the bands are octaves, so the linear 4-8 kHz band holds half of the rows).",
+    )
     kinds = ("gradcam", "gradient", "intensity")
     names = {"gradcam": "Grad-CAM", "gradient": "gradient magnitude", "intensity": "intensity"}
-    band_names = list(next(iter(next(iter(bands.values())).values())).keys()) if bands.get("gradcam") else []
+    band_names = [f"{lo}-{min(hi, 8000)} Hz" for lo, hi in FREQUENCY_BANDS]
     rows = []
     for kind in kinds:
-        for cls, shares in bands[kind].items():
-            rows.append([f"{names[kind]} ({cls})", *[shares[b] for b in band_names]])
+        for cls, d in density[kind].items():
+            rows.append([f"{names[kind]} ({cls})", *[d[b] for b in band_names]])
     report.table(["profile (class)", *band_names], rows)
     lines = []
     for kind in ("gradcam", "gradient"):

@@ -215,8 +215,8 @@ def plot_heatmaps(report, table: dict, columns: list, baseline: dict, split: str
 
     layers = list(table)
     labels = ["re-rand" if c == RANDOM else f"ep {c}" for c in columns]
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(columns) * 2, 1.2 + 0.5 * len(layers)), squeeze=False)
-    for ax, metric in zip(axes[0], ("balanced_accuracy", "accuracy")):
+    fig, axes = plt.subplots(2, 1, figsize=(3 + 0.8 * len(columns), 2 * (1.5 + 0.45 * len(layers))), squeeze=False)
+    for ax, metric in zip(axes[:, 0], ("balanced_accuracy", "accuracy")):
         grid = np.array([[table[l][c][metric] for c in columns] for l in layers], dtype=float)
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for i in range(grid.shape[0]):

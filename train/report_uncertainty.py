@@ -24,6 +24,7 @@ CLASS_NAMES = ("not_allowed", "allowed")
 # "comparable" = within these margins (absolute for rates and AUROCs, relative for NLL/Brier)
 ABS_MARGIN = 0.01
 REL_MARGIN = 0.10
+REL_FLOOR = 0.005  # ... but never tighter than this (near zero a relative margin means nothing)
 HIGHER_BETTER = ("accuracy", "f1_weighted", "error_auroc", "open_auroc_p", "open_auroc_unc")
 LOWER_BETTER = ("ece", "nll", "brier", "aurc", "eer", "ms_per_window", "size_mb")
 
@@ -186,7 +187,7 @@ def compare(mc: dict, ens: dict, boot: dict | None = None) -> dict:
         a, b = mc[metric], ens[metric]
         if a is None or b is None:
             continue
-        margin = REL_MARGIN * max(abs(b), 1e-12) if metric in ("nll", "brier", "aurc") else ABS_MARGIN
+        margin = max(REL_MARGIN * abs(b), REL_FLOOR) if metric in ("nll", "brier", "aurc") else ABS_MARGIN
         sign = 1 if metric in HIGHER_BETTER else -1
         ci = boot.get(metric)
         if abs(a - b) <= margin:
@@ -256,7 +257,7 @@ def plot_histograms(report, panels: dict, split: str, filename: str) -> None:
     report.save(fig, filename, "Histograms of the mean p(allowed) per true class and for held-out impostors.")
 
 
-def plot_reliability(report, y, means: dict, split: str, bins: int) -> None:
+def plot_reliability(report, y, means: dict, split: str, bins: int, filename: str = "reliability.png") -> None:
     import matplotlib.pyplot as plt
 
     from .calibration import reliability_bins
@@ -271,10 +272,10 @@ def plot_reliability(report, y, means: dict, split: str, bins: int) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(report.fig_title("Reliability diagram", split), fontsize=9)
     ax.legend(fontsize=7)
-    report.save(fig, "reliability.png", "Reliability: accuracy against confidence per bin (diagonal = calibrated).")
+    report.save(fig, filename, f"Reliability on {split}: accuracy against confidence per bin (diagonal = calibrated).")
 
 
-def plot_risk_coverage(report, y, samples: dict, split: str) -> None:
+def plot_risk_coverage(report, y, samples: dict, split: str, filename: str = "risk_coverage.png") -> None:
     import matplotlib.pyplot as plt
 
     from .calibration import risk_coverage, sample_uncertainty
@@ -292,7 +293,7 @@ def plot_risk_coverage(report, y, samples: dict, split: str) -> None:
         ax.set_title(report.fig_title(f"Risk-coverage, rejecting by {measure}", split), fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    report.save(fig, "risk_coverage.png", "Accuracy as the most uncertain windows are rejected.")
+    report.save(fig, filename, f"Accuracy on {split} as the most uncertain windows are rejected.")
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def make_report(args: argparse.Namespace):
     import numpy as np
     from tqdm import tqdm
 
-    from .calibration import sample_uncertainty, uncertainty_report
+    from .calibration import paired_bootstrap, sample_uncertainty, uncertainty_report
     from .report import open_prepared, open_run, select_split, start_report, window_batches
 
     report = start_report(args, "uncertainty", "MC dropout against the deep ensemble")
@@ -330,54 +331,74 @@ def make_report(args: argparse.Namespace):
     steps.update()
 
     y = closed.labels
-    results, panels = {}, {}
+    panels = {}
     for method, s in s_closed.items():
-        so = s_open[method] if s_open is not None else None
-        r = uncertainty_report(y, s, n_bins=args.bins, open_samples=so)
-        r["ms_per_window"], r["size_mb"] = costs[method], sizes[method]
-        results[method] = r
         u = sample_uncertainty(s)
-        uo = sample_uncertainty(so) if so is not None else {"mean": np.zeros(0), "std": np.zeros(0)}
+        uo = sample_uncertainty(s_open[method]) if s_open is not None else {"mean": np.zeros(0), "std": np.zeros(0)}
         panels[method] = {
             "y": y, "mean": u["mean"], "std": u["std"], "wrong": (u["mean"] >= 0.5) != (y == 1),
             "open_mean": uo["mean"], "open_std": uo["std"],
         }
-    steps.update()
-
+    # two settings: the closed-set split (plus the open-set AUROCs), and the door: the split's windows
+    # together with the held-out impostors' (labelled not allowed), which is what a gate meets
+    door = f"{split} + heldout"
+    settings = {split: (y, s_closed, closed.recordings, s_open)}
+    if s_open is not None:
+        settings[door] = (
+            np.r_[y, np.zeros(len(heldout), dtype=int)],
+            {m: np.concatenate([s_closed[m], s_open[m]], axis=1) for m in s_closed},
+            np.r_[closed.recordings, heldout.recordings],
+            None,
+        )
     mc_names = [f"MC-{T}" for T in Ts]
     ens_name = f"ensemble-{len(members)}" if len(members) > 1 else None
+    results = {}
+    for name, (ys, samples, groups, open_samples) in settings.items():
+        res = {}
+        for method, sm in samples.items():
+            r = uncertainty_report(ys, sm, n_bins=args.bins, open_samples=None if open_samples is None else open_samples[method])
+            r["ms_per_window"], r["size_mb"] = costs[method], sizes[method]
+            res[method] = r
+        rows = table_rows(res)
+        comparison = {}
+        if ens_name:
+            mc_u, ens_u = sample_uncertainty(samples[mc_names[-1]]), sample_uncertainty(samples[ens_name])
+            boot = paired_bootstrap(ys, groups, (mc_u["mean"], mc_u["std"]), (ens_u["mean"], ens_u["std"]),
+                                    n_boot=args.bootstrap, seed=args.seed, n_bins=args.bins)
+            comparison = compare(rows[mc_names[-1]], rows[ens_name], boot)
+        results[name] = {
+            "n_windows": int(ys.size),
+            "methods": res,
+            "table": rows,
+            "winners": winners(rows, [m for m in rows if m != SINGLE]),
+            "mc_vs_ensemble": comparison,
+        }
+    steps.update()
+
     plot_triangles(report, {m: panels[m] for m in mc_names}, split, "triangles_mc.png",
                    "MC dropout: mean predicted probability of each class against its std (the study's triangles); red = misclassified.")
     if ens_name:
         plot_triangles(report, {mc_names[-1]: panels[mc_names[-1]], ens_name: panels[ens_name]}, split,
                        "triangles_ensemble_vs_mc.png", f"{ens_name} beside {mc_names[-1]}.")
     plot_histograms(report, {m: panels[m] for m in [*mc_names, *([ens_name] if ens_name else [])]}, split, "histograms.png")
-    plot_reliability(report, y, {m: panels[m]["mean"] for m in results}, split, args.bins)
-    plot_risk_coverage(report, y, s_closed, split)
+    for i, (name, (ys, samples, _, _)) in enumerate(settings.items()):
+        suffix = "" if i == 0 else "_door"
+        plot_reliability(report, ys, {m: sample_uncertainty(sm)["mean"] for m, sm in samples.items()}, name, args.bins,
+                         f"reliability{suffix}.png")
+        plot_risk_coverage(report, ys, samples, name, f"risk_coverage{suffix}.png")
     steps.update()
     steps.close()
 
-    rows = table_rows(results)
-    wins = winners(rows, [m for m in rows if m != SINGLE])
-    comparison = {}
-    if ens_name:
-        from .calibration import paired_bootstrap
-
-        mc_u, ens_u = sample_uncertainty(s_closed[mc_names[-1]]), sample_uncertainty(s_closed[ens_name])
-        boot = paired_bootstrap(y, closed.recordings, (mc_u["mean"], mc_u["std"]), (ens_u["mean"], ens_u["std"]),
-                                n_boot=args.bootstrap, seed=args.seed, n_bins=args.bins)
-        comparison = compare(rows[mc_names[-1]], rows[ens_name], boot)
-    write_summary(report, args, run_info, closed, heldout, rows, wins, comparison, mc_names[-1], ens_name)
+    write_summary(report, args, run_info, corpus, closed, heldout, results, mc_names[-1], ens_name)
     report.data.update({
         "run": str(args.run),
         "arch": run_info.get("arch"),
         "split": split,
         "n_windows": {split: len(closed), "heldout": len(heldout)},
         "threads": _threads(),
-        "methods": results,
-        "table": rows,
-        "winners": wins,
-        "mc_vs_ensemble": comparison,
+        "settings": results,
+        # the closed-set split's numbers at the top level
+        **{k: results[split][k] for k in ("methods", "table", "winners", "mc_vs_ensemble")},
     })
     return report
 
@@ -388,65 +409,78 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def write_summary(report, args, run_info, closed, heldout, rows, wins, comparison, mc_name, ens_name) -> None:
+NAMES = {"accuracy": "accuracy", "f1_weighted": "weighted F1", "ece": "ECE", "nll": "NLL", "brier": "Brier",
+         "error_auroc": "error AUROC", "aurc": "AURC", "open_auroc_p": "open-set AUROC of p(allowed)",
+         "open_auroc_unc": "open-set AUROC of uncertainty", "eer": "open-set EER",
+         "ms_per_window": "cost per window", "size_mb": "model size"}
+TABLE = (("acc", "accuracy"), ("F1w", "f1_weighted"), ("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"),
+         ("err-AUROC", "error_auroc"), ("AURC", "aurc"), ("open AUROC p", "open_auroc_p"),
+         ("open AUROC unc", "open_auroc_unc"), ("open EER", "eer"), ("ms/window", "ms_per_window"), ("MB", "size_mb"))
+
+
+def write_summary(report, args, run_info, corpus, closed, heldout, results, mc_name, ens_name) -> None:
     split = args.split
     n_allowed = int((closed.labels == 1).sum())
-    subset = f" (a seeded subset of at most {args.max_windows} per split)" if args.max_windows else ""
+    total = {s: len(corpus.indices(s, aug=False)) for s in (split, "heldout")}
+    subset = (f" (seeded subsets of at most {args.max_windows} windows)"
+              if len(closed) < total[split] or len(heldout) < total["heldout"] else "")
     report.section(
         "Setup",
         f"Run `{args.run}` ({run_info.get('arch')}, {len(run_info.get('members', []))} member(s)). "
         f"Closed set: {len(closed)} clean windows of the **{split}** split ({n_allowed} allowed, "
-        f"{len(closed) - n_allowed} not allowed){subset}; open set: "
-        f"{len(heldout)} windows of held-out impostors (speakers never seen in training). "
-        "Recordings are split whole, but a speaker's recordings can share one audiobook chapter "
-        "(librispeech), so closed-set numbers are optimistic against new sessions.",
+        f"{len(closed) - n_allowed} not allowed); open set: {len(heldout)} windows of held-out impostors "
+        f"(speakers never seen in training){subset}. Recordings are split whole, but a speaker's recordings "
+        "can share one audiobook chapter (librispeech), so closed-set numbers are optimistic against new sessions.",
         f"MC-T = member {args.member}: trunk once, head dropout live, T masks. {SINGLE} = member "
         f"{args.member} with dropout off. Ensemble = mean of the members in eval mode. Prediction = "
         "mean p(allowed) >= 0.5. Uncertainty = std of p(allowed) over the samples (entropy of the mean "
         f"for {SINGLE}). ECE over {args.bins} top-label confidence bins; Brier = mean (p - y)^2; NLL in "
         f"nats. Cost = median CPU time per window in batches of {args.timing_batch} ({_threads()} torch "
         "thread(s)) on this machine; size = fp32 parameters held in memory.",
+        "err-AUROC: uncertainty ranking misclassified windows above correct ones (n/a when nothing is "
+        "misclassified). AURC: area under the risk-coverage curve (lower is better). open AUROC p: "
+        f"p(allowed) separating allowed {split} windows from held-out impostor windows. open AUROC unc: "
+        f"uncertainty flagging held-out impostor windows among all {split} windows (0.5 = chance). open EER: "
+        "equal error rate of p(allowed), allowed vs held-out impostors.",
     )
-    headers = ["method", "acc", "F1w", "ECE", "NLL", "Brier", "err-AUROC", "AURC", "open AUROC p", "open AUROC unc", "open EER", "ms/window", "MB"]
-    keys = ["accuracy", "f1_weighted", "ece", "nll", "brier", "error_auroc", "aurc", "open_auroc_p", "open_auroc_unc", "eer", "ms_per_window", "size_mb"]
-    report.section("Results")
-    report.table(headers, [[m, *[r[k] for k in keys]] for m, r in rows.items()])
-    report.text(
-        "err-AUROC: uncertainty ranking misclassified windows above correct ones. AURC: area under "
-        "the risk-coverage curve (lower is better). open AUROC p: p(allowed) separating allowed "
-        f"{split} windows from held-out impostor windows. open AUROC unc: uncertainty flagging "
-        f"held-out impostor windows among all {split} windows. open EER: equal error rate of "
-        "p(allowed), allowed vs held-out impostors."
-    )
-    names = {"accuracy": "accuracy", "f1_weighted": "weighted F1", "ece": "ECE", "nll": "NLL", "brier": "Brier",
-             "error_auroc": "error AUROC", "aurc": "AURC", "open_auroc_p": "open-set AUROC of p(allowed)",
-             "open_auroc_unc": "open-set AUROC of uncertainty", "eer": "open-set EER",
-             "ms_per_window": "cost per window", "size_mb": "model size"}
-    report.section("Which method wins what (single excluded)", "\n".join(f"- {names[k]}: {', '.join(v)}" for k, v in wins.items()))
-    if comparison:
-        by = {v: [names[k] for k, c in comparison.items() if c["mc_is"] == v]
+    for name, res in results.items():
+        keys = [(h, k) for h, k in TABLE if name == split or not k.startswith(("open_", "eer"))]
+        heading = (f"Closed set: the {split} split" if name == split else
+                   f"The door: {split} windows and held-out impostor windows together (impostors labelled not allowed)")
+        report.section(f"{heading} ({res['n_windows']} windows)")
+        report.table(["method", *[h for h, _ in keys]], [[m, *[r[k] for _, k in keys]] for m, r in res["table"].items()])
+        report.text("Best (single excluded): " + "; ".join(f"{NAMES[k]}: {', '.join(v)}" for k, v in res["winners"].items()
+                                                        if any(k == kk for _, kk in keys)) + ".")
+        comparison = res["mc_vs_ensemble"]
+        if not comparison:
+            report.text("The run has one member, so there is no ensemble to compare against.")
+            continue
+        by = {v: [NAMES[k] for k, c in comparison.items() if c["mc_is"] == v]
               for v in ("comparable", "not distinguishable", "better", "worse")}
         verdict = (
-            f"On these numbers {mc_name} is **comparable** to {ens_name}: no quality metric is clearly worse"
+            f"Here {mc_name} is **comparable** to {ens_name}: no quality metric is clearly worse"
             if not by["worse"]
-            else f"On these numbers {mc_name} is **not** comparable to {ens_name}: it is clearly worse on {', '.join(by['worse'])}"
+            else f"Here {mc_name} is **not** comparable to {ens_name}: it is clearly worse on {', '.join(by['worse'])}"
         )
-        ci_rows = [[names[k], c["mc"], c["ensemble"], c["ensemble_minus_mc"],
-                    *(c.get("ci95_ensemble_minus_mc") or [None, None]), c["mc_is"]] for k, c in comparison.items()]
-        report.section(
-            f"Is MC dropout comparable to the ensemble? ({mc_name} vs {ens_name})",
+        report.text(
             verdict + f". Comparable = within {ABS_MARGIN} (rates, AUROCs, EER) or {int(REL_MARGIN * 100)} % "
-            "(NLL, Brier, AURC); not distinguishable = beyond that, but the 95 % interval of the difference "
-            f"from {args.bootstrap} bootstrap resamples of whole recordings includes 0.",
+            f"(at least {REL_FLOOR}; NLL, Brier, AURC); not distinguishable = beyond that, but the 95 % interval of the difference "
+            f"from {args.bootstrap} paired bootstrap resamples of whole recordings includes 0 (metrics without an "
+            "interval are judged by the margin alone).",
             "\n".join(f"- {v}: {', '.join(m) or 'nothing'}" for v, m in by.items()),
         )
-        report.table(["metric", mc_name, ens_name, "ensemble − MC", "CI low", "CI high", "MC is"], ci_rows)
-        report.text(
-            f"Cost: {mc_name} {fmt_ms(rows[mc_name]['ms_per_window'])} and {rows[mc_name]['size_mb']:.2f} MB; "
-            f"{ens_name} {fmt_ms(rows[ens_name]['ms_per_window'])} and {rows[ens_name]['size_mb']:.2f} MB."
+        report.table(["metric", mc_name, ens_name, "ensemble − MC", "CI low", "CI high", "MC is"],
+                     [[NAMES[k], c["mc"], c["ensemble"], c["ensemble_minus_mc"],
+                       *(c.get("ci95_ensemble_minus_mc") or [None, None]), c["mc_is"]] for k, c in comparison.items()])
+    if ens_name:
+        rows = results[split]["table"]
+        report.section(
+            "Cost",
+            f"{mc_name}: {fmt_ms(rows[mc_name]['ms_per_window'])}, {rows[mc_name]['size_mb']:.2f} MB of weights; "
+            f"{ens_name}: {fmt_ms(rows[ens_name]['ms_per_window'])}, {rows[ens_name]['size_mb']:.2f} MB "
+            f"({rows[ens_name]['ms_per_window'] / rows[mc_name]['ms_per_window']:.1f}x the time, "
+            f"{rows[ens_name]['size_mb'] / rows[mc_name]['size_mb']:.0f}x the memory).",
         )
-    else:
-        report.section("Ensemble", "The run has one member, so there is no ensemble to compare against.")
 
 
 def fmt_ms(ms: float) -> str:
