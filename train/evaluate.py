@@ -636,7 +636,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         for key, what in IMPOSTOR_SETS.items():
             curves = det_curves_for(key, gates, attempts, scores)
             if curves:
-                title = f"DET, {corpus.root.name}: allowed vs {what}\n(attempts of {cfg.attempt_seconds:g} s; dots: shipped threshold)"
+                title = (f"DET, {corpus.root.name}: allowed vs {what}\n(attempts of {cfg.attempt_seconds:g} s; "
+                         f"dots: shipped threshold; a rate of 0 is drawn at {100 * DET_FLOOR:g} %)")
                 result["files"][f"det_{key}"] = str(det_figure(curves, title, out / f"det_{key}.png"))
         result["files"]["json"] = str(out / "eval.json")
         result["files"]["markdown"] = str(out / "eval.md")
