@@ -82,6 +82,8 @@ def test_open_set_auroc():
     assert o["auroc_uncertainty"]["std"] == 1.0
     assert o["n_impostor"] == 2 and o["n_allowed"] == 2
     assert 0.0 <= o["eer"] <= 1.0
+    assert o["n_accepted"] == 1  # the impostor window with mean p(allowed) 0.5 (samples 0.3, 0.7)
+    assert o["accepted_min_uncertainty"]["std"] == pytest.approx(0.2)
 
 
 def test_bad_input_is_rejected():

@@ -218,6 +218,13 @@ def uncertainty_report(
             ),
             "impostor_accept_rate": float(np.mean(uo["mean"] >= threshold)) if uo["mean"].size else None,
             "eer": eer(allowed, uo["mean"])[0] if allowed.size and uo["mean"].size else None,
+            # the accepted impostors, and how uncertain the least uncertain of them is: an accepted
+            # impostor with low uncertainty is a false accept no rejection threshold can catch
+            "n_accepted": int((uo["mean"] >= threshold).sum()),
+            "accepted_min_uncertainty": {
+                m: float(uo[m][uo["mean"] >= threshold].min()) if (uo["mean"] >= threshold).any() else None
+                for m in UNCERTAINTY_MEASURES
+            },
             "auroc_uncertainty": {
                 m: auroc(np.r_[np.zeros(p.size), np.ones(uo[m].size)], np.r_[u[m], uo[m]])
                 for m in UNCERTAINTY_MEASURES

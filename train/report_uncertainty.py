@@ -145,7 +145,7 @@ def table_rows(results: dict) -> dict:
     single model has no spread, so its uncertainty is the predictive entropy)."""
     rows = {}
     for method, r in results.items():
-        unc = "entropy" if method == SINGLE else "std"
+        unc = _unc_name(method)
         o = r.get("open_set", {})
         rows[method] = {
             "accuracy": r["accuracy"],
@@ -450,6 +450,13 @@ def write_summary(report, args, run_info, corpus, closed, heldout, results, mc_n
                    f"The door: {split} windows and held-out impostor windows together (impostors labelled not allowed)")
         report.section(f"{heading} ({res['n_windows']} windows)")
         report.table(["method", *[h for h, _ in keys]], [[m, *[r[k] for _, k in keys]] for m, r in res["table"].items()])
+        if name == split:
+            report.text("Accepted held-out impostor windows (p(allowed) >= 0.5) and the uncertainty of the least "
+                        "uncertain of them (a low value is a confident false accept that no rejection threshold catches): "
+                        + "; ".join(f"{m}: {r['open_set']['n_accepted']} of {r['open_set']['n_impostor']}, "
+                                    f"min {_unc_name(m)} "
+                                    f"{fmt_unc(r['open_set']['accepted_min_uncertainty'][_unc_name(m)])}"
+                                    for m, r in res["methods"].items() if r.get("open_set")) + ".")
         report.text("Best (single excluded): " + "; ".join(f"{NAMES[k]}: {', '.join(v)}" for k, v in res["winners"].items()
                                                         if any(k == kk for _, kk in keys)) + ".")
         comparison = res["mc_vs_ensemble"]
@@ -482,6 +489,14 @@ def write_summary(report, args, run_info, corpus, closed, heldout, results, mc_n
             f"({rows[ens_name]['ms_per_window'] / rows[mc_name]['ms_per_window']:.1f}x the time, "
             f"{rows[ens_name]['size_mb'] / rows[mc_name]['size_mb']:.0f}x the memory).",
         )
+
+
+def _unc_name(method: str) -> str:
+    return "entropy" if method == SINGLE else "std"
+
+
+def fmt_unc(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def fmt_ms(ms: float) -> str:
