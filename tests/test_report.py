@@ -165,6 +165,22 @@ def test_params(tiny_run, tmp_path):
         assert all(0 <= v <= 1 for v in all_numbers(row))
 
 
+def test_rerandomised_layers_are_not_the_initialisation(tiny_run):
+    from voicegate.train.models import load_checkpoint
+    from voicegate.train.report_params import RERANDOM_SEED, layer_groups, load_state, variant
+
+    _, _, run_dir = tiny_run
+    trained, _ = load_checkpoint(run_dir / "member0" / "best.pt")
+    init = load_state(run_dir / "member0" / "epochs" / "epoch000.pt")
+    name, paths = layer_groups(trained)[0]
+    fresh = variant(trained, paths, None, RERANDOM_SEED).state_dict()
+    key = paths[0] + ".weight"
+    assert not torch.equal(fresh[key], init[key])
+    assert not torch.equal(fresh[key], trained.state_dict()[key])
+    reset = variant(trained, paths, init, 0).state_dict()
+    assert torch.equal(reset[key], init[key])
+
+
 # --- units -------------------------------------------------------------------------------------
 def test_mc_head_without_dropout_is_the_plain_head():
     from voicegate.train.report_uncertainty import head_probs, mc_head_samples

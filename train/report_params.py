@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 NEEDS_RUN = True
 RANDOM = "random"  # the re-randomisation column
+# Re-randomisation seeds start far from the small seeds training uses (member i = seed + i): with
+# seed 0 the first layer drawn after torch.manual_seed(0) would be the run's own initialisation.
+RERANDOM_SEED = 1_000_003
 EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
 
 
@@ -167,7 +170,8 @@ def robustness(trained, groups, states: dict, reset_epochs: list, images, rows, 
     bar = tqdm(total=len(groups) * len(columns), desc=desc, unit="variant")
     for li, (name, paths) in enumerate(groups):
         start = stage_index(trained, paths[0])
-        variants = {c: variant(trained, paths, None if c == RANDOM else states[c], seed + li) for c in columns}
+        variants = {c: variant(trained, paths, None if c == RANDOM else states[c], RERANDOM_SEED + 1000 * seed + li)
+                    for c in columns}
         stages = {c: stage_list(m) for c, m in variants.items()}
         probs = {c: [] for c in columns}
         with torch.no_grad():
