@@ -57,6 +57,7 @@ class ExportConfig:
     measure: str = "std"  # the uncertainty measure that decides
     uncertainty_quantile: float = 0.95
     deny_quantile: float = 0.01
+    placement: str = "midpoint"  # accept threshold: midpoint of the validation gap, or the FAR bound
     utterance_windows: int = 0  # 0: a validation utterance = a whole recording (<= runtime cap)
     parity_windows: int = 32  # real validation windows for the parity checks
     seed: int = 0  # seeds onnxruntime's masks during threshold selection (reproducible export)
@@ -365,7 +366,8 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
         neg = [s for s, u in zip(stats, utterances) if u[1] == 0]
         try:
             thresholds, val_report = choose_thresholds(
-                pos, neg, cfg.target_far, cfg.measure, cfg.uncertainty_quantile, cfg.deny_quantile)
+                pos, neg, cfg.target_far, cfg.measure, cfg.uncertainty_quantile, cfg.deny_quantile,
+                placement=cfg.placement)
         except ValueError as e:
             raise ExportError(f"threshold selection failed: {e}") from None
         contract = ModelContract(
@@ -415,6 +417,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the uncertainty measure that decides (default %(default)s)")
     p.add_argument("--uncertainty-quantile", type=float, default=d.uncertainty_quantile,
                    help="uncertainty limit = this quantile over correctly accepted allowed val utterances")
+    p.add_argument("--placement", choices=("midpoint", "far"), default=d.placement,
+                   help="accept threshold: 'far' = the lowest p with validation FAR <= target; "
+                   "'midpoint' = halfway from there to the 5%% quantile of allowed p (default %(default)s)")
     p.add_argument("--utterance-windows", type=int, default=d.utterance_windows,
                    help="cut validation recordings into utterances of N windows (0 = whole recording)")
     p.add_argument("--weights", choices=("fp32", "fp16"), default=d.weights,
@@ -427,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ExportConfig(
         method=args.method, samples=args.samples, target_far=args.target_far, opset=args.opset,
         member=args.member, measure=args.measure, uncertainty_quantile=args.uncertainty_quantile,
-        utterance_windows=args.utterance_windows, weights=args.weights,
+        utterance_windows=args.utterance_windows, weights=args.weights, placement=args.placement,
     )
     problem = None
     if cfg.samples < 2:

@@ -5,9 +5,15 @@ validation recordings. Held-out impostors never reach threshold selection.
 
 Rules (documented in the model card and stored in the contract):
 
-- **accept**: the lowest p(allowed) threshold whose false-accept rate on the not-allowed
-  validation utterances is at most ``target_far`` (``voicegate.train.openset.threshold_at_far``),
-  clipped to 1.
+- **accept**: at least the lowest p(allowed) threshold whose false-accept rate on the
+  not-allowed validation utterances is at most ``target_far``
+  (``voicegate.train.openset.threshold_at_far``). That lowest threshold is the *least* secure
+  choice that meets the target, and it sits right on top of the validation impostors, which
+  are voices training has seen; voices it has never heard score higher. So with
+  ``placement="midpoint"`` (the default) the threshold moves to the middle of the validation
+  gap: halfway between that FAR-bound threshold and the ``frr_quantile`` (default 5 %) of the
+  allowed speakers' p(allowed), when the latter is higher. ``placement="far"`` keeps the
+  FAR-bound threshold. Either way the validation FAR stays within the target.
 - **uncertainty limit**: the ``quantile`` (default 95th percentile) of the deciding uncertainty
   measure over allowed validation utterances that the accept threshold lets in, so about 5 % of
   correct accepts would be asked to repeat; never below ``UNCERTAINTY_FLOOR[measure]`` (a few
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 UNCERTAINTY_FLOOR = {"std": 0.02, "entropy": 0.05, "mutual_info": 0.01}
 DEFAULT_QUANTILE = 0.95
 DEFAULT_DENY_QUANTILE = 0.01
+DEFAULT_FRR_QUANTILE = 0.05
+PLACEMENTS = ("midpoint", "far")
 
 
 def utterance_stats(
@@ -51,6 +59,8 @@ def choose_thresholds(
     measure: str = "std",
     quantile: float = DEFAULT_QUANTILE,
     deny_quantile: float = DEFAULT_DENY_QUANTILE,
+    placement: str = "midpoint",
+    frr_quantile: float = DEFAULT_FRR_QUANTILE,
 ) -> tuple[Thresholds, dict]:
     """Thresholds from allowed (``pos``) and not-allowed (``neg``) validation utterances, and a
     JSON-ready report of what they give on those utterances."""
@@ -60,7 +70,13 @@ def choose_thresholds(
         )
     p_pos = np.array([s.p_allow for s in pos])
     p_neg = np.array([s.p_allow for s in neg])
-    accept = min(1.0, threshold_at_far(p_neg, target_far))
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    far_bound = min(1.0, threshold_at_far(p_neg, target_far))
+    genuine_low = float(np.quantile(p_pos, frr_quantile))
+    accept = far_bound
+    if placement == "midpoint" and genuine_low > far_bound:
+        accept = 0.5 * (far_bound + genuine_low)
     far_at_accept = float(np.mean(p_neg >= accept))
     if far_at_accept > target_far:
         log.warning("target FAR %.4f cannot be met on validation (FAR %.4f at accept = 1.0)",
@@ -81,7 +97,12 @@ def choose_thresholds(
         "measure": measure,
         "data": "validation split (allowed and not-allowed training speakers); no held-out impostors",
         "rules": {
-            "accept": "lowest p threshold with FAR <= target_far on not-allowed validation utterances",
+            "accept": (
+                "lowest p threshold with FAR <= target_far on not-allowed validation utterances"
+                if placement == "far" or accept == far_bound else
+                f"midpoint between that threshold ({far_bound:.4f}) and the {frr_quantile:g} "
+                f"quantile of allowed p ({genuine_low:.4f})"
+            ),
             "uncertainty_limit": f"quantile {quantile} of {measure} over {basis}, floor {UNCERTAINTY_FLOOR[measure]}",
             "deny": f"quantile {deny_quantile} of p over allowed validation utterances, capped at accept",
         },
