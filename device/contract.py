@@ -49,6 +49,9 @@ EXIT_USAGE = 2
 EXIT_UNCERTAIN = 3
 EXIT_AUDIO = 4  # the input audio cannot be used (unreadable, no speech, ...)
 EXIT_MODEL = 5  # the model is missing, invalid, modified or mismatched (also internal errors)
+EXIT_DEVICE = 6  # listen: the audio device is unavailable (no PortAudio, no input device, or it
+#                  failed and --exit-on-error was given)
+EXIT_AUDIT = 7  # listen: the audit log cannot be opened or written
 
 DECISION_EXIT = {GRANTED: EXIT_GRANTED, DENIED: EXIT_DENIED, UNCERTAIN: EXIT_UNCERTAIN}
 

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 from .audio import AudioError
 from .audit import AuditError, AuditLog, stamped
 from .cli import add_model_arguments
-from .contract import EXIT_AUDIO, EXIT_MODEL, EXIT_USAGE
+from .contract import EXIT_AUDIO, EXIT_AUDIT, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE
 from .policy import DENIED, GRANTED, UNCERTAIN
 from .stream import (
     DEFAULT_CHUNK_SAMPLES,
@@ -42,9 +42,6 @@ from .stream import (
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0  # stopped cleanly: end of the replayed file, --max-utterances, Ctrl-C or SIGTERM
-EXIT_DEVICE = 6  # the audio device is unavailable (no PortAudio, no input device, or it failed
-#                  and --exit-on-error was given)
-EXIT_AUDIT = 7  # the audit log cannot be opened or written
 
 DECISIONS = (GRANTED, DENIED, UNCERTAIN)
 
