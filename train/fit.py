@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .data import SplitData, WindowDataset
 from .metrics import classification_metrics, split_report
 from .models import ModelConfig, build_model, count_parameters, save_checkpoint
+from .prepare import inverse_frequency_weights
 from .splits import TRAIN, VAL
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ def spec_augment(x: torch.Tensor, aug, gen: torch.Generator) -> torch.Tensor:
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
     """Inverse class frequency, normalised so a balanced set gets weight 1 per class."""
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
-        raise SystemExit(f"the train split needs both classes; counts (not_allowed, allowed) = {counts.astype(int).tolist()}")
-    return torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+        raise SystemExit(f"the train split needs both classes; counts (not_allowed, allowed) = {counts.tolist()}")
+    return torch.from_numpy(inverse_frequency_weights(counts))
 
 
 def make_loader(images, data: SplitData, batch_size: int, shuffle: bool, num_workers: int = 0, gen=None) -> DataLoader:

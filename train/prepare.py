@@ -270,10 +270,7 @@ class PreparedCorpus:
     def class_weights(self, split: str = TRAIN, aug: bool = True) -> np.ndarray:
         """Inverse-frequency weights [w_not_allowed, w_allowed] (mean 1 over the split's windows)."""
         c = self.class_counts(split, aug)
-        counts = np.array([c["not_allowed"], c["allowed"]], dtype=np.float64)
-        total = counts.sum()
-        w = np.where(counts > 0, total / (2.0 * np.maximum(counts, 1)), 0.0)
-        return w.astype(np.float32)
+        return inverse_frequency_weights([c["not_allowed"], c["allowed"]])
 
     def batch(self, idx) -> np.ndarray:
         """Model input for rows ``idx``: float32 (b, 1, 224, 224) in [0, 1]."""
@@ -282,6 +279,13 @@ class PreparedCorpus:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+def inverse_frequency_weights(counts) -> np.ndarray:
+    """Per-class weights total / (n_classes * count): 1 each for a balanced set, 0 for an absent class."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.where(counts > 0, counts.sum() / (counts.size * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return Path(path).relative_to(root).as_posix()
