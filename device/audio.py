@@ -162,7 +162,9 @@ def _open(p: Path, max_seconds: float | None):
             )
         if not 1 <= channels <= MAX_CHANNELS:
             raise AudioError(f"{p}: {channels} channels is not supported (1-{MAX_CHANNELS})")
-        if max_seconds is not None:
+        if max_seconds is not None and math.isinf(max_seconds):
+            frames = -1  # the caller streams the file block by block: no cap needed
+        elif max_seconds is not None:
             frames = int(math.ceil(max(0.0, float(max_seconds)) * sr))
         elif f.frames > MAX_FILE_SECONDS * sr:
             raise AudioError(
@@ -212,27 +214,30 @@ def open_mono_blocks(
     The file is checked at once (same one-line :class:`AudioError` reasons as
     :func:`read_audio`). Each block of up to ``block_frames`` frames is mixed to mono and
     checked for NaN, Inf and absurd values as it is decoded, so memory is one block, not the
-    file. ``max_seconds`` caps the total (without it, files over MAX_FILE_SECONDS are refused).
+    file. ``max_seconds`` caps the total (without it, files over MAX_FILE_SECONDS are refused;
+    ``math.inf`` reads to the end whatever the length, for callers that stream the blocks).
     Concatenated, the blocks equal ``to_mono(read_audio(path, max_seconds)[0])``.
     """
     p = Path(path)
-    block_frames = max(1, int(block_frames))
     f, frames = _open(p, max_seconds)
+    return int(f.samplerate), mono_blocks(f, p, block_frames, frames)
 
-    def blocks() -> Iterator[np.ndarray]:
-        with f:
-            left = frames  # -1: to the end
-            while left != 0:
-                n = block_frames if left < 0 else min(block_frames, left)
-                data = _read_block(f, p, n)
-                if data.shape[0] == 0:
-                    return
-                x = to_mono(data)
-                check_finite(x, str(p))
-                left = left - data.shape[0] if left > 0 else left
-                yield x
 
-    return int(f.samplerate), blocks()
+def mono_blocks(f, p: Path, block_frames: int, frames: int = -1) -> Iterator[np.ndarray]:
+    """Decode the open soundfile ``f`` (of path ``p``) in blocks of ``block_frames`` frames,
+    each mixed to mono and checked; ``frames`` caps the total (-1: to the end). Closes ``f``."""
+    block_frames = max(1, int(block_frames))
+    with f:
+        left = frames  # -1: to the end
+        while left != 0:
+            n = block_frames if left < 0 else min(block_frames, left)
+            data = _read_block(f, p, n)
+            if data.shape[0] == 0:
+                return
+            x = to_mono(data)
+            check_finite(x, str(p))
+            left = left - data.shape[0] if left > 0 else left
+            yield x
 
 
 def _read_mono(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:

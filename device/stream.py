@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import numpy as np
@@ -32,13 +33,11 @@ import numpy as np
 from . import audio as _audio
 from .audio import (
     SAMPLE_RATE,
-    AudioError,
     PathLike,
     _first_line,
-    check_finite,
+    mono_blocks,
     read_audio,
     resample,
-    to_mono,
 )
 
 log = logging.getLogger(__name__)
@@ -191,48 +190,31 @@ def iter_file_16k(path: PathLike, block_seconds: float = FILE_BLOCK_SECONDS) -> 
     Gives the same samples as ``load_audio(path)`` (the resampler sees enough context on each
     side of every block), with memory bounded by the block size instead of the file's length.
     """
-    import soundfile as sf
-
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as e:
-        raise AudioError(f"{path}: not readable audio ({_first_line(e)})") from None
-    with f:
-        sr = int(f.samplerate)
-
-        def read(n: int) -> np.ndarray:
-            try:
-                data = f.read(frames=n, dtype="float32", always_2d=True)
-            except Exception as e:
-                raise AudioError(f"{path}: not readable audio ({_first_line(e)})") from None
-            x = to_mono(data)
-            check_finite(x, str(path))
-            return x
-
-        if sr == SAMPLE_RATE:
-            block = max(1, int(block_seconds * sr))
-            while True:
-                x = read(block)
-                if x.size == 0:
-                    return
-                yield x
-        g = math.gcd(sr, SAMPLE_RATE)
-        up, down = SAMPLE_RATE // g, sr // g
-        # taps each side of the resampler's sinc (see audio.resample), plus a safety margin
-        half = math.ceil(
-            _audio.RESAMPLE_ZERO_CROSSINGS / (_audio.RESAMPLE_ROLLOFF * min(1.0, up / down))
-        )
-        ctx = down * math.ceil((half + 2) / down)  # context each side, a multiple of `down`
-        block = max(ctx, down * math.ceil(block_seconds * sr / down))
-        left = np.zeros(0, dtype=np.float32)
-        cur = read(block)
-        while cur.size:
-            nxt = read(block)
-            y = resample(np.concatenate([left, cur, nxt[:ctx]]), sr, SAMPLE_RATE)
-            off = left.size * up // down  # exact: left.size is a multiple of `down`
-            yield y[off : off + math.ceil(cur.size * up / down)]
-            left = np.concatenate([left, cur])[-ctx:]
-            cur = nxt
+    p = Path(path)
+    f, _ = _audio._open(p, math.inf)  # the path, format, rate and channel checks of load_audio
+    sr = int(f.samplerate)
+    if sr == SAMPLE_RATE:
+        yield from mono_blocks(f, p, max(1, int(block_seconds * sr)))
+        return
+    g = math.gcd(sr, SAMPLE_RATE)
+    up, down = SAMPLE_RATE // g, sr // g
+    # taps each side of the resampler's sinc (see audio.resample), plus a safety margin
+    half = math.ceil(
+        _audio.RESAMPLE_ZERO_CROSSINGS / (_audio.RESAMPLE_ROLLOFF * min(1.0, up / down))
+    )
+    ctx = down * math.ceil((half + 2) / down)  # context each side, a multiple of `down`
+    block = max(ctx, down * math.ceil(block_seconds * sr / down))
+    blocks = mono_blocks(f, p, block)  # `block` frames each, but the last
+    empty = np.zeros(0, dtype=np.float32)
+    left = empty
+    cur = next(blocks, empty)
+    while cur.size:
+        nxt = next(blocks, empty)
+        y = resample(np.concatenate([left, cur, nxt[:ctx]]), sr, SAMPLE_RATE)
+        off = left.size * up // down  # exact: left.size is a multiple of `down`
+        yield y[off : off + math.ceil(cur.size * up / down)]
+        left = np.concatenate([left, cur])[-ctx:]
+        cur = nxt
 
 
 def import_sounddevice():
