@@ -29,6 +29,8 @@ from .policy import DENIED, GRANTED, UNCERTAIN, UNCERTAINTY_MEASURES, Thresholds
 # --- graph interface -----------------------------------------------------------------------
 INPUT_NAME = "spectrogram"  # float32 (batch, 1, IMAGE_SIZE, IMAGE_SIZE), values in [0, 1]
 OUTPUT_NAME = "p_allow"  # float32 (batch, S): p(allowed) per MC sample / ensemble member
+EMBEDDINGS_NAME = "embeddings"  # encoder kind: float32 (batch, S, D), each (b, s) row L2-normalised
+KINDS = ("classifier", "encoder")  # classifier: the study's allowed/not-allowed CNN; encoder: voices
 LABELS = ("not_allowed", "allowed")  # class index -> name; index 1 is "allowed"
 METHODS = ("mc", "ensemble")
 CONTRACT_VERSION = 1
@@ -92,10 +94,18 @@ class ModelContract:
     voicegate_version: str = ""
     contract_version: int = CONTRACT_VERSION
     extra: dict = field(default_factory=dict)
+    # -- encoder kind (a speaker encoder; profiles are enrolled on the device) ----------------
+    kind: str = "classifier"  # "classifier" (output OUTPUT_NAME) or "encoder" (EMBEDDINGS_NAME)
+    embedding_dim: int = 0  # encoder: D, the embedding size
+    # encoder: cosine -> probability, {"type": "logistic", "a": A, "b": B}: p = 1/(1+exp(-(A*cos+B)));
+    # the thresholds then apply to that probability exactly as for a classifier's p(allowed)
+    calibration: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, Mapping):
             self.thresholds = Thresholds.from_dict(self.thresholds)
+        if self.kind not in KINDS:
+            raise ModelError(f"model contract: unknown kind {self.kind!r} (want {'|'.join(KINDS)})")
         if self.method not in METHODS:
             raise ModelError(f"model contract: unknown method {self.method!r} (want mc|ensemble)")
         if self.uncertainty_measure not in UNCERTAINTY_MEASURES:
