@@ -107,7 +107,7 @@ def seed_model(args):
     from seed_way import build_seed
 
     if args.seed_run:
-        from voicegate.train.trainer import load_run
+        from voicegate.train.models.trainer import load_run
 
         model, ckpt = load_run(args.seed_run)[0]
         if ckpt.get("model_config", {}).get("arch") != "seed":
@@ -123,7 +123,7 @@ def setup_models(args, work: Path) -> dict:
     import torch
 
     from voicegate.device.runtime import resolve_model_path
-    from voicegate.train.models import ModelConfig, build_model
+    from voicegate.train.models.classifier import ModelConfig, build_model
 
     torch.manual_seed(0)
     out: dict = {}
@@ -368,7 +368,7 @@ def device_install(work: Path, wav: Path, model: Path, timeout: float = 1200) ->
 
 # --- FLOPs and the Pi 4 estimate ----------------------------------------------------------------
 def flops_and_pi(models: dict, warm: dict, images: np.ndarray, args) -> dict:
-    from voicegate.train.models import count_macs
+    from voicegate.train.models.classifier import count_macs
 
     out = {"assumption": PI4_ASSUMPTION, "pi4_gflops": args.pi_gflops, "other_slowdown": args.pi_slowdown,
            "method": ("estimate = counted conv/GEMM FLOPs / assumed Pi 4 GFLOP/s + (warm decision time "

@@ -2,7 +2,7 @@
 
     python benchmarks/seed_way.py FILE --weights seed.pt [--samples 50] [--threads 1]
 
-The study's ``SpectrogramCNN`` (``voicegate.train.models``), its weights from a state-dict file,
+The study's ``SpectrogramCNN`` (``voicegate.train.models.classifier``), its weights from a state-dict file,
 and the study's ``mc_dropout_predictions``: the **whole network** run T times with dropout on.
 The audio goes through the same numpy featurizer as the device (the study used librosa; using
 the same features keeps the comparison about the model and the MC method). Prints one JSON
@@ -54,7 +54,7 @@ def seed_decision(model, audio, samples: int, thresholds: dict) -> dict:
 
 
 def build_seed(widths=None, embed_dim=None):
-    from voicegate.train.models import ModelConfig, build_model
+    from voicegate.train.models.classifier import ModelConfig, build_model
 
     return build_model(ModelConfig(arch="seed", widths=widths, embed_dim=embed_dim))
 

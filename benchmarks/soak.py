@@ -58,7 +58,7 @@ def make_untrained_compact(path: Path, samples: int = 50) -> None:
 
     from voicegate.export import graphs
     from voicegate.export.onnx_export import write_model
-    from voicegate.train.models import ModelConfig, build_model
+    from voicegate.train.models.classifier import ModelConfig, build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -266,7 +266,7 @@ def open_corpus(data_config: dict, cache: str | None = None):
     The stored data config's cache folder is opened as it is when it exists; otherwise the
     config is prepared again (which reuses a matching cache).
     """
-    from voicegate.train import prepare
+    from voicegate.train.data import prepare
 
     if cache:
         return prepare.PreparedCorpus.open(cache)
@@ -281,7 +281,7 @@ def open_corpus(data_config: dict, cache: str | None = None):
 
 
 def _run_members(run_dir: Path) -> tuple[dict, list, list[Path]]:
-    from voicegate.train.trainer import CHECKPOINT_NAME, load_run
+    from voicegate.train.models.trainer import CHECKPOINT_NAME, load_run
 
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     members = load_run(run_dir)

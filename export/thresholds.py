@@ -7,7 +7,7 @@ Rules (documented in the model card and stored in the contract):
 
 - **accept**: at least the lowest p(allowed) threshold whose false-accept rate on the
   not-allowed validation utterances is at most ``target_far``
-  (``voicegate.train.openset.threshold_at_far``). That lowest threshold is the *least* secure
+  (``voicegate.train.eval.openset.threshold_at_far``). That lowest threshold is the *least* secure
   choice that meets the target, and it sits right on top of the validation impostors, which
   are voices training has seen; voices it has never heard score higher. So with
   ``placement="midpoint"`` (the default) the threshold moves to the middle of the validation
@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from voicegate.device.policy import DENIED, GRANTED, UNCERTAIN, Thresholds, UtteranceStats, decide, summarize
-from voicegate.train.openset import operating_point, threshold_at_far
+from voicegate.train.eval.openset import operating_point, threshold_at_far
 
 log = logging.getLogger(__name__)
 

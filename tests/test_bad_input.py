@@ -257,7 +257,7 @@ def test_listen_from_file_outcome(suite, grant_model, name, capfd, tmp_path):
 # --- (c) corpus preparation reports and skips bad files ----------------------------------------
 def test_corpus_preparation_skips_every_bad_file(suite, tmp_path):
     from synth import synth_voice, write_wav
-    from voicegate.train import prepare as P
+    from voicegate.train.data import prepare as P
 
     root = tmp_path / "corpus"
     for spk in ("f1", "m1"):

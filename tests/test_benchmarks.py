@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import flops  # noqa: E402
 import run as bench  # noqa: E402
 
-from voicegate.train.models import ModelConfig, build_model, count_macs  # noqa: E402
+from voicegate.train.models.classifier import ModelConfig, build_model, count_macs  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from voicegate.train import calibration as cal
+from voicegate.train.eval import calibration as cal
 
 
 def test_perfect_classifier_has_zero_ece_nll_brier_and_full_accuracy():

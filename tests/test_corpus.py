@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 
 from synth import make_daps_corpus, synth_voice, write_wav
-from voicegate.train import augment as AUG
-from voicegate.train.corpus import (
+from voicegate.train.data import augment as AUG
+from voicegate.train.data.corpus import (
     DAPS_ALLOWED,
     CorpusError,
     Roles,
     detect_layout,
     load_corpus,
 )
-from voicegate.train.splits import (
+from voicegate.train.data.splits import (
     HELDOUT,
     count_heldout_violations,
     count_leakage,
     split_recordings,
     split_sizes,
 )
-from voicegate.train.corpus import Recording
+from voicegate.train.data.corpus import Recording
 
 SR = 16000
 
@@ -126,7 +126,7 @@ def test_roles_overrides_and_unlisted_speakers(caplog):
         base.with_overrides(allowed=["a"], impostors=["a"])
     with pytest.raises(CorpusError, match="both"):
         Roles(allowed=["a"], not_allowed_train=["a"])
-    with caplog.at_level(logging.INFO, logger="voicegate.train.corpus"):
+    with caplog.at_level(logging.INFO, logger="voicegate.train.data.corpus"):
         resolved = base.resolve(["a", "b", "c", "d", "x"])
     assert resolved.role_of("x") == "not_allowed_train" and resolved.label_of("x") == 0
     assert "not_allowed_train: x" in caplog.text

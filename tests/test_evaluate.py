@@ -13,10 +13,10 @@ from tiny_gate import TinyNet, make_contract
 from voicegate.device.policy import DENIED, GRANTED, UNCERTAIN, Thresholds, decide, summarize
 from voicegate.export import graphs
 from voicegate.export.onnx_export import write_model
-from voicegate.train import evaluate as E
-from voicegate.train.corpus import load_corpus
-from voicegate.train.openset import far_frr
-from voicegate.train.splits import TEST, split_recordings
+from voicegate.train.eval import evaluate as E
+from voicegate.train.data.corpus import load_corpus
+from voicegate.train.eval.openset import far_frr
+from voicegate.train.data.splits import TEST, split_recordings
 
 G, D, U = GRANTED, DENIED, UNCERTAIN
 

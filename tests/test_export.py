@@ -24,9 +24,9 @@ from voicegate.export.onnx_export import (
     check_mc_parity,
     validation_utterances,
 )
-from voicegate.train.models import ModelConfig, build_model, save_checkpoint
-from voicegate.train.prepare import CACHE_FORMAT
-from voicegate.train.trainer import RUN_FORMAT
+from voicegate.train.models.classifier import ModelConfig, build_model, save_checkpoint
+from voicegate.train.data.prepare import CACHE_FORMAT
+from voicegate.train.models.trainer import RUN_FORMAT
 
 torch.set_num_threads(1)
 

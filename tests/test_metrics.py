@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from voicegate.train.metrics import classification_metrics, per_group_accept, split_report, utterance_scores
+from voicegate.train.eval.metrics import classification_metrics, per_group_accept, split_report, utterance_scores
 
 
 def test_perfect_classifier_scores_one():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from voicegate.device.features import FEATURE_VERSION
-from voicegate.train.models import (
+from voicegate.train.models.classifier import (
     CompactCNN,
     ModelConfig,
     SpectrogramCNN,

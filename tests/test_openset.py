@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from voicegate.train import openset as O
+from voicegate.train.eval import openset as O
 
 
 def test_far_frr_known_counts():

@@ -11,9 +11,9 @@ import pytest
 
 from synth import make_daps_corpus, synth_voice, write_wav
 from voicegate.device import features as F
-from voicegate.train import prepare as P
-from voicegate.train.corpus import CorpusError, Roles, load_corpus
-from voicegate.train.splits import HELDOUT, count_heldout_violations, count_leakage, split_recordings
+from voicegate.train.data import prepare as P
+from voicegate.train.data.corpus import CorpusError, Roles, load_corpus
+from voicegate.train.data.splits import HELDOUT, count_heldout_violations, count_leakage, split_recordings
 
 SR = 16000
 
@@ -89,7 +89,7 @@ def test_clean_windows_are_the_device_featurizer(prepared, tiny_corpus):
 
 def test_second_run_reuses_the_cache_and_a_change_rebuilds(prepared, tiny_corpus, caplog):
     mtime = (prepared.root / "images.npy").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="voicegate.train.prepare"):
+    with caplog.at_level(logging.INFO, logger="voicegate.train.data.prepare"):
         again = P.prepare_corpus(_cfg(tiny_corpus, prepared.root))
     assert again.reused and "reusing the prepared cache" in caplog.text
     assert (prepared.root / "images.npy").stat().st_mtime_ns == mtime
@@ -139,7 +139,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, caplog):
     (bad / "truncated.wav").write_bytes(full[:30])  # cut inside the header
     (bad / "text.wav").write_bytes(b"this is not audio, just some bytes " * 20)
     write_wav(bad / "silence.wav", np.zeros(SR * 2, np.float32))
-    with caplog.at_level(logging.WARNING, logger="voicegate.train.prepare"):
+    with caplog.at_level(logging.WARNING, logger="voicegate.train.data.prepare"):
         pc = P.prepare_corpus(_cfg(root, tmp_path / "cache", allowed=["f1"], noise_dir=None))
     skipped = {s["file"]: s["reason"] for s in pc.report["skipped"]}
     assert set(skipped) == {"m1/empty.wav", "m1/truncated.wav", "m1/text.wav", "m1/silence.wav"}
@@ -203,7 +203,7 @@ def test_prepare_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = "import sys, voicegate.train.prepare; print(sorted(m for m in ('torch','librosa','tqdm','sklearn') if m in sys.modules))"
+    code = "import sys, voicegate.train.data.prepare; print(sorted(m for m in ('torch','librosa','tqdm','sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from voicegate.train import report
-from voicegate.train.models import ModelConfig, build_model
+from voicegate.train.reports import report
+from voicegate.train.models.classifier import ModelConfig, build_model
 
 TINY = ModelConfig(arch="compact", widths=(4, 4, 8, 8), embed_dim=16, dropout=0.3)
 MEMBERS = 2
@@ -26,8 +26,8 @@ def tiny_run(tiny_corpus, tmp_path_factory):
     """(corpus, prepared corpus, run folder): the tiny corpus prepared into a cache, and a 2-member
     run of a tiny compact CNN trained for 2 epochs with per-epoch checkpoints. The run records the
     data config, so the report commands find the cache through it."""
-    from voicegate.train.prepare import PrepareConfig, prepare_corpus
-    from voicegate.train.trainer import TrainConfig, train_run
+    from voicegate.train.data.prepare import PrepareConfig, prepare_corpus
+    from voicegate.train.models.trainer import TrainConfig, train_run
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("tiny_run")
@@ -166,8 +166,8 @@ def test_params(tiny_run, tmp_path):
 
 
 def test_rerandomised_layers_are_not_the_initialisation(tiny_run):
-    from voicegate.train.models import load_checkpoint
-    from voicegate.train.report_params import RERANDOM_SEED, layer_groups, load_state, variant
+    from voicegate.train.models.classifier import load_checkpoint
+    from voicegate.train.reports.params import RERANDOM_SEED, layer_groups, load_state, variant
 
     _, _, run_dir = tiny_run
     trained, _ = load_checkpoint(run_dir / "member0" / "best.pt")
@@ -183,7 +183,7 @@ def test_rerandomised_layers_are_not_the_initialisation(tiny_run):
 
 # --- units -------------------------------------------------------------------------------------
 def test_mc_head_without_dropout_is_the_plain_head():
-    from voicegate.train.report_uncertainty import head_probs, mc_head_samples
+    from voicegate.train.reports.uncertainty import head_probs, mc_head_samples
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="compact", widths=(4, 4, 8, 8), embed_dim=16, dropout=0.0)).eval()
@@ -197,7 +197,7 @@ def test_mc_head_without_dropout_is_the_plain_head():
 
 
 def test_layer_groups_pair_each_conv_with_its_batchnorm():
-    from voicegate.train.report_params import layer_groups
+    from voicegate.train.reports.params import layer_groups
 
     compact = layer_groups(build_model(TINY))
     assert [n for n, _ in compact] == ["conv1", "conv2", "conv3", "conv4", "fc1", "head"]
@@ -208,7 +208,7 @@ def test_layer_groups_pair_each_conv_with_its_batchnorm():
 
 
 def test_gradcam_shapes_and_range():
-    from voicegate.train.report_interpret import explain
+    from voicegate.train.reports.interpret import explain
 
     torch.manual_seed(0)
     model = build_model(TINY).eval()
@@ -231,7 +231,7 @@ def test_summary_json_has_no_nan(tmp_path):
 def test_building_the_parser_imports_nothing_heavy():
     code = (
         "import sys, argparse\n"
-        "from voicegate.train import report\n"
+        "from voicegate.train.reports import report\n"
         "report.add_arguments(argparse.ArgumentParser())\n"
         "heavy = [m for m in ('torch', 'matplotlib', 'librosa', 'sklearn') if m in sys.modules]\n"
         "print(','.join(heavy))\n"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from fake_corpus import fake_corpus
 
-from voicegate.train import fit
-from voicegate.train.data import split_data
-from voicegate.train.models import ModelConfig, build_model
-from voicegate.train.trainer import AugmentConfig, TrainConfig, load_run, train_run
+from voicegate.train.models import fit
+from voicegate.train.data.dataset import split_data
+from voicegate.train.models.classifier import ModelConfig, build_model
+from voicegate.train.models.trainer import AugmentConfig, TrainConfig, load_run, train_run
 
 TINY = ModelConfig(arch="compact", widths=(4, 8, 8, 8), embed_dim=16, dropout=0.5)
 
@@ -119,7 +119,7 @@ def test_training_is_reproducible_on_cpu(corpus, tmp_path):
 
 
 def test_cli_without_torch_says_what_to_install(monkeypatch):
-    from voicegate.train import trainer
+    from voicegate.train.models import trainer
 
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(SystemExit, match=r"pip install 'voicegate\[train\]'"):
@@ -149,7 +149,7 @@ def test_cli_end_to_end_on_a_generated_corpus(tiny_corpus, tmp_path, capsys):
     assert (out / "ensemble.json").is_file() and (out / "member1" / "best.pt").is_file()
     assert "ensemble of 2 test:" in capsys.readouterr().out
     # the stored data config reopens the same prepared cache, without rebuilding it
-    from voicegate.train.prepare import PrepareConfig, prepare_corpus
+    from voicegate.train.data.prepare import PrepareConfig, prepare_corpus
 
     _, ckpt = load_run(out)[0]
     assert prepare_corpus(PrepareConfig.from_dict(ckpt["data_config"])).reused

@@ -13,10 +13,10 @@ import importlib
 
 # command name -> (module under voicegate.train, one-line help)
 COMMANDS = {
-    "prepare": ("prepare", "cut a speaker corpus into cached, leak-free spectrogram windows"),
-    "train": ("trainer", "train a seed or compact CNN (or a deep ensemble of them)"),
-    "eval": ("evaluate", "closed-set and open-set security figures for an exported model"),
-    "report": ("report", "the study's analyses: eda, uncertainty, interpret, params"),
+    "prepare": ("data.prepare", "cut a speaker corpus into cached, leak-free spectrogram windows"),
+    "train": ("models.trainer", "train a seed or compact CNN (or a deep ensemble of them)"),
+    "eval": ("eval.evaluate", "closed-set and open-set security figures for an exported model"),
+    "report": ("reports.report", "the study's analyses: eda, uncertainty, interpret, params"),
 }
 
 

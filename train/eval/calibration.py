@@ -183,8 +183,8 @@ def uncertainty_report(
     AUROCs: of p(allowed) separating allowed closed-set windows (positives) from impostors, and of
     each uncertainty measure for flagging impostors among all closed-set windows.
     """
-    from voicegate.train.metrics import classification_metrics
-    from voicegate.train.openset import eer
+    from voicegate.train.eval.metrics import classification_metrics
+    from voicegate.train.eval.openset import eer
 
     u = sample_uncertainty(samples)
     p = u["mean"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .report import FREQUENCY_BANDS
+from voicegate.train.reports.report import FREQUENCY_BANDS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def conv_activations(model) -> list:
     Conv2d (before the next conv), else the conv itself."""
     from torch import nn
 
-    from .report_params import stage_list
+    from voicegate.train.reports.params import stage_list
 
     stages = stage_list(model)
     out, n = [], 0
@@ -108,7 +108,7 @@ def explain(model, x, labels):
 # --- figures -----------------------------------------------------------------------------------
 def freq_ticks(ax, n_rows: int = 224) -> None:
     """Label an image's rows (row 0 = highest frequency) in kHz."""
-    from .report import frequency_axis
+    from voicegate.train.reports.report import frequency_axis
 
     freqs = frequency_axis(n_rows)
     ticks = [int(abs(freqs - f).argmin()) for f in (0, 2000, 4000, 6000, 8000) if f <= freqs.max() + 1]
@@ -210,8 +210,8 @@ def make_report(args: argparse.Namespace):
     import torch
     from tqdm import tqdm
 
-    from .report import band_density, band_shares, frequency_axis, open_prepared, open_run, select_split, start_report
-    from .report import window_batches
+    from voicegate.train.reports.report import band_density, band_shares, frequency_axis, open_prepared, open_run, select_split, start_report
+    from voicegate.train.reports.report import window_batches
 
     report = start_report(args, "interpret", "What the CNN looks at")
     run_info, members = open_run(args)

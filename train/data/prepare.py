@@ -56,9 +56,9 @@ from voicegate.device.features import (
     spectrogram,
 )
 
-from .corpus import ROLE_NAMES, Corpus, CorpusError, Recording, Roles, load_corpus
-from .splits import ALL_SPLITS, DEFAULT_FRACTIONS, TRAIN, count_heldout_violations, count_leakage
-from .splits import keyed_rng, split_recordings
+from voicegate.train.data.corpus import ROLE_NAMES, Corpus, CorpusError, Recording, Roles, load_corpus
+from voicegate.train.data.splits import ALL_SPLITS, DEFAULT_FRACTIONS, TRAIN, count_heldout_violations, count_leakage
+from voicegate.train.data.splits import keyed_rng, split_recordings
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def load_recording(rec: Recording, cfg: PrepareConfig, root: Path, skipped: list
 # --- preparation -----------------------------------------------------------------------------
 def prepare_corpus(cfg: PrepareConfig) -> PreparedCorpus:
     """Prepare ``cfg.corpus`` (or reuse a matching cache) and open the result."""
-    from .augment import find_noise_dir, noise_files
+    from voicegate.train.data.augment import find_noise_dir, noise_files
 
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.corpus, cfg.layout, cfg.versions, cfg.allowed, cfg.impostors)
@@ -465,7 +465,7 @@ def _build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: s
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .augment import Augmenter, load_noises
+    from voicegate.train.data.augment import Augmenter, load_noises
 
     roles = corpus.roles
     assignment = split_recordings(corpus.recordings, roles, cfg.seed, cfg.split_fractions)

@@ -1,4 +1,4 @@
-"""A thin torch view over a prepared corpus (see voicegate.train.prepare).
+"""A thin torch view over a prepared corpus (see voicegate.train.data.prepare).
 
 The prepared corpus owns the windows (``images``: float16 (N, 224, 224), memory-mapped) and a
 per-window index (speaker, recording, split, label, role, aug). This module only selects rows of

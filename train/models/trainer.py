@@ -12,10 +12,10 @@ Run layout (a single model is an ensemble of one, so export reads one format)::
       member1/ ...
 
 Member i uses seed ``seed + i``: its own initialisation, data order and augmentation draws.
-Model selection is on validation balanced accuracy (see voicegate.train.fit for why).
+Model selection is on validation balanced accuracy (see voicegate.train.models.fit for why).
 
 This module imports no torch at import time (the CLI builds ``--help`` from it); the torch
-side is voicegate.train.fit.
+side is voicegate.train.models.fit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from .splits import HELDOUT, TEST, TRAIN, VAL
+from voicegate.train.data.splits import HELDOUT, TEST, TRAIN, VAL
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class TrainConfig:
     patience: int = 8  # stop after this many epochs without a better val score (0 = never)
     seed: int = 0  # member i uses seed + i
     ensemble: int = 1  # members trained one after another
-    device: str = "auto"  # auto = cuda > mps > cpu (voicegate.train.torchutil.select_device)
+    device: str = "auto"  # auto = cuda > mps > cpu (voicegate.train.models.torchutil.select_device)
     threads: Optional[int] = None  # torch CPU threads (None = torch default)
     num_workers: int = 0  # DataLoader workers (0 keeps runs reproducible and light)
     limit_train: Optional[int] = None  # train on a seeded random subset of this many windows (quick runs)
@@ -91,10 +91,10 @@ def member_name(i: int) -> str:
 
 def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Optional[dict] = None) -> dict:
     """Train ``tcfg.ensemble`` members on a prepared corpus into ``out_dir``; returns ensemble.json."""
-    from . import fit
-    from .data import speaker_roles, split_data
-    from .metrics import split_report
-    from .torchutil import select_device, set_threads
+    from voicegate.train.models import fit
+    from voicegate.train.data.dataset import speaker_roles, split_data
+    from voicegate.train.eval.metrics import split_report
+    from voicegate.train.models.torchutil import select_device, set_threads
 
     set_threads(tcfg.threads)
     device = select_device(tcfg.device)
@@ -157,7 +157,7 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
 
 def load_run(run_dir) -> list:
     """Every member of a run -> ``[(model on cpu in eval mode, checkpoint dict), ...]``."""
-    from .models import load_checkpoint
+    from voicegate.train.models.classifier import load_checkpoint
 
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
@@ -215,7 +215,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace) -> tuple:
     """(ModelConfig, TrainConfig) from parsed CLI arguments."""
-    from .models import ModelConfig
+    from voicegate.train.models.classifier import ModelConfig
 
     model_cfg = ModelConfig(arch=args.arch, dropout=args.dropout, widths=args.widths, embed_dim=args.embed_dim)
     if args.ensemble < 1:
@@ -234,9 +234,9 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("voicegate train needs PyTorch: pip install 'voicegate[train]'")
-    from .corpus import CorpusError
-    from .metrics import summary_line
-    from .prepare import prepare_corpus
+    from voicegate.train.data.corpus import CorpusError
+    from voicegate.train.eval.metrics import summary_line
+    from voicegate.train.data.prepare import prepare_corpus
 
     # the per-epoch lines are this command's progress report: show them without --verbose
     train_log = logging.getLogger("voicegate.train")
@@ -264,7 +264,7 @@ def prepare_config_from_args(args: argparse.Namespace):
     from anywhere). An existing ``--cache`` keeps the options it was prepared with
     (``voicegate prepare --aug-allowed ...``), so training reuses it instead of rebuilding it with
     defaults; ``--corpus``, ``--layout``, ``--allowed`` and ``--impostors`` still apply."""
-    from .prepare import PrepareConfig
+    from voicegate.train.data.prepare import PrepareConfig
 
     cache = Path(args.cache).expanduser().resolve() if args.cache else None
     base = {}

@@ -1,6 +1,6 @@
 """Fitting one model (one ensemble member): augmentation, the epoch loop, evaluation.
 
-The CLI, the configs and the run layout live in voicegate.train.trainer; this module is the torch
+The CLI, the configs and the run layout live in voicegate.train.models.trainer; this module is the torch
 side it imports when a run starts.
 
 Model selection uses VALIDATION BALANCED ACCURACY (mean of the per-class recalls), ties broken by
@@ -23,11 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import SplitData, WindowDataset
-from .metrics import classification_metrics, split_report
-from .models import ModelConfig, build_model, count_parameters, save_checkpoint
-from .prepare import inverse_frequency_weights
-from .splits import TRAIN, VAL
+from voicegate.train.data.dataset import SplitData, WindowDataset
+from voicegate.train.eval.metrics import classification_metrics, split_report
+from voicegate.train.models.classifier import ModelConfig, build_model, count_parameters, save_checkpoint
+from voicegate.train.data.prepare import inverse_frequency_weights
+from voicegate.train.data.splits import TRAIN, VAL
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .corpus import Recording, Roles
+from voicegate.train.data.corpus import Recording, Roles
 
 TRAIN, VAL, TEST, HELDOUT = "train", "val", "test", "heldout"
 SPLITS = (TRAIN, VAL, TEST)

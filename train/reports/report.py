@@ -5,7 +5,7 @@ writes PNG figures plus ``summary.md`` and ``summary.json`` into ``--out``. Ever
 names the corpus and the split it shows.
 
 This module is imported to build ``--help``, so nothing heavy (torch, librosa, sklearn,
-matplotlib) is imported at module top, here or in the four ``report_*`` modules it registers.
+matplotlib) is imported at module top, here or in the four report modules it registers.
 The shared plumbing of the four commands lives here: arguments, opening the corpus and the run,
 window selection, figure saving and the summary writer.
 """
@@ -24,12 +24,12 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-# report name -> (module under voicegate.train, one-line help)
+# report name -> (module under voicegate.train.reports, one-line help)
 REPORTS = {
-    "eda": ("report_eda", "exploratory data analysis: recordings, durations, spectra, F0, mel vs linear"),
-    "uncertainty": ("report_uncertainty", "MC dropout (T = 2, 20, 50) against the deep ensemble: calibration, errors, open set, cost"),
-    "interpret": ("report_interpret", "conv1 filters, feature maps, Grad-CAM and saliency per frequency band"),
-    "params": ("report_params", "parameter space: distance from init, re-initialisation and re-randomisation robustness"),
+    "eda": ("eda", "exploratory data analysis: recordings, durations, spectra, F0, mel vs linear"),
+    "uncertainty": ("uncertainty", "MC dropout (T = 2, 20, 50) against the deep ensemble: calibration, errors, open set, cost"),
+    "interpret": ("interpret", "conv1 filters, feature maps, Grad-CAM and saliency per frequency band"),
+    "params": ("params", "parameter space: distance from init, re-initialisation and re-randomisation robustness"),
 }
 
 SPLIT_NAMES = ("train", "val", "test", "heldout")
@@ -48,7 +48,7 @@ def add_common_arguments(p: argparse.ArgumentParser, needs_run: bool) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report_name", metavar="NAME", required=True)
     for name, (module, help_text) in REPORTS.items():
-        mod = importlib.import_module(f"voicegate.train.{module}")
+        mod = importlib.import_module(f"voicegate.train.reports.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_common_arguments(p, needs_run=getattr(mod, "NEEDS_RUN", True))
         mod.add_arguments(p)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise SystemExit("voicegate report needs the training extra: pip install 'voicegate[train]'")
     module, _ = REPORTS[args.report_name]
-    mod = importlib.import_module(f"voicegate.train.{module}")
+    mod = importlib.import_module(f"voicegate.train.reports.{module}")
     if args.threads:
         import torch
 
@@ -191,7 +191,7 @@ def read_run_info(run_dir) -> dict:
 def prepare_config(args: argparse.Namespace, run_info: Optional[dict] = None):
     """The PrepareConfig of ``--corpus``: the run's data config (so roles and splits match what the
     run was trained on) with ``--corpus``/``--cache`` on top."""
-    from .prepare import PrepareConfig
+    from voicegate.train.data.prepare import PrepareConfig
 
     cfg = dict((run_info or {}).get("data_config") or {})
     cfg["corpus"] = str(args.corpus)
@@ -209,7 +209,7 @@ def open_prepared(args: argparse.Namespace, run_info: Optional[dict] = None):
     windows a run was trained on); it must come from ``--corpus``, and roles that differ from the
     run's are logged. Otherwise the corpus is prepared (reusing a matching cache).
     """
-    from .prepare import PreparedCorpus, prepare_corpus
+    from voicegate.train.data.prepare import PreparedCorpus, prepare_corpus
 
     cfg = prepare_config(args, run_info)
     if args.cache and (Path(args.cache) / "meta.json").is_file():
@@ -228,7 +228,7 @@ def open_prepared(args: argparse.Namespace, run_info: Optional[dict] = None):
 
 def load_members(run_dir) -> list:
     """[(model in eval mode, checkpoint), ...] of every member of the run."""
-    from .trainer import load_run
+    from voicegate.train.models.trainer import load_run
 
     return load_run(run_dir)
 
@@ -245,7 +245,7 @@ def open_run(args: argparse.Namespace) -> tuple:
 def select_split(corpus, split: str, max_windows: Optional[int], seed: int):
     """Clean (un-augmented) windows of one split as a SplitData, subsampled (seeded) to
     ``max_windows`` when given."""
-    from .data import split_data
+    from voicegate.train.data.dataset import split_data
 
     data = split_data(corpus, split, aug=False)
     if max_windows and len(data) > max_windows:

@@ -161,7 +161,7 @@ def robustness(trained, groups, states: dict, reset_epochs: list, images, rows, 
     import torch
     from tqdm import tqdm
 
-    from .report import window_batches
+    from voicegate.train.reports.report import window_batches
 
     columns = [RANDOM, *reset_epochs]
     out = {}
@@ -192,7 +192,7 @@ def robustness(trained, groups, states: dict, reset_epochs: list, images, rows, 
 
 
 def scores(labels, p) -> dict:
-    from .metrics import classification_metrics
+    from voicegate.train.eval.metrics import classification_metrics
 
     m = classification_metrics(labels, p)
     return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"]}
@@ -241,8 +241,8 @@ def plot_heatmaps(report, table: dict, columns: list, baseline: dict, split: str
 
 # --- the report --------------------------------------------------------------------------------
 def make_report(args: argparse.Namespace):
-    from .models import load_checkpoint
-    from .report import open_prepared, read_run_info, select_split, start_report
+    from voicegate.train.models.classifier import load_checkpoint
+    from voicegate.train.reports.report import open_prepared, read_run_info, select_split, start_report
 
     report = start_report(args, "params", "Parameter space (Zhang, Bengio & Singer 2019)")
     run_info = read_run_info(args.run)
@@ -271,7 +271,7 @@ def make_report(args: argparse.Namespace):
     import numpy as np
     import torch
 
-    from .report import window_batches
+    from voicegate.train.reports.report import window_batches
 
     trained.eval()
     with torch.no_grad():
@@ -315,7 +315,7 @@ def make_report(args: argparse.Namespace):
 
 
 def write_summary(report, args, run_info, member_name, trained_epoch, data, baseline, table, columns, verdict, epochs) -> None:
-    from .report import fmt
+    from voicegate.train.reports.report import fmt
 
     n_allowed = int((data.labels == 1).sum())
     report.section(

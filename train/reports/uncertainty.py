@@ -44,7 +44,7 @@ def trunk_features(model, images, rows, desc: str = ""):
     """(N, D) trunk outputs in eval mode, no gradients."""
     import torch
 
-    from .report import window_batches
+    from voicegate.train.reports.report import window_batches
 
     model.eval()
     with torch.no_grad():
@@ -130,7 +130,7 @@ def time_methods(members, member: int, Ts, x, repeats: int = 7) -> dict:
 
 def model_sizes(members, member: int, Ts) -> dict:
     """fp32 parameter megabytes each method must hold (MC: one model; ensemble: all K)."""
-    from .models import count_parameters
+    from voicegate.train.models.classifier import count_parameters
 
     mb = [count_parameters(m) * 4 / 1e6 for m, _ in members]
     sizes = {SINGLE: mb[member], **{f"MC-{T}": mb[member] for T in Ts}}
@@ -261,7 +261,7 @@ def plot_histograms(report, panels: dict, split: str, filename: str) -> None:
 def plot_reliability(report, y, means: dict, split: str, bins: int, filename: str = "reliability.png") -> None:
     import matplotlib.pyplot as plt
 
-    from .calibration import reliability_bins
+    from voicegate.train.eval.calibration import reliability_bins
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0.5, 1], [0.5, 1], color="grey", ls="--", lw=0.8)
@@ -279,7 +279,7 @@ def plot_reliability(report, y, means: dict, split: str, bins: int, filename: st
 def plot_risk_coverage(report, y, samples: dict, split: str, filename: str = "risk_coverage.png") -> None:
     import matplotlib.pyplot as plt
 
-    from .calibration import risk_coverage, sample_uncertainty
+    from voicegate.train.eval.calibration import risk_coverage, sample_uncertainty
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, measure in zip(axes, ("std", "entropy")):
@@ -302,8 +302,8 @@ def make_report(args: argparse.Namespace):
     import numpy as np
     from tqdm import tqdm
 
-    from .calibration import paired_bootstrap, sample_uncertainty, uncertainty_report
-    from .report import open_prepared, open_run, select_split, start_report, window_batches
+    from voicegate.train.eval.calibration import paired_bootstrap, sample_uncertainty, uncertainty_report
+    from voicegate.train.reports.report import open_prepared, open_run, select_split, start_report, window_batches
 
     report = start_report(args, "uncertainty", "MC dropout against the deep ensemble")
     run_info, members = open_run(args)

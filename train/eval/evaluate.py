@@ -5,8 +5,8 @@ audio, not from cached training windows:
 
 1. **Which audio.** The corpus, its roles and its split are rebuilt from the model's contract
    (the preparation config training used: corpus path, seed, split fractions, role overrides)
-   with the training side's own loader and split (:func:`~voicegate.train.corpus.load_corpus`,
-   :func:`~voicegate.train.splits.split_recordings`), so the split is the training split.
+   with the training side's own loader and split (:func:`~voicegate.train.data.corpus.load_corpus`,
+   :func:`~voicegate.train.data.splits.split_recordings`), so the split is the training split.
    *Closed set*: the ``--split`` (default test) recordings of the allowed and the not-allowed
    training speakers (the study's protocol: known speakers, unseen recordings). *Open set*: every
    recording of the held-out impostors, voices the model has never heard.
@@ -168,7 +168,7 @@ class ModelScores:
 # --- corpus -------------------------------------------------------------------------------------
 def prepare_config_of(contract, corpus: Optional[str] = None):
     """The preparation config training used (from the contract), with ``corpus`` overriding its path."""
-    from .prepare import PrepareConfig
+    from voicegate.train.data.prepare import PrepareConfig
 
     data_config = dict((contract.corpus or {}).get("data_config") or {})
     cache = data_config.get("cache") or data_config.get("cache_dir")
@@ -197,9 +197,9 @@ def evaluation_recordings(prep_cfg, roles: dict, split: str = "test"):
     ``roles`` (the model's training roles) override the corpus's default allowed and held-out
     lists, as they did in training, so labels mean what the model learned.
     """
-    from .corpus import ROLE_HELDOUT, load_corpus
-    from .prepare import limit_recordings
-    from .splits import HELDOUT, split_recordings
+    from voicegate.train.data.corpus import ROLE_HELDOUT, load_corpus
+    from voicegate.train.data.prepare import limit_recordings
+    from voicegate.train.data.splits import HELDOUT, split_recordings
 
     root = Path(prep_cfg.corpus).expanduser()
     if not root.exists():
@@ -250,7 +250,7 @@ def score_attempts(gates: dict, items, cfg: EvalConfig, prep_cfg, root: Path) ->
     """
     from tqdm import tqdm
 
-    from .prepare import load_recording
+    from voicegate.train.data.prepare import load_recording
 
     attempts = Attempts()
     scores = {name: ModelScores(name) for name in gates}
@@ -364,7 +364,7 @@ def add_intervals(report: dict, n_genuine: int, n_impostor: int, keys=("far", "f
 
 def plain_report(pos, neg, threshold: float) -> dict:
     """Accept iff score >= threshold: FAR, FRR (with 95 % intervals), counts, and the EER."""
-    from .openset import eer, operating_point
+    from voicegate.train.eval.openset import eer, operating_point
 
     out = add_intervals(operating_point(pos, neg, threshold), np.size(pos), np.size(neg))
     rate, at = eer(pos, neg)
@@ -421,7 +421,7 @@ def verification_report(s: dict, pos: np.ndarray, neg: np.ndarray, thresholds) -
         },
         "rejecting": policy_report(s["decision"][pos], s["decision"][neg], s["speaker"][pos], s["speaker"][neg]),
     }
-    from .openset import eer
+    from voicegate.train.eval.openset import eer
 
     rate, at = eer(rej[pos], rej[neg])
     report["rejecting"]["eer"], report["rejecting"]["eer_threshold"] = rate, at
@@ -430,7 +430,7 @@ def verification_report(s: dict, pos: np.ndarray, neg: np.ndarray, thresholds) -
 
 def closed_set_report(a: dict, s: dict, rows: np.ndarray, threshold: float) -> dict:
     """Classification figures on the closed-set attempts ``rows``: per window, attempt, recording."""
-    from .metrics import classification_metrics, split_report
+    from voicegate.train.eval.metrics import classification_metrics, split_report
 
     win = np.isin(s["window_attempt"], rows)
     w_rows = s["window_attempt"][win]
@@ -514,7 +514,7 @@ def det_figure(curves: list, title: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from scipy.special import ndtri
 
-    from .openset import det_curve
+    from voicegate.train.eval.openset import det_curve
 
     def probit(x):
         return ndtri(np.clip(np.asarray(x, np.float64), DET_FLOOR, 1 - DET_FLOOR))
@@ -730,7 +730,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from voicegate.device.contract import ModelError
 
-    from .corpus import CorpusError
+    from voicegate.train.data.corpus import CorpusError
 
     cfg = EvalConfig(
         models=list(args.models), method=args.method, corpus=args.corpus, split=args.split,

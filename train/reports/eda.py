@@ -41,7 +41,7 @@ def recording_durations(corpus, cfg) -> list:
 
     from voicegate.device.audio import SAMPLE_RATE, AudioError, trim_silence
 
-    from .prepare import load_recording
+    from voicegate.train.data.prepare import load_recording
 
     rows, skipped = [], []
     for rec in tqdm(corpus.recordings, desc="load + trim", unit="rec"):
@@ -110,7 +110,7 @@ def speaker_audio(corpus, cfg, speaker: str, seconds: float):
 
     from voicegate.device.audio import SAMPLE_RATE, AudioError, trim_silence
 
-    from .prepare import load_recording
+    from voicegate.train.data.prepare import load_recording
 
     parts, used, need = [], [], int(seconds * SAMPLE_RATE)
     for rec in corpus.by_speaker().get(speaker, []):
@@ -328,8 +328,8 @@ def make_report(args: argparse.Namespace):
     from voicegate.device.audio import SAMPLE_RATE
     from voicegate.device.features import WINDOW_SAMPLES
 
-    from .corpus import load_corpus
-    from .report import frequency_axis, open_prepared, prepare_config, read_run_info, start_report
+    from voicegate.train.data.corpus import load_corpus
+    from voicegate.train.reports.report import frequency_axis, open_prepared, prepare_config, read_run_info, start_report
 
     report = start_report(args, "eda", "Exploratory data analysis")
     run_info = read_run_info(args.run) if args.run else None

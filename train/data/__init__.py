@@ -1,0 +1,1 @@
+"""Data: corpora and roles, leak-free splits, augmentation, and the prepared spectrogram windows."""

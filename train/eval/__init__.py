@@ -1,0 +1,1 @@
+"""Evaluation: `voicegate eval` (door attempts, FAR/FRR/UNCERTAIN), metrics, calibration, open set."""

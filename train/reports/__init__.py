@@ -1,0 +1,1 @@
+"""The study's reports (`voicegate report eda|uncertainty|interpret|params`) and their shared helpers."""
