@@ -37,7 +37,6 @@ class AuditLog:
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "ab")
-        self.records = 0
         if self._f.tell() > 0 and not _ends_with_newline(self.path):
             log.warning("%s: last line was partial (a crash?); starting a new line", self.path)
             self._f.write(b"\n")
@@ -52,7 +51,6 @@ class AuditLog:
             self._sync()
         except (OSError, ValueError) as e:  # ValueError: the file was closed
             raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
-        self.records += 1
         return record
 
     def _sync(self) -> None:
@@ -61,12 +59,12 @@ class AuditLog:
             os.fsync(self._f.fileno())
 
     def close(self) -> None:
+        """Close the file (closed even when this raises AuditError: a failed final flush)."""
         if not self._f.closed:
-            self._f.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._f.closed
+            try:
+                self._f.close()  # flushes whatever a failed write left in the buffer, again
+            except OSError as e:
+                raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
 
     def __enter__(self) -> "AuditLog":
         return self

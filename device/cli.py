@@ -1,60 +1,36 @@
 """The ``voicegate`` command.
 
-Device commands (``enroll-check``, ``listen``) are built in and import nothing heavy until they
-run. Other command groups (``prepare``, ``train``, ``eval``, ``report``, ``export``) come from the
-``voicegate.commands`` entry points, which are only looked up when the command is not a device
-command (or for ``--help``), so a decision on the device never scans them.
+Device commands are registered in :data:`DEVICE_COMMANDS` as ``name -> (help, module)``; the
+module (``"package.module"``, or ``"package.module:object"``) provides ``add_arguments(parser)``
+and ``run(args) -> int`` and is imported only when its command runs, so ``voicegate --help``
+and a decision never import the others. A registered module that is not in this build gives a
+one-line "not available in this build" and exit 2. Other command groups (``prepare``, ``train``,
+``eval``, ``report``, ``export``) come from the ``voicegate.commands`` entry points, which are
+only looked up when the command is not a device command (or for ``--help``), so a decision on
+the device never scans them.
+
+Exit 0 means GRANTED (``enroll-check``) and nothing else: ``--help`` and ``--version`` exit
+:data:`~voicegate.device.contract.EXIT_INFO`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_MODEL, EXIT_USAGE
+from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
+from .options import add_model_arguments, load_gate
 
 log = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "voicegate.commands"
 TRAIN_EXTRA_MESSAGE = "this command needs the training extra: pip install 'voicegate[train]'"
+NOT_AVAILABLE_MESSAGE = "not available in this build"
 HEAVY_MODULES = ("torch", "torchvision", "torchaudio", "librosa", "sklearn", "matplotlib", "onnx", "tqdm")
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0.0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and threshold options shared by the device commands."""
-    p.add_argument("--model", metavar="PATH",
-                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped compact model)")
-    p.add_argument("--method", choices=("mc", "ensemble"),
-                   help="MC dropout or deep ensemble: picks the shipped model, and must match --model")
-    p.add_argument("--accept", type=_probability, metavar="P",
-                   help="override the model's accept threshold on p(allowed)")
-    p.add_argument("--uncertainty-limit", type=_non_negative, metavar="U",
-                   help="override the model's uncertainty limit")
-    p.add_argument("--deny", type=_probability, metavar="P",
-                   help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
 
 
 def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,14 +54,11 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         from .audio import AudioError
         from .contract import ModelError
         from .policy import ThresholdError
-        from .runtime import Gate
+        from .runtime import Gate  # noqa: F401  (a broken install fails here, not mid-decision)
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
     try:
-        gate = Gate.load(
-            args.model, method=args.method, accept=args.accept,
-            uncertainty_limit=args.uncertainty_limit, deny=args.deny, threads=args.threads,
-        )
+        gate = load_gate(args)
         d = gate.decide_file(args.file)
     except ThresholdError as e:
         return _fail(args, EXIT_USAGE, "bad thresholds", str(e))
@@ -109,25 +82,41 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
     return d.exit_code
 
 
-def _listen_arguments(p: argparse.ArgumentParser) -> None:
-    from . import listen
+class EnrollCheck:
+    """The built-in ``enroll-check`` command, in the shape of a registered command module."""
 
-    listen.add_arguments(p)
-
-
-def cmd_listen(args: argparse.Namespace) -> int:
-    from . import listen
-
-    return listen.run(args)
+    add_arguments = staticmethod(_enroll_check_arguments)
+    run = staticmethod(cmd_enroll_check)
 
 
-# name -> (help, add_arguments, handler); arguments are only built for the command being run
-DEVICE_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+# name -> (help, "package.module[:object]" providing add_arguments(parser) and run(args) -> int).
+# A command is imported only when it runs; add one with one line here.
+DEVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "enroll-check": ("decide on one audio file: GRANTED / DENIED / UNCERTAIN",
-                     _enroll_check_arguments, cmd_enroll_check),
-    "listen": ("listen on the microphone and decide on every utterance",
-               _listen_arguments, cmd_listen),
+                     "voicegate.device.cli:EnrollCheck"),
+    "listen": ("listen on the microphone and decide on every utterance", "voicegate.device.listen"),
+    "doctor": ("check that this device is ready: audio, model, audit log", "voicegate.device.doctor"),
+    "enroll": ("enrol a person's voice on this device", "voicegate.device.enroll"),
+    "profiles": ("list or remove the enrolled voice profiles", "voicegate.device.profiles_cli"),
 }
+
+
+class CommandUnavailable(LookupError):
+    """A registered command whose module is not part of this build."""
+
+
+def load_command(name: str):
+    """The object (module) behind a device command; CommandUnavailable if it is not built in."""
+    target = DEVICE_COMMANDS[name][1]
+    module_name, _, attr = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:  # a parent package is missing
+        spec = None
+    if spec is None:
+        raise CommandUnavailable(f"{name}: {NOT_AVAILABLE_MESSAGE}")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
 
 
 def _first_command(argv: Sequence[str]) -> str | None:
@@ -156,7 +145,10 @@ def _load_plugins(subparsers) -> list[tuple[str, BaseException]]:
 
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str], list]:
-    """(parser, device command names, failed plugin groups) for this command line."""
+    """(parser, command names, failed plugin groups) for this command line.
+
+    Only the command being run is imported (CommandUnavailable if its module is not built in).
+    """
     parser = argparse.ArgumentParser(
         prog="voicegate",
         description="Edge voice gate: is this voice an allowed person's? (GRANTED / DENIED / UNCERTAIN)",
@@ -165,15 +157,17 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     parser.add_argument("--debug", action="store_true", help="log everything (DEBUG)")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="store_true",
+                        help=f"print the version and exit ({EXIT_INFO}, never 0)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     first = _first_command(argv)
-    for name, (help_text, add_args, handler) in DEVICE_COMMANDS.items():
+    for name, (help_text, _) in DEVICE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == first:
-            add_args(p)
-        p.set_defaults(func=handler)
+            command = load_command(name)
+            command.add_arguments(p)
+            p.set_defaults(func=command.run)
     failed = [] if first in DEVICE_COMMANDS else _load_plugins(sub)
     return parser, list(sub.choices), failed
 
@@ -193,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = _first_command(argv)
     try:
         parser, commands, failed = build_parser(argv)
+    except CommandUnavailable as e:
+        print(f"voicegate: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except ImportError as e:  # e.g. the listen module could not be imported
         print(f"voicegate: {first}: unavailable ({e})", file=sys.stderr)
         return EXIT_MODEL
@@ -206,13 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2)
+    except SystemExit as e:  # --help (0: never returned, it means GRANTED) or a usage error (2)
+        if e.code in (0, None):
+            return EXIT_INFO
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
     if args.version:
         from voicegate import __version__
 
         print(f"voicegate {__version__}")
-        return 0
+        return EXIT_INFO
     configure_logging(args.verbose, args.debug)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -45,7 +45,7 @@ META_SAMPLES = "voicegate.samples"
 META_VERSION = "voicegate.version"
 
 # --- exit codes (the CLI and `listen` share them) ------------------------------------------
-EXIT_GRANTED = 0
+EXIT_GRANTED = 0  # enroll-check: GRANTED, and nothing else (listen: stopped cleanly)
 EXIT_DENIED = 1
 EXIT_USAGE = 2
 EXIT_UNCERTAIN = 3
@@ -54,18 +54,43 @@ EXIT_MODEL = 5  # the model is missing, invalid, modified or mismatched (also in
 EXIT_DEVICE = 6  # listen: the audio device is unavailable (no PortAudio, no input device, or it
 #                  failed and --exit-on-error was given)
 EXIT_AUDIT = 7  # listen: the audit log cannot be opened or written
+EXIT_INFO = 10  # --help or --version was printed: nothing was decided (never 0, which opens)
 
 DECISION_EXIT = {GRANTED: EXIT_GRANTED, DENIED: EXIT_DENIED, UNCERTAIN: EXIT_UNCERTAIN}
 
-EXIT_CODES_HELP = """\
-exit codes:
-  0  GRANTED    the voice is an allowed person's, with low uncertainty
-  1  DENIED     the voice is not an allowed person's (confidently)
-  3  UNCERTAIN  the model is unsure: please repeat
-  2  usage error (bad command line)
-  4  the input audio cannot be used (unreadable, empty, no speech found); the reason is printed
-  5  the model is missing, invalid, modified (sha256 mismatch) or mismatched (feature version)
-Anything but 0 means no access (fail closed)."""
+# code -> meaning, for the --help epilogs (built from the constants above, never retyped)
+EXIT_MEANINGS = {
+    EXIT_GRANTED: "GRANTED    the voice is an allowed person's, with low uncertainty",
+    EXIT_DENIED: "DENIED     the voice is not an allowed person's (confidently)",
+    EXIT_UNCERTAIN: "UNCERTAIN  the model is unsure: please repeat",
+    EXIT_USAGE: "usage error (bad command line, or thresholds refused)",
+    EXIT_AUDIO: "the input audio cannot be used (unreadable, empty, no speech found); the reason is printed",
+    EXIT_MODEL: "the model is missing, invalid, modified (sha256 mismatch) or mismatched (feature version)",
+    EXIT_DEVICE: "the audio device is unavailable: PortAudio missing, no input device, or the device\n"
+                 "     failed with --exit-on-error (without it, listen retries with back-off)",
+    EXIT_AUDIT: "the audit log cannot be opened or written",
+    EXIT_INFO: "help or version printed: nothing was decided",
+}
+ENROLL_CHECK_EXITS = (EXIT_GRANTED, EXIT_DENIED, EXIT_UNCERTAIN, EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL,
+                      EXIT_INFO)
+LISTEN_EXITS = (EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL, EXIT_DEVICE, EXIT_AUDIT, EXIT_INFO)
+
+
+def exit_codes_help(codes=ENROLL_CHECK_EXITS, overrides: Mapping[int, str] | None = None,
+                    footer: str = "Anything but 0 means no access (fail closed).") -> str:
+    """The 'exit codes:' block of a --help epilog, from :data:`EXIT_MEANINGS`."""
+    meanings = {**EXIT_MEANINGS, **(overrides or {})}
+    lines = ["exit codes:", *(f"  {code:<2} {meanings[code]}" for code in codes)]
+    return "\n".join(lines + [footer])
+
+
+EXIT_CODES_HELP = exit_codes_help()
+LISTEN_EXIT_CODES_HELP = exit_codes_help(
+    (EXIT_GRANTED, *LISTEN_EXITS),
+    {EXIT_GRANTED: "stopped cleanly (end of --from-file, --max-utterances reached, Ctrl-C or SIGTERM)",
+     EXIT_AUDIO: "the --from-file audio cannot be used (the reason is printed)"},
+    "Each decision is a printed line (GRANTED, DENIED or UNCERTAIN), never an exit code.",
+)
 
 # Feature-contract fields whose mismatch makes a model unusable with this featurizer.
 CRITICAL_FEATURE_KEYS = ("feature_version", "sample_rate", "image_size")

@@ -25,8 +25,16 @@ from typing import Callable, Optional
 
 from .audio import AudioError
 from .audit import AuditError, AuditLog, stamped
-from .cli import add_model_arguments
-from .contract import EXIT_AUDIO, EXIT_AUDIT, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE
+from .contract import (
+    EXIT_AUDIO,
+    EXIT_AUDIT,
+    EXIT_DEVICE,
+    EXIT_INFO,
+    EXIT_MODEL,
+    EXIT_USAGE,
+    LISTEN_EXIT_CODES_HELP,
+)
+from .options import add_model_arguments, load_gate
 from .policy import DENIED, GRANTED, UNCERTAIN
 from .stream import (
     DEFAULT_CHUNK_SAMPLES,
@@ -47,17 +55,6 @@ DECISIONS = (GRANTED, DENIED, UNCERTAIN)
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
-
-EXIT_CODES_HELP = f"""\
-exit codes:
-  0  stopped cleanly (end of --from-file, --max-utterances reached, Ctrl-C or SIGTERM)
-  {EXIT_USAGE}  usage error (bad command line)
-  {EXIT_AUDIO}  the --from-file audio cannot be used (the reason is printed)
-  {EXIT_MODEL}  the model is missing, invalid, modified or mismatched
-  {EXIT_DEVICE}  the audio device is unavailable: PortAudio missing, no input device, or the device
-     failed with --exit-on-error (without it, listen retries with back-off)
-  {EXIT_AUDIT}  the audit log cannot be opened or written
-Each decision is a printed line (GRANTED, DENIED or UNCERTAIN), never an exit code."""
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -339,7 +336,7 @@ def format_line(record: dict) -> str:
 # --- command line ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EXIT_CODES_HELP
+    parser.epilog = LISTEN_EXIT_CODES_HELP
     add_model_arguments(parser)
     parser.add_argument("--device", metavar="ID", help="input device: index or part of its name")
     parser.add_argument("--list-devices", action="store_true", help="print the input devices and exit")
@@ -374,18 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_gate_factory(args: argparse.Namespace):
     """The real gate from the command line's model options, warmed up."""
-    from .runtime import Gate
-
-    gate = Gate.load(
-        args.model,
-        method=args.method,
-        accept=args.accept,
-        uncertainty_limit=args.uncertainty_limit,
-        deny=args.deny,
-        threads=args.threads,
-    )
-    gate.warmup()
-    return gate
+    return load_gate(args, warmup=True)
 
 
 def default_source_factory(args: argparse.Namespace) -> Callable[[], AudioSource]:
@@ -460,57 +446,79 @@ def run(
                 except OSError as e:
                     _error(f"cannot open the audit log {args.log}: {e.strerror or e}")
                     return EXIT_AUDIT
-            try:
-                gate = (gate_factory or default_gate_factory)(args)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:  # ModelError, or anything else while loading: no model, no gate
-                _error(str(e) or type(e).__name__)
-                return EXIT_MODEL
-            open_source = (source_factory or default_source_factory)(args)
-            try:
-                first = open_source()
-            except AudioError as e:
-                _error(str(e))
-                return EXIT_AUDIO
-            except AudioDeviceError as e:
-                _error(str(e))
-                return EXIT_DEVICE
-
-            def emit(record: dict) -> None:
-                if record.get("type") != "decision":
-                    return
-                print(json.dumps(record) if args.json else format_line(record), flush=True)
-
-            listener = Listener(
-                gate,
-                open_source,
-                audit=audit,
-                emit=emit,
-                exit_on_error=args.exit_on_error,
-                max_utterances=args.max_utterances,
-                **listener_options,
-            )
-            try:
-                code = listener.run(first)
-            except AuditError as e:
-                _error(str(e))
-                return EXIT_AUDIT
-            if code in (EXIT_AUDIO, EXIT_DEVICE):
-                _error(listener.last_error or "the audio source failed")
-            log.info("listen stopped: %s", listener.stats.to_dict())
-            return code
+            code = _listen(args, audit, gate_factory, source_factory, listener_options)
         except KeyboardInterrupt:  # Ctrl-C while loading the model or opening the source
-            return EXIT_OK
-        finally:
-            if audit is not None:
-                audit.close()
+            code = EXIT_OK
+        except BaseException:
+            _close_audit(audit, EXIT_AUDIT)  # quietly: the exception is what gets reported
+            raise
+        return _close_audit(audit, code)
+
+
+def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
+    try:
+        gate = (gate_factory or default_gate_factory)(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # ModelError, or anything else while loading: no model, no gate
+        _error(str(e) or type(e).__name__)
+        return EXIT_MODEL
+    open_source = (source_factory or default_source_factory)(args)
+    try:
+        first = open_source()
+    except AudioError as e:
+        _error(str(e))
+        return EXIT_AUDIO
+    except AudioDeviceError as e:
+        _error(str(e))
+        return EXIT_DEVICE
+
+    def emit(record: dict) -> None:
+        if record.get("type") != "decision":
+            return
+        print(json.dumps(record) if args.json else format_line(record), flush=True)
+
+    listener = Listener(
+        gate,
+        open_source,
+        audit=audit,
+        emit=emit,
+        exit_on_error=args.exit_on_error,
+        max_utterances=args.max_utterances,
+        **listener_options,
+    )
+    try:
+        code = listener.run(first)
+    except AuditError as e:
+        _error(str(e))
+        return EXIT_AUDIT
+    if code in (EXIT_AUDIO, EXIT_DEVICE):
+        _error(listener.last_error or "the audio source failed")
+    log.info("listen stopped: %s", listener.stats.to_dict())
+    return code
+
+
+def _close_audit(audit: Optional[AuditLog], code: int) -> int:
+    """Close the audit log; a failure to close is exit 7, printed once (not again after a write)."""
+    if audit is None:
+        return code
+    try:
+        audit.close()
+    except AuditError as e:
+        if code != EXIT_AUDIT:
+            _error(str(e))
+        return EXIT_AUDIT
+    return code
 
 
 def main(argv=None) -> int:
     """``python -m voicegate.device.listen`` (the same command as ``voicegate listen``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(build_parser().parse_args(argv))
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help: never 0 (see EXIT_INFO); a usage error: 2
+        return EXIT_INFO if e.code in (0, None) else EXIT_USAGE
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import soundfile as sf
 from synth import synth_voice
 from tiny_gate import TinyNet, write_gate_model
 
-from voicegate.device import cli
+from voicegate.device import cli, contract
 from voicegate.device.cli import main
+from voicegate.device.contract import EXIT_INFO
 from voicegate.device.features import feature_contract
 from voicegate.device.runtime import MODEL_ENV, write_sidecar
 
@@ -144,11 +145,95 @@ def test_deny_above_the_accept_threshold_is_a_usage_error(files, capsys):
 
 
 def test_help_documents_exit_codes(capsys):
-    assert main(["--help"]) == 0
+    assert main(["--help"]) == EXIT_INFO
     out = capsys.readouterr().out
     assert "enroll-check" in out and "5  the model is missing" in out
-    assert main(["enroll-check", "--help"]) == 0
-    assert "3  UNCERTAIN" in capsys.readouterr().out
+    assert main(["enroll-check", "--help"]) == EXIT_INFO
+    out = capsys.readouterr().out
+    assert "3  UNCERTAIN" in out and f"{EXIT_INFO} help or version printed" in out
+
+
+def test_exit_code_help_is_built_from_the_constants():
+    for code in contract.ENROLL_CHECK_EXITS:
+        assert f"  {code:<2} {contract.EXIT_MEANINGS[code]}" in contract.EXIT_CODES_HELP
+    for code in contract.LISTEN_EXITS:
+        assert f"  {code:<2} " in contract.LISTEN_EXIT_CODES_HELP
+    codes = [contract.EXIT_GRANTED, contract.EXIT_DENIED, contract.EXIT_USAGE, contract.EXIT_UNCERTAIN,
+             contract.EXIT_AUDIO, contract.EXIT_MODEL, contract.EXIT_DEVICE, contract.EXIT_AUDIT, EXIT_INFO]
+    assert len(set(codes)) == len(codes)  # no two meanings share a code
+
+
+@pytest.mark.parametrize("argv", [
+    ["enroll-check", "-h"],
+    ["enroll-check", "--help"],
+    ["enroll-check", "x.wav", "-h"],
+    ["--version", "enroll-check", "x.wav"],
+    ["--version"],
+    ["--help"],
+    ["listen", "--help"],
+])
+def test_help_and_version_never_exit_0(argv, capsys):
+    # 0 is GRANTED: a wrapper that passes a file named -h, or opens on 0, must not be fooled
+    assert main(argv) == EXIT_INFO != 0
+    assert capsys.readouterr().out  # the help or version was printed
+
+
+def test_help_exit_code_of_the_real_process(files):
+    r = run_cli("enroll-check", "-h")
+    assert r.returncode == EXIT_INFO and "exit codes:" in r.stdout
+    r = run_cli("--version", "enroll-check", str(files["wav"]), "--model", str(files["granted"]))
+    assert r.returncode == EXIT_INFO and r.stdout.startswith("voicegate ")
+
+
+# --- the command registry --------------------------------------------------------------------
+def test_every_registered_command_is_built_in_or_says_so(capsys):
+    for name in cli.DEVICE_COMMANDS:
+        try:
+            command = cli.load_command(name)
+        except cli.CommandUnavailable:
+            assert main([name]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err == f"voicegate: {name}: {cli.NOT_AVAILABLE_MESSAGE}"
+            continue
+        assert callable(command.add_arguments) and callable(command.run)
+    for name in ("doctor", "enroll", "profiles"):
+        assert name in cli.DEVICE_COMMANDS
+
+
+def test_a_missing_command_module_is_one_line_exit_2_and_help_still_works(monkeypatch, capsys):
+    monkeypatch.setitem(cli.DEVICE_COMMANDS, "nothing", ("a command not in this build",
+                                                         "voicegate.device.no_such_module"))
+    monkeypatch.setitem(cli.DEVICE_COMMANDS, "nothing2", ("in a missing package", "no_such_pkg.mod"))
+    for name in ("nothing", "nothing2"):
+        assert main([name, "--flag"]) == 2
+        assert capsys.readouterr().err.strip() == f"voicegate: {name}: not available in this build"
+    assert main(["--help"]) == EXIT_INFO
+    out = capsys.readouterr().out
+    assert "nothing" in out and "a command not in this build" in out and "listen" in out
+
+
+def test_a_command_plugs_in_with_one_registry_line(monkeypatch, tmp_path, capsys):
+    (tmp_path / "vg_hello_cmd.py").write_text(
+        "def add_arguments(p):\n    p.add_argument('--times', type=int, default=1)\n"
+        "def run(args):\n    print('hello ' * args.times)\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.DEVICE_COMMANDS, "hello", ("say hello", "vg_hello_cmd"))
+    assert main(["hello", "--times", "2"]) == 3
+    assert capsys.readouterr().out.strip() == "hello hello"
+    assert main(["hello", "--times", "x"]) == 2  # its own arguments are parsed
+
+
+def test_help_imports_no_command_module_and_listen_does_not_import_cli():
+    code = (
+        "import sys; from voicegate.device.cli import main; rc = main(['--help']); "
+        "mods = [m for m in ('voicegate.device.listen', 'voicegate.device.runtime', 'onnxruntime') "
+        "if m in sys.modules]; print('RC', rc, 'MODS', mods)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert f"RC {EXIT_INFO} MODS []" in out.stdout, out.stdout + out.stderr
+    code = "import sys, voicegate.device.listen; print('CLI', 'voicegate.device.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "CLI False" in out.stdout, out.stdout + out.stderr
 
 
 def test_plugin_needing_torch_gives_one_line(monkeypatch, capsys):

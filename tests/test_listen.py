@@ -19,7 +19,7 @@ from synth import synth_voice, write_wav
 
 from voicegate.device import listen
 from voicegate.device.audio import AudioError, NoSpeechError, load_audio
-from voicegate.device.audit import AuditLog, read_audit_log
+from voicegate.device.audit import AuditError, AuditLog, read_audit_log
 from voicegate.device.stream import (
     ArraySource,
     AudioDeviceError,
@@ -330,6 +330,40 @@ def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(e.startswith("voicegate listen: error:") for e in err)
     assert "model not found" in err[0] and "bad.wav" in err[1]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_audit_log_is_exit_7_with_one_line(tmp_path, stream, capsys, monkeypatch):
+    from voicegate.device.cli import main
+
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
+    assert main(["listen", "--from-file", str(wav), "--log", "/dev/full"]) == listen.EXIT_AUDIT == 7
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing is printed that is not in the log
+    assert err.count("\n") == 1 and err.startswith("voicegate listen: error: cannot write the audit log")
+
+
+def test_audit_log_close_failure_is_an_audit_error(tmp_path):
+    class FullFile:
+        closed = False
+
+        def close(self):
+            self.closed = True
+            raise OSError(28, "No space left on device")
+
+    log_ = AuditLog(tmp_path / "a.jsonl")
+    log_._f.close()
+    log_._f = FullFile()
+    with pytest.raises(AuditError, match="No space left"):
+        log_.close()
+    assert listen._close_audit(None, 0) == 0
+
+
+def test_listen_help_is_not_exit_0(capsys):
+    assert listen.main(["--help"]) == listen.EXIT_INFO != 0
+    assert "exit codes:" in capsys.readouterr().out
 
 
 def test_keyboard_interrupt_denies_in_progress_and_exits_0(tmp_path, stream):

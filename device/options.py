@@ -1,0 +1,68 @@
+"""Command-line pieces the device commands share: the model and threshold options, and loading
+the gate they name.
+
+``cli`` (``enroll-check``) and ``listen`` both import from here, so neither imports the other.
+Nothing heavy is imported until :func:`load_gate` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and threshold options shared by the device commands."""
+    p.add_argument("--model", metavar="PATH",
+                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped compact model)")
+    p.add_argument("--method", choices=("mc", "ensemble"),
+                   help="MC dropout or deep ensemble: picks the shipped model, and must match --model")
+    p.add_argument("--accept", type=probability, metavar="P",
+                   help="override the model's accept threshold on p(allowed)")
+    p.add_argument("--uncertainty-limit", type=non_negative, metavar="U",
+                   help="override the model's uncertainty limit")
+    p.add_argument("--deny", type=probability, metavar="P",
+                   help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+
+
+def load_gate(args: argparse.Namespace, warmup: bool = False):
+    """The gate the command line's model options name (raises ModelError, ThresholdError, ...)."""
+    from .runtime import Gate
+
+    gate = Gate.load(
+        args.model,
+        method=args.method,
+        accept=args.accept,
+        uncertainty_limit=args.uncertainty_limit,
+        deny=args.deny,
+        threads=args.threads,
+    )
+    if warmup:
+        gate.warmup()
+    return gate
+
