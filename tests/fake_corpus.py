@@ -1,4 +1,4 @@
-"""A tiny in-memory prepared corpus (a real voicegate.train.data.prepare.PreparedCorpus, no audio).
+"""A tiny in-memory prepared corpus (a real voicegate.train.data.cache.PreparedCorpus, no audio).
 
 Each speaker's windows carry a bright horizontal band at the speaker's own frequency rows, so a
 tiny CNN can learn allowed vs not allowed within a couple of epochs. Train recordings also get
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voicegate.train.data.prepare import PreparedCorpus, WindowIndex
+from voicegate.train.data.cache import PreparedCorpus, WindowIndex
 
 SPEAKERS = {  # speaker: (role, band row)
     "a1": ("allowed", 30),

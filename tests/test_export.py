@@ -25,7 +25,7 @@ from voicegate.export.onnx_export import (
     validation_utterances,
 )
 from voicegate.train.models.classifier import ModelConfig, build_model, save_checkpoint
-from voicegate.train.data.prepare import CACHE_FORMAT
+from voicegate.train.data.cache import CACHE_FORMAT
 from voicegate.train.models.trainer import RUN_FORMAT
 
 torch.set_num_threads(1)

@@ -11,7 +11,9 @@ import pytest
 
 from synth import make_daps_corpus, synth_voice, write_wav
 from voicegate.device import features as F
+from voicegate.train.data import build as B
 from voicegate.train.data import prepare as P
+from voicegate.train.data.cache import INDEX_COLUMNS
 from voicegate.train.data.corpus import CorpusError, Roles, load_corpus
 from voicegate.train.data.splits import HELDOUT, count_heldout_violations, count_leakage, split_recordings
 
@@ -70,7 +72,7 @@ def test_report_counts_and_files(prepared):
     md = (pc.root / "report.md").read_text()
     assert "leakage by recording: 0" in md and "| f1 | allowed |" in md
     with open(pc.root / "index.csv") as f:
-        assert next(csv.reader(f)) == list(P.INDEX_COLUMNS)
+        assert next(csv.reader(f)) == list(INDEX_COLUMNS)
     meta = json.loads((pc.root / "meta.json").read_text())
     assert meta["feature_contract"] == F.feature_contract() and meta["n_windows"] == len(pc)
 
@@ -111,13 +113,13 @@ def test_interrupted_run_leaves_no_cache(tiny_corpus, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(x, hop)
 
-    real = P.render
-    monkeypatch.setattr(P, "render", boom)
+    real = B.render
+    monkeypatch.setattr(B, "render", boom)
     with pytest.raises(KeyboardInterrupt):
         P.prepare_corpus(_cfg(tiny_corpus, tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
     assert list(tmp_path.iterdir()) == []  # the temporary build folder is gone too
-    monkeypatch.setattr(P, "render", real)
+    monkeypatch.setattr(B, "render", real)
     pc = P.prepare_corpus(_cfg(tiny_corpus, tmp_path / "cache", max_recordings_per_speaker=1))
     assert not pc.reused and len(pc) > 0
 

@@ -198,7 +198,7 @@ def evaluation_recordings(prep_cfg, roles: dict, split: str = "test"):
     lists, as they did in training, so labels mean what the model learned.
     """
     from voicegate.train.data.corpus import ROLE_HELDOUT, load_corpus
-    from voicegate.train.data.prepare import limit_recordings
+    from voicegate.train.data.build import limit_recordings
     from voicegate.train.data.splits import HELDOUT, split_recordings
 
     root = Path(prep_cfg.corpus).expanduser()
@@ -250,7 +250,7 @@ def score_attempts(gates: dict, items, cfg: EvalConfig, prep_cfg, root: Path) ->
     """
     from tqdm import tqdm
 
-    from voicegate.train.data.prepare import load_recording
+    from voicegate.train.data.build import load_recording
 
     attempts = Attempts()
     scores = {name: ModelScores(name) for name in gates}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from voicegate.train.data.dataset import SplitData, WindowDataset
 from voicegate.train.eval.metrics import classification_metrics, split_report
 from voicegate.train.models.classifier import ModelConfig, build_model, count_parameters, save_checkpoint
-from voicegate.train.data.prepare import inverse_frequency_weights
+from voicegate.train.data.cache import inverse_frequency_weights
 from voicegate.train.data.splits import TRAIN, VAL
 
 log = logging.getLogger(__name__)

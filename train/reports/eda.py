@@ -41,7 +41,7 @@ def recording_durations(corpus, cfg) -> list:
 
     from voicegate.device.audio import SAMPLE_RATE, AudioError, trim_silence
 
-    from voicegate.train.data.prepare import load_recording
+    from voicegate.train.data.build import load_recording
 
     rows, skipped = [], []
     for rec in tqdm(corpus.recordings, desc="load + trim", unit="rec"):
@@ -110,7 +110,7 @@ def speaker_audio(corpus, cfg, speaker: str, seconds: float):
 
     from voicegate.device.audio import SAMPLE_RATE, AudioError, trim_silence
 
-    from voicegate.train.data.prepare import load_recording
+    from voicegate.train.data.build import load_recording
 
     parts, used, need = [], [], int(seconds * SAMPLE_RATE)
     for rec in corpus.by_speaker().get(speaker, []):

@@ -209,7 +209,8 @@ def open_prepared(args: argparse.Namespace, run_info: Optional[dict] = None):
     windows a run was trained on); it must come from ``--corpus``, and roles that differ from the
     run's are logged. Otherwise the corpus is prepared (reusing a matching cache).
     """
-    from voicegate.train.data.prepare import PreparedCorpus, prepare_corpus
+    from voicegate.train.data.cache import PreparedCorpus
+    from voicegate.train.data.prepare import prepare_corpus
 
     cfg = prepare_config(args, run_info)
     if args.cache and (Path(args.cache) / "meta.json").is_file():
