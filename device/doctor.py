@@ -1,0 +1,434 @@
+"""``voicegate doctor``: is this machine ready to be a door? One line per check, then a verdict.
+
+Checks, in order: Python and platform; the model file's sha256; onnxruntime imports and runs the
+model *in a subprocess* (a crash such as "Illegal instruction" or a segfault is reported, not
+fatal); the model's contract; the warm decision time against the real-time budget; the profile
+store (readable, 0600, made with this encoder); PortAudio and the input devices, with a 2 s level
+check of the chosen microphone (silent, too quiet, clipping); free disk for the audit log.
+
+Exit 0 (READY) only when no check failed; 1 (NOT READY) otherwise; 2 for a usage error. A check
+that does not apply here (no profile store for a classifier model) or that was switched off
+(``--no-mic``) prints ``skip`` with its reason and is never counted as passed.
+``--bench`` repeats the decision and prints a timing report (JSON) to send back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+EXIT_READY, EXIT_NOT_READY = 0, 1
+
+MIN_PYTHON = (3, 10)
+# onnxruntime releases known to break a Raspberry Pi 4 (onnxruntime issues #23957, #24112).
+KNOWN_BAD_ORT = {"1.21.0": "dies with 'Illegal instruction' at import on a Raspberry Pi 4 (fixed in 1.22)"}
+REALTIME_BUDGET_S = 3.0  # a decision must take less than the 3 s utterance it decides on
+PROBE_TIMEOUT_S = 300.0  # the onnxruntime subprocess (a slow board + a cold disk)
+MIC_SECONDS = 2.0
+CLIP_LEVEL = 0.999  # |sample| at or above this is full scale
+MAX_CLIPPED_FRACTION = 1e-3  # more full-scale samples than this: the capture gain is too high
+QUIET_MARGIN_DB = 20.0  # speech should reach this far above the gate's no-speech floor
+MIN_FREE_BYTES = 64 * 1024 * 1024  # audit log: about 100,000 decisions at ~600 bytes each
+DEFAULT_LOG = Path("~/voicegate/audit.jsonl")  # the README's Pi deployment
+BENCH_REPEATS, CHECK_REPEATS = 20, 3
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | FAIL | skip
+    message: str
+    data: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"[{self.status:>4}] {self.name:<18} {self.message}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+# --- Python, platform, model file ----------------------------------------------------------
+def board_model() -> str:
+    """'Raspberry Pi 4 Model B Rev 1.4' from the device tree, else the CPU's model name, else ''."""
+    for path, key in (("/proc/device-tree/model", None), ("/proc/cpuinfo", "model name"),
+                      ("/proc/cpuinfo", "Model")):
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        if key is None:
+            return text.strip("\x00\n ")
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def check_python(version=None, machine: str | None = None) -> Check:
+    v = tuple(version or sys.version_info[:3])
+    machine = machine or platform.machine()
+    libc = " ".join(platform.libc_ver()).strip() or "libc ?"
+    where = f"{platform.system()} {machine}, {libc}" + (f", {board_model()}" if board_model() else "")
+    text = f"Python {'.'.join(map(str, v))} on {where}"
+    if v[:2] < MIN_PYTHON:
+        return Check("python", FAIL, f"{text}: voicegate needs Python >= {'.'.join(map(str, MIN_PYTHON))}")
+    return Check("python", OK, text, {"python": ".".join(map(str, v)), "machine": machine})
+
+
+def check_model_file(path: Path) -> tuple[Check, str | None]:
+    from .contract import ModelError
+    from .runtime import read_verified_model
+
+    try:
+        data, digest = read_verified_model(path)
+    except ModelError as e:
+        return Check("model sha256", FAIL, str(e)), None
+    return Check("model sha256", OK, f"{path.name}: {digest[:12]}... matches ({len(data)} bytes)"), digest
+
+
+# --- onnxruntime in a subprocess ----------------------------------------------------------
+def probe(model: str, audio: str, threads: int, repeats: int, emit) -> None:
+    """Runs in the child: import onnxruntime, load and run the model, time warm decisions.
+
+    ``emit(dict)`` gets {"stage": S, "begin": True} before each stage and the stage's result
+    after it, so a crash names the stage it happened in.
+    """
+    emit({"stage": "import", "begin": True})
+    t0 = time.perf_counter()
+    import numpy as np
+    import onnxruntime as ort
+
+    emit({"stage": "import", "ok": True, "onnxruntime": ort.__version__, "numpy": np.__version__,
+          "ms": (time.perf_counter() - t0) * 1e3})
+    from .contract import ModelContract
+    from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, featurize
+    from .runtime import make_session, read_verified_model
+
+    emit({"stage": "load", "begin": True})
+    t0 = time.perf_counter()
+    data, digest = read_verified_model(model)
+    session = make_session(data, threads)
+    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+    contract.check_features(feature_contract())
+    emit({"stage": "load", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "kind": contract.kind,
+          "method": contract.method, "samples": contract.samples,
+          "feature_version": contract.features.get("feature_version"),
+          "outputs": [o.name for o in session.get_outputs()], "thresholds": contract.thresholds.to_dict()})
+    emit({"stage": "run", "begin": True})
+    name = session.get_inputs()[0].name
+    t0 = time.perf_counter()
+    (out, *_) = session.run(None, {name: np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)})
+    emit({"stage": "run", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "shape": list(out.shape)})
+    emit({"stage": "decision", "begin": True})
+    from .runtime import Gate
+
+    decide = Gate.load(model, threads=threads).decide_file if contract.kind == "classifier" else None
+    ms, feat_ms, result = [], [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        if decide is not None:
+            result = decide(audio).to_dict()
+        else:  # an encoder: featurize + the embedding run (scoring against profiles is tiny)
+            images = featurize(Path(audio), hop_seconds=INFER_HOP_SECONDS)
+            session.run(None, {name: images[:, None].astype(np.float32)})
+        ms.append((time.perf_counter() - t0) * 1e3)
+        t1 = time.perf_counter()
+        featurize(Path(audio), hop_seconds=INFER_HOP_SECONDS)
+        feat_ms.append((time.perf_counter() - t1) * 1e3)
+    emit({"stage": "decision", "ok": True, "ms": ms, "featurize_ms": feat_ms, "sha256": digest,
+          "what": "featurize + model + policy" if decide else "featurize + encoder (no scoring)",
+          "decision": (result or {}).get("decision"), "p_allow": (result or {}).get("p_allow")})
+
+
+def probe_main(argv: list[str]) -> int:
+    """The child's entry point: one JSON object per line on stdout."""
+    opts = json.loads(argv[0])
+
+    def emit(d: dict) -> None:
+        print(json.dumps(d), flush=True)
+
+    try:
+        probe(opts["model"], opts["audio"], opts["threads"], opts["repeats"], emit)
+    except Exception as e:
+        emit({"error": f"{type(e).__name__}: {_first_line(e)}"})
+        return 1
+    return 0
+
+
+PROBE_CODE = "import sys; from voicegate.device.doctor import probe_main; sys.exit(probe_main(sys.argv[1:]))"
+
+
+def run_probe(model: Path, audio: Path, threads: int, repeats: int,
+              timeout: float = PROBE_TIMEOUT_S) -> tuple[dict, str | None]:
+    """({stage: result}, failure or None) from a child process running :func:`probe`."""
+    cmd = [sys.executable, "-c", PROBE_CODE,
+           json.dumps({"model": str(model), "audio": str(audio), "threads": threads, "repeats": repeats})]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {}, f"the onnxruntime subprocess did not finish within {timeout:g} s"
+    stages, current, error = {}, None, None
+    for line in proc.stdout.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("begin"):
+            current = d["stage"]
+        elif "error" in d:
+            error = d["error"]
+        elif "stage" in d:
+            stages[d["stage"]] = d
+            current = None
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        return stages, f"crashed with {sig} during {current or 'start-up'} (in a subprocess)"
+    if error or proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+        return stages, f"failed during {current or 'start-up'}: {error or tail or f'exit {proc.returncode}'}"
+    return stages, None
+
+
+def probe_checks(stages: dict, failure: str | None, budget_s: float = REALTIME_BUDGET_S) -> list[Check]:
+    imp, load, run, dec = (stages.get(s) for s in ("import", "load", "run", "decision"))
+    out = []
+    if imp and run:
+        ver = imp["onnxruntime"]
+        bad = KNOWN_BAD_ORT.get(ver)
+        msg = f"onnxruntime {ver} (numpy {imp['numpy']}) imports and runs the model: output {run['shape']}"
+        out.append(Check("onnxruntime", FAIL if bad else OK,
+                         f"onnxruntime {ver} {bad}; pip install 'onnxruntime!={ver}'" if bad else msg, imp))
+    else:
+        ver = f" {imp['onnxruntime']}" if imp else ""
+        out.append(Check("onnxruntime", FAIL, f"onnxruntime{ver} {failure or 'did not run'}"))
+    if load:
+        out.append(Check("model contract", OK,
+                         f"{load['kind']} {load['method']} S={load['samples']}, features "
+                         f"{load['feature_version']} match this featurizer, outputs {load['outputs']}", load))
+    elif imp:
+        out.append(Check("model contract", FAIL, failure or "not loaded"))
+    else:
+        out.append(Check("model contract", SKIP, "not checked: onnxruntime did not import"))
+    if dec:
+        ms = sorted(dec["ms"])
+        med = ms[len(ms) // 2] / 1e3
+        text = (f"warm decision {med * 1e3:.0f} ms median of {len(ms)} ({dec['what']}), "
+                f"budget {budget_s:g} s")
+        out.append(Check("decision time", OK if med < budget_s else FAIL,
+                         text if med < budget_s else text + ": too slow for a door", dec))
+    else:
+        out.append(Check("decision time", SKIP if not load else FAIL,
+                         "not measured: the model did not load" if not load else (failure or "not measured")))
+    return out
+
+
+# --- profiles ---------------------------------------------------------------------------------
+def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Check:
+    """The store's files are 0600 in a 0700 folder and load with this encoder (the door's model
+    when it is an encoder, else ``$VOICEGATE_ENCODER`` / the shipped encoder)."""
+    try:
+        enc = importlib.import_module(".encoder", __package__)
+        profiles = importlib.import_module(".profiles", __package__)
+    except ImportError as e:
+        return Check("profiles", SKIP, f"not checked: this build has no profile store ({_first_line(e)})")
+    from .contract import ModelError
+    from .runtime import read_verified_model
+
+    store = profiles.ProfileStore(store_dir)
+    names = store.names() if store.exists() else []
+    if not names:
+        status = FAIL if kind == "encoder" else SKIP
+        why = "an encoder model needs enrolled people" if kind == "encoder" else "not needed by a classifier model"
+        return Check("profiles", status, f"no one is enrolled in {store.root} ({why})")
+    bad = [f"{p} is mode {p.stat().st_mode & 0o777:04o} (want 0600: chmod 600 {p})"
+           for p in (store.path(n) for n in names) if p.stat().st_mode & 0o077]
+    if store.root.stat().st_mode & 0o077:
+        bad.insert(0, f"{store.root} is mode {store.root.stat().st_mode & 0o777:04o} (want 0700)")
+    if bad:
+        return Check("profiles", FAIL, "others can read the voice profiles: " + "; ".join(bad))
+    try:
+        _, sha = read_verified_model(model if kind == "encoder" and model else enc.resolve_encoder_path())
+        store.load_all(encoder_sha256=sha)
+    except ModelError as e:
+        return Check("profiles", FAIL, _first_line(e))
+    return Check("profiles", OK, f"{len(names)} profile(s) in {store.root}, 0600, made with encoder {sha[:12]}...")
+
+
+# --- audio ------------------------------------------------------------------------------------
+def classify_level(x) -> tuple[str, str]:
+    """(status, text) for a recording made while someone spoke: silent, too quiet, clipping."""
+    import numpy as np
+
+    from .audio import SILENCE_FLOOR_DBFS, frame_rms_db
+
+    x = np.asarray(x, dtype=np.float32).ravel()
+    if x.size == 0 or not np.any(x):
+        return FAIL, "silent: only zeros (muted, wrong device, or no microphone plugged in)"
+    loudest = float(frame_rms_db(x).max())
+    clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
+    text = f"loudest 25 ms {loudest:.0f} dBFS, peak {20 * np.log10(float(np.abs(x).max())):.1f} dBFS"
+    if clipped > MAX_CLIPPED_FRACTION:
+        return FAIL, f"clipping: {clipped:.1%} of samples at full scale ({text}); lower the capture gain"
+    if loudest < SILENCE_FLOOR_DBFS:
+        return FAIL, f"too quiet: {text}, below the gate's no-speech floor {SILENCE_FLOOR_DBFS:g} dBFS"
+    if loudest < SILENCE_FLOOR_DBFS + QUIET_MARGIN_DB:
+        return WARN, f"quiet: {text}; speak closer or raise the capture gain"
+    return OK, text
+
+
+def check_audio(device, seconds: float = MIC_SECONDS, record: bool = True, say=None) -> list[Check]:
+    from . import stream
+    from .audio import SAMPLE_RATE
+
+    try:
+        sd = stream.import_sounddevice()
+        devices = stream.list_input_devices()
+    except stream.AudioDeviceError as e:
+        return [Check("audio devices", FAIL, str(e)), Check("microphone", SKIP, "not checked: no audio devices")]
+    if not devices:
+        return [Check("audio devices", FAIL, "PortAudio found no input device (is a microphone plugged in?)"),
+                Check("microphone", SKIP, "not checked: no input device")]
+    names = ", ".join(f"{d['index']}:{d['name']}{'*' if d['default'] else ''}" for d in devices)
+    out = [Check("audio devices", OK, f"{len(devices)} input device(s): {names}")]
+    if not record:
+        return out + [Check("microphone", SKIP, "level check switched off (--no-mic)")]
+    dev = stream.parse_device(device)
+    try:
+        if say:
+            say(f"speak now: recording {seconds:g} s from {'the default input' if dev is None else dev}...")
+        x = sd.rec(int(seconds * SAMPLE_RATE), samplerate=SAMPLE_RATE, channels=1, dtype="float32", device=dev)
+        sd.wait()
+    except Exception as e:
+        return out + [Check("microphone", FAIL, f"cannot record from {dev if dev is not None else 'the default input'} "
+                                                f"at {SAMPLE_RATE} Hz mono ({_first_line(e)})")]
+    status, text = classify_level(x)
+    return out + [Check("microphone", status, f"{seconds:g} s from {dev if dev is not None else 'default'}: {text}")]
+
+
+def check_disk(log_path: Path) -> Check:
+    p = log_path.expanduser()
+    existing = next(d for d in [p, *p.parents] if d.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    free = shutil.disk_usage(folder).free
+    if not os.access(existing, os.W_OK):
+        return Check("audit log disk", FAIL, f"{existing} is not writable by this user (log {p})")
+    text = f"{free / 2**20:.0f} MiB free at {folder} (log {p})"
+    if free < MIN_FREE_BYTES:
+        return Check("audit log disk", FAIL, f"{text}: want at least {MIN_FREE_BYTES / 2**20:.0f} MiB")
+    return Check("audit log disk", OK, text, {"free_bytes": free})
+
+
+# --- the command --------------------------------------------------------------------------------
+def verdict(checks: list[Check]) -> tuple[int, str]:
+    failed = [c.name for c in checks if c.status == FAIL]
+    skipped = [c.name for c in checks if c.status == SKIP]
+    warned = [c.name for c in checks if c.status == WARN]
+    tail = "".join(f"; {label}: {', '.join(v)}" for label, v in (("warnings", warned), ("skipped", skipped)) if v)
+    if failed:
+        return EXIT_NOT_READY, f"NOT READY: {len(failed)} check(s) failed: {', '.join(failed)}{tail}"
+    return EXIT_READY, f"READY for a door: {len(checks) - len(skipped)} checks passed{tail}"
+
+
+def bench_report(checks: list[Check], model: Path, threads: int) -> dict:
+    by = {c.name: c.data for c in checks}
+    dec = by.get("decision time") or {}
+    ms = sorted(dec.get("ms", []))
+    return {
+        "voicegate_doctor_bench": 1, "board": board_model(), "machine": platform.machine(),
+        "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "onnxruntime": by.get("onnxruntime", {}).get("onnxruntime"), "numpy": by.get("onnxruntime", {}).get("numpy"),
+        "model": model.name, "sha256": dec.get("sha256"), "threads": threads, "what": dec.get("what"),
+        "cold_ms": {k: (by.get(s) or {}).get("ms") for k, s in (("import", "onnxruntime"), ("load", "model contract"))},
+        "warm_decision_ms": {"n": len(ms), "min": ms[0] if ms else None, "median": ms[len(ms) // 2] if ms else None,
+                             "max": ms[-1] if ms else None, "all": dec.get("ms")},
+        "featurize_ms_median": sorted(dec.get("featurize_ms") or [None])[len(dec.get("featurize_ms") or [0]) // 2],
+        "budget_s": REALTIME_BUDGET_S,
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "exit codes: 0 READY (every check passed or does not apply), 1 NOT READY, 2 usage error"
+    p.add_argument("--model", metavar="PATH", help="the door's model (default: $VOICEGATE_MODEL, else the shipped one)")
+    p.add_argument("--method", choices=("mc", "ensemble"), help="which shipped model (default mc)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads, as the door uses (default 1)")
+    p.add_argument("--device", metavar="ID", help="input device to level-check: index or part of its name")
+    p.add_argument("--no-mic", action="store_true", help="skip the 2 s microphone level check")
+    p.add_argument("--profiles", metavar="DIR", help="profile store (default: $VOICEGATE_PROFILES, ...)")
+    p.add_argument("--log", metavar="PATH", default=str(DEFAULT_LOG),
+                   help="the audit log the door will write (default %(default)s)")
+    p.add_argument("--audio", metavar="WAV", help="utterance to time decisions on (default: the shipped example)")
+    p.add_argument("--bench", action="store_true", help=f"time {BENCH_REPEATS} decisions and print a report to send back")
+    p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .runtime import models_dir, resolve_model_path
+
+    if args.threads < 1:
+        print("voicegate doctor: error: --threads must be >= 1", file=sys.stderr)
+        return 2
+    say = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    model = resolve_model_path(args.model, args.method)
+    audio = Path(args.audio) if args.audio else models_dir() / "example.wav"
+    checks = [check_python()]
+    file_check, digest = check_model_file(model)
+    checks.append(file_check)
+    if say:
+        for c in checks:
+            print(c.line(), flush=True)
+    n0 = len(checks)
+    if digest:
+        stages, failure = run_probe(model, audio, args.threads, BENCH_REPEATS if args.bench else CHECK_REPEATS)
+        checks += probe_checks(stages, failure)
+    else:
+        checks += [Check(n, SKIP, "not checked: the model file failed its sha256 check")
+                   for n in ("onnxruntime", "model contract", "decision time")]
+    kind = next((c.data.get("kind") for c in checks if c.name == "model contract"), None)
+    checks.append(check_profiles(args.profiles, kind, model))
+    for c in checks[n0:]:
+        if say:
+            print(c.line(), flush=True)
+    n0 = len(checks)
+    checks += check_audio(args.device, record=not args.no_mic, say=say)
+    checks.append(check_disk(Path(args.log)))
+    code, text = verdict(checks)
+    if args.json:
+        print(json.dumps({"verdict": text, "exit_code": code,
+                          "checks": [{"name": c.name, "status": c.status, "message": c.message} for c in checks],
+                          **({"bench": bench_report(checks, model, args.threads)} if args.bench else {})}))
+        return code
+    for c in checks[n0:]:
+        print(c.line(), flush=True)
+    print(text)
+    if args.bench:
+        print("timing report (send this back):")
+        print(json.dumps(bench_report(checks, model, args.threads), indent=1))
+    return code
+
+
+def main(argv=None) -> int:
+    """``python -m voicegate.device.doctor`` (the same as ``voicegate doctor``)."""
+    p = argparse.ArgumentParser(prog="voicegate doctor", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
