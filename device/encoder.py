@@ -1,0 +1,167 @@
+"""The speaker encoder: a verified encoder-kind ONNX model -> voice embeddings, on onnxruntime.
+
+    enc = Encoder.load()                      # $VOICEGATE_ENCODER, else the shipped encoder
+    emb = enc.embed(images)                   # (windows, S, D), every (w, s) row L2-normalised
+
+The graph (the encoder contract, see ``contract.py``): input ``spectrogram`` float32
+(batch, 1, 224, 224) in [0, 1] -> output ``embeddings`` float32 (batch, S, D), S = the MC-dropout
+samples (masks shared by every window of one batch) or the ensemble members. The model's bytes
+are checked against their sha256 sidecar/manifest (``runtime.read_verified_model``) before use,
+its contract must say ``kind="encoder"`` with a valid cosine calibration, and it must match this
+featurizer. The sha256 names the encoder a profile was made with (``profiles.py``).
+
+Every failure is a :class:`~voicegate.device.contract.ModelError` (exit 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .audio import PathLike
+from .contract import EMBEDDINGS_NAME, INPUT_NAME, ModelContract, ModelError
+from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, frame_windows, spectrogram
+from .runtime import as_model_input, make_session, models_dir, read_verified_model
+
+log = logging.getLogger(__name__)
+
+ENCODER_ENV = "VOICEGATE_ENCODER"
+DEFAULT_ENCODER_NAME = "voicegate-encoder-mc.onnx"
+MAX_BATCH = 32  # windows per onnxruntime run when embedding long enrolment audio (bounds memory)
+NORM_TOLERANCE = 1e-2  # embedding rows must have |norm - 1| below this
+
+
+def resolve_encoder_path(model_path: PathLike | None = None) -> Path:
+    """``model_path`` > ``$VOICEGATE_ENCODER`` > the shipped ``models/voicegate-encoder-mc.onnx``."""
+    if model_path:
+        return Path(model_path)
+    env = os.environ.get(ENCODER_ENV)
+    if env:
+        return Path(env)
+    return models_dir() / DEFAULT_ENCODER_NAME
+
+
+def open_model(path: Path, threads: int = 1, seed: int | None = None):
+    """(onnxruntime session, contract, sha256) for a verified model of either kind."""
+    data, digest = read_verified_model(path)
+    try:
+        import onnxruntime as ort
+
+        if seed is not None:
+            ort.set_seed(int(seed))
+        session = make_session(data, threads)
+    except Exception as e:  # onnxruntime raises its own types for invalid graphs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+    contract.check_features(feature_contract())
+    return session, contract, digest
+
+
+def model_kind(model_path: PathLike) -> str:
+    """``classifier`` or ``encoder``: what the (verified) model at ``model_path`` is."""
+    _, contract, _ = open_model(Path(model_path))
+    return contract.kind
+
+
+def check_calibration(calibration, where: str = "model") -> tuple[float, float]:
+    """(a, b) of a ``{"type": "logistic", "a": A, "b": B}`` calibration, or ModelError."""
+    if not isinstance(calibration, dict) or calibration.get("type") != "logistic":
+        raise ModelError(f"{where}: encoder contract has no logistic calibration (got {calibration!r})")
+    try:
+        a, b = float(calibration["a"]), float(calibration["b"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{where}: encoder calibration needs numbers a and b (got {calibration!r})") from None
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+        raise ModelError(f"{where}: encoder calibration a={a}, b={b}: a must be finite and > 0")
+    return a, b
+
+
+class Encoder:
+    """A loaded, verified encoder plus its calibration and thresholds (one run at a time)."""
+
+    def __init__(self, session, contract: ModelContract, path: Path, sha256: str, thresholds):
+        self.session = session
+        self.contract = contract
+        self.path = path
+        self.sha256 = sha256
+        self.thresholds = thresholds
+        self.measure = contract.uncertainty_measure
+        self.calibration = check_calibration(contract.calibration, str(path))
+
+    method = property(lambda self: self.contract.method)
+    samples = property(lambda self: self.contract.samples)
+    dim = property(lambda self: self.contract.embedding_dim)
+
+    @classmethod
+    def load(
+        cls,
+        model_path: PathLike | None = None,
+        accept: float | None = None,
+        uncertainty_limit: float | None = None,
+        deny: float | None = None,
+        threads: int = 1,
+        seed: int | None = None,
+    ) -> "Encoder":
+        """Resolve, verify and open an encoder; apply threshold overrides (ThresholdError)."""
+        path = resolve_encoder_path(model_path)
+        session, contract, digest = open_model(path, threads, seed)
+        if contract.kind != "encoder":
+            raise ModelError(
+                f"{path}: is a {contract.kind} model; enrolment and profiles need an encoder-kind "
+                f"model (name one with --model or ${ENCODER_ENV})"
+            )
+        if contract.embedding_dim < 1:
+            raise ModelError(f"{path}: encoder contract has no embedding_dim")
+        names_in = [i.name for i in session.get_inputs()]
+        names_out = [o.name for o in session.get_outputs()]
+        if names_in != [INPUT_NAME] or EMBEDDINGS_NAME not in names_out:
+            raise ModelError(
+                f"{path}: graph interface is {names_in} -> {names_out}, "
+                f"want [{INPUT_NAME!r}] -> [{EMBEDDINGS_NAME!r}]"
+            )
+        thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)
+        log.info("encoder %s (%s, S=%d, D=%d, sha256 %s...), thresholds %s", path, contract.method,
+                 contract.samples, contract.embedding_dim, digest[:12], thresholds.to_dict())
+        return cls(session, contract, path, digest, thresholds)
+
+    # -- inference --------------------------------------------------------------------------
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            (out,) = self.session.run([EMBEDDINGS_NAME], {INPUT_NAME: x})
+        except Exception as e:
+            raise ModelError(f"{self.path}: inference failed ({str(e).strip()[:200]})") from None
+        out = np.asarray(out, dtype=np.float32)
+        want = (x.shape[0], self.samples, self.dim)
+        if out.shape != want:
+            raise ModelError(f"{self.path}: embeddings of shape {out.shape}, contract says {want}")
+        if not np.all(np.isfinite(out)):
+            raise ModelError(f"{self.path}: the encoder produced non-finite embeddings")
+        norms = np.linalg.norm(out, axis=-1)
+        if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
+            raise ModelError(f"{self.path}: embeddings are not L2-normalised (norms {norms.min():.3f}"
+                             f"..{norms.max():.3f})")
+        return out
+
+    def embed(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """(n, 224, 224) spectrograms -> (n, S, D) embeddings.
+
+        One run by default (the MC masks are shared by the whole utterance); ``batch`` splits a
+        long enrolment into runs of that many windows.
+        """
+        x = as_model_input(images)
+        step = x.shape[0] if not batch else max(1, int(batch))
+        return np.concatenate([self._run(x[i : i + step]) for i in range(0, x.shape[0], step)])
+
+    def embed_speech(self, speech: np.ndarray, hop_seconds: float = INFER_HOP_SECONDS,
+                     batch: int | None = MAX_BATCH) -> np.ndarray:
+        """Trimmed 16 kHz speech -> (windows, S, D): cut into windows, rendered, embedded."""
+        return self.embed(spectrogram(frame_windows(speech, hop_seconds)), batch=batch)
+
+    def warmup(self) -> None:
+        """Run the encoder once on a blank window, so the first real decision is warm."""
+        noise = np.random.default_rng(0).random((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        self._run(as_model_input(noise))

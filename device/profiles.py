@@ -1,0 +1,352 @@
+"""The profile store: one file per enrolled person, in one directory.
+
+Where: ``--profiles DIR`` > ``$VOICEGATE_PROFILES`` > ``$XDG_DATA_HOME/voicegate/profiles`` >
+``~/.local/share/voicegate/profiles``. The directory is created 0700 on the first enrolment.
+
+A profile, ``NAME.json`` (JSON, mode 0600), holds:
+
+- ``name``, ``created``, ``updated`` (UTC, ISO 8601);
+- ``encoder_sha256`` and ``embedding_dim``: the encoder the embeddings came from. A profile
+  made with another encoder is refused ("re-enrol NAME"): embeddings of two encoders are not
+  comparable;
+- ``sessions``: one per enrolment (``voicegate enroll`` on an existing name adds one unless
+  ``--replace``), each with its date, speech seconds, sources (file names or ``mic``) and its
+  per-window embeddings (mean over the encoder's S samples, L2-normalised; float32,
+  little-endian, base64). The scoring uses their normalised mean (the centroid);
+- ``checksum``: sha256 of the rest of the document in canonical JSON. A corrupted or
+  hand-edited file is refused. (This detects damage and edits; it is no signature: whoever can
+  write the directory can forge a profile, hence 0700/0600.)
+
+Writes are atomic (a temporary file in the same directory, fsync, rename, fsync of the
+directory). A lock file (``.lock``, ``fcntl.flock``) serialises read-modify-write (enrol,
+remove, rename); readers take it shared, so ``listen`` never reads a half-done change.
+Every problem is a :class:`ProfileError` (a ModelError: exit 5): no access, never a guess.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import PathLike
+from .contract import ModelError
+
+log = logging.getLogger(__name__)
+
+PROFILES_ENV = "VOICEGATE_PROFILES"
+FORMAT = "voicegate-profile"
+FORMAT_VERSION = 1
+SUFFIX = ".json"
+LOCK_NAME = ".lock"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_PROFILE_BYTES = 16 * 1024 * 1024
+DIR_MODE, FILE_MODE = 0o700, 0o600
+
+
+class ProfileError(ModelError):
+    """A profile or the store cannot be used (missing, corrupt, other encoder, empty store)."""
+
+
+class EmptyStoreError(ProfileError):
+    """No one is enrolled: there is nobody to let in (never an open door)."""
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "voicegate" / "profiles"
+
+
+def resolve_dir(path: PathLike | None = None) -> Path:
+    """``path`` > ``$VOICEGATE_PROFILES`` > the per-user data directory."""
+    if path:
+        return Path(path)
+    env = os.environ.get(PROFILES_ENV)
+    return Path(env) if env else default_dir()
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ProfileError(
+            f"invalid profile name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def _encode(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode(text: str, dim: int) -> np.ndarray:
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    a = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if dim < 1 or a.size == 0 or a.size % dim:
+        raise ValueError(f"{a.size} values do not make rows of {dim}")
+    a = a.reshape(-1, dim)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("non-finite embedding values")
+    return a
+
+
+def checksum(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class Session:
+    """One enrolment: the per-window embeddings (n, D) and where they came from."""
+
+    embeddings: np.ndarray
+    speech_seconds: float
+    sources: list = field(default_factory=list)
+    date: str = field(default_factory=utc_now)
+
+    def to_dict(self) -> dict:
+        return {"date": self.date, "speech_seconds": round(float(self.speech_seconds), 3),
+                "sources": list(self.sources), "windows": int(self.embeddings.shape[0]),
+                "embeddings": _encode(self.embeddings)}
+
+
+@dataclass
+class Profile:
+    name: str
+    encoder_sha256: str
+    embedding_dim: int
+    sessions: list = field(default_factory=list)
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
+
+    @property
+    def speech_seconds(self) -> float:
+        return float(sum(s.speech_seconds for s in self.sessions))
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return np.concatenate([s.embeddings for s in self.sessions])
+
+    def centroid(self) -> np.ndarray:
+        """c = normalise(mean of the enrolment embeddings), (D,)."""
+        return _normalise_rows(self.embeddings.astype(np.float64).mean(axis=0))
+
+    def to_json(self) -> str:
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
+               "encoder_sha256": self.encoder_sha256, "embedding_dim": int(self.embedding_dim),
+               "created": self.created, "updated": self.updated,
+               "speech_seconds": round(self.speech_seconds, 3),
+               "sessions": [s.to_dict() for s in self.sessions]}
+        doc["checksum"] = checksum(doc)
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "Profile":
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ValueError("not a voicegate profile")
+            if doc.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format version {doc.get('format_version')!r}, this voicegate reads "
+                                 f"{FORMAT_VERSION}")
+            if doc.get("checksum") != checksum(doc):
+                raise ValueError("checksum mismatch: the file was corrupted or edited by hand")
+            dim = int(doc["embedding_dim"])
+            sessions = [Session(_decode(s["embeddings"], dim), float(s["speech_seconds"]),
+                                list(s.get("sources", [])), str(s["date"])) for s in doc["sessions"]]
+            if not sessions:
+                raise ValueError("no enrolment sessions")
+            return cls(check_name(doc["name"]), str(doc["encoder_sha256"]), dim, sessions,
+                       str(doc["created"]), str(doc["updated"]))
+        except ProfileError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProfileError(f"{where}: unusable profile ({e}); remove it or re-enrol") from None
+
+
+class ProfileStore:
+    """The profiles in one directory (see the module docstring)."""
+
+    def __init__(self, root: PathLike | None = None):
+        self.root = resolve_dir(root)
+
+    def __repr__(self) -> str:
+        return f"ProfileStore({str(self.root)!r})"
+
+    def exists(self) -> bool:
+        """Has a store been created here (the directory exists)?"""
+        return self.root.is_dir()
+
+    def path(self, name: str) -> Path:
+        return self.root / (check_name(name) + SUFFIX)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        try:
+            entries = os.listdir(self.root)
+        except OSError as e:
+            raise ProfileError(f"{self.root}: cannot list the profiles ({e.strerror or e})") from None
+        out = [e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and not e.startswith(".")]
+        return sorted(n for n in out if NAME_PATTERN.fullmatch(n))
+
+    def signature(self) -> tuple:
+        """Changes whenever a profile is added, removed, renamed or rewritten (for reloads)."""
+        sig = []
+        for n in self.names():
+            try:
+                st = self.path(n).stat()
+            except OSError:
+                continue
+            sig.append((n, st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sig)
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False):
+        """Hold the store's lock file (shared for reading, exclusive for changes)."""
+        if exclusive:
+            self.create()
+        elif not self.root.is_dir():
+            yield
+            return
+        try:
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as e:
+            if exclusive or e.errno not in (13, 30):  # a read-only store can still be read
+                raise ProfileError(f"{self.root}: cannot open the lock file ({e.strerror or e})") from None
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ProfileError(f"{self.root}: cannot create the profile store ({e.strerror or e})") from None
+
+    # -- reading ------------------------------------------------------------------------------
+    def load(self, name: str, encoder_sha256: str | None = None) -> Profile:
+        """One profile; refused if unreadable, corrupt, or made with another encoder."""
+        p = self.path(name)
+        try:
+            if p.stat().st_size > MAX_PROFILE_BYTES:
+                raise ProfileError(f"{p}: too large for a profile")
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProfileError(f"no profile named {name!r} in {self.root}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProfileError(f"{p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        prof = Profile.from_json(text, str(p))
+        if prof.name != name:
+            raise ProfileError(f"{p}: holds the profile of {prof.name!r}, not {name!r} (renamed by "
+                               "hand? use voicegate profiles rename)")
+        if encoder_sha256 is not None and prof.encoder_sha256 != encoder_sha256:
+            raise ProfileError(
+                f"profile {name!r} was made with another encoder (sha256 {prof.encoder_sha256[:12]}..., "
+                f"this one is {encoder_sha256[:12]}...): re-enrol {name} with: "
+                f"voicegate enroll {name} --replace FILE..."
+            )
+        return prof
+
+    def load_all(self, encoder_sha256: str | None = None) -> list[Profile]:
+        """Every profile (EmptyStoreError if none); any bad profile refuses the whole store."""
+        with self.lock():
+            names = self.names()
+            if not names:
+                where = "does not exist yet" if not self.root.is_dir() else "holds no profiles"
+                raise EmptyStoreError(
+                    f"no one is enrolled: the profile store {self.root} {where}; enrol someone "
+                    "with: voicegate enroll NAME FILE... (or --mic)"
+                )
+            return [self.load(n, encoder_sha256) for n in names]
+
+    # -- writing ------------------------------------------------------------------------------
+    def _write(self, profile: Profile) -> Path:
+        """Atomic write + rename (caller holds the exclusive lock)."""
+        path = self.path(profile.name)
+        data = profile.to_json().encode("utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", suffix=".tmp", dir=self.root)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._sync_dir()
+        return path
+
+    def _sync_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def add_session(self, name: str, encoder_sha256: str, embedding_dim: int, session: Session,
+                    replace: bool = False) -> Profile:
+        """Add an enrolment session to NAME (a new profile, or ``replace`` the old one)."""
+        check_name(name)
+        with self.lock(exclusive=True):
+            prof = None
+            if not replace and self.path(name).exists():
+                prof = self.load(name, encoder_sha256)  # refuses another encoder: re-enrol
+                if prof.embedding_dim != embedding_dim:
+                    raise ProfileError(f"profile {name!r} has D={prof.embedding_dim}, the encoder "
+                                       f"gives {embedding_dim}: re-enrol with --replace")
+            if prof is None:
+                prof = Profile(name, encoder_sha256, int(embedding_dim))
+            prof.sessions.append(session)
+            prof.updated = utc_now()
+            try:
+                self._write(prof)
+            except OSError as e:
+                raise ProfileError(f"{self.root}: cannot write the profile ({e.strerror or e})") from None
+            return prof
+
+    def remove(self, name: str) -> None:
+        with self.lock(exclusive=True):
+            try:
+                self.path(name).unlink()
+            except FileNotFoundError:
+                raise ProfileError(f"no profile named {name!r} in {self.root}") from None
+            self._sync_dir()
+
+    def rename(self, old: str, new: str) -> Profile:
+        with self.lock(exclusive=True):
+            if self.path(new).exists():
+                raise ProfileError(f"a profile named {new!r} exists already")
+            prof = self.load(old)
+            prof.name, prof.updated = new, utc_now()
+            self._write(prof)
+            self.path(old).unlink()
+            self._sync_dir()
+            return prof

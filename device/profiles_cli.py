@@ -1,0 +1,149 @@
+"""``voicegate profiles list | show NAME | remove NAME | rename OLD NEW``: the enrolled people.
+
+``list`` names every profile with its speech seconds, sessions, last update and status: ``ok``,
+or why the door would refuse it (``other encoder: re-enrol``, ``corrupt``). The status is
+checked against the encoder ``--model`` names (default: ``$VOICEGATE_ENCODER``, else the
+shipped encoder); without a usable encoder only the file checks are made.
+
+Exit codes: 0 done, 2 usage, 5 a profile or the store cannot be used (``show``/``remove``/
+``rename`` of a missing or broken profile), or no profile store exists for ``list``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .contract import EXIT_MODEL, EXIT_USAGE, ModelError
+from .profiles import ProfileError, ProfileStore, check_name
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES_HELP = f"""\
+exit codes:
+  0  done
+  {EXIT_USAGE}  usage error (bad command line, bad name)
+  {EXIT_MODEL}  the profile (or the store) is missing, corrupt, or cannot be written"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXIT_CODES_HELP
+    parser.add_argument("--profiles", metavar="DIR",
+                        help="the profile store (default: $VOICEGATE_PROFILES, else "
+                             "$XDG_DATA_HOME/voicegate/profiles)")
+    parser.add_argument("--model", metavar="PATH", help="encoder to check the profiles against")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.add_parser("list", help="the enrolled people")
+    p = sub.add_parser("show", help="one profile in detail")
+    p.add_argument("name", metavar="NAME")
+    p = sub.add_parser("remove", help="delete a profile")
+    p.add_argument("name", metavar="NAME")
+    p = sub.add_parser("rename", help="rename a profile")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+
+
+def _encoder_sha256(args) -> str | None:
+    """The sha256 of the encoder profiles are checked against, or None if there is none."""
+    from .encoder import resolve_encoder_path
+    from .runtime import read_verified_model
+
+    try:
+        return read_verified_model(resolve_encoder_path(args.model))[1]
+    except ModelError as e:
+        if args.model:
+            raise
+        log.info("no encoder to check profiles against: %s", e)
+        return None
+
+
+def _summary(store: ProfileStore, name: str, sha: str | None) -> dict:
+    row = {"name": name, "path": str(store.path(name))}
+    try:
+        prof = store.load(name)
+    except ProfileError as e:
+        return {**row, "status": "corrupt", "error": str(e)}
+    row.update(speech_seconds=round(prof.speech_seconds, 1), sessions=len(prof.sessions),
+               windows=int(prof.embeddings.shape[0]), created=prof.created, updated=prof.updated,
+               encoder_sha256=prof.encoder_sha256)
+    if sha is None:
+        row["status"] = "unchecked (no encoder)"
+    elif prof.encoder_sha256 != sha:
+        row["status"] = f"other encoder: re-enrol (voicegate enroll {name} --replace ...)"
+    else:
+        row["status"] = "ok"
+    return row
+
+
+def _list(args, store: ProfileStore) -> int:
+    if not store.exists():
+        print(f"voicegate profiles: no profile store at {store.root} (nobody enrolled yet; "
+              "voicegate enroll NAME FILE...)", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"store": str(store.root), "profiles": []}))
+        return EXIT_MODEL
+    sha = _encoder_sha256(args)
+    rows = [_summary(store, n, sha) for n in store.names()]
+    if args.json:
+        print(json.dumps({"store": str(store.root), "profiles": rows}))
+        return 0
+    print(f"{len(rows)} profile(s) in {store.root}")
+    for r in rows:
+        if "speech_seconds" in r:
+            print(f"  {r['name']:<20} {r['speech_seconds']:>6.1f} s  {r['sessions']} session(s)  "
+                  f"updated {r['updated']}  {r['status']}")
+        else:
+            print(f"  {r['name']:<20} {r['status']}: {r['error']}")
+    return 0
+
+
+def _show(args, store: ProfileStore) -> int:
+    prof = store.load(args.name)
+    row = _summary(store, prof.name, _encoder_sha256(args))
+    row["sessions"] = [{k: v for k, v in s.to_dict().items() if k != "embeddings"} for s in prof.sessions]
+    row["embedding_dim"] = prof.embedding_dim
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    for key in ("name", "path", "status", "speech_seconds", "windows", "embedding_dim", "created",
+                "updated", "encoder_sha256"):
+        print(f"{key:>15}: {row[key]}")
+    for i, s in enumerate(row["sessions"], 1):
+        print(f"{'session ' + str(i):>15}: {s['date']}  {s['speech_seconds']:.1f} s  "
+              f"{s['windows']} windows  from {', '.join(map(str, s['sources'])) or '-'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``profiles`` command."""
+    store = ProfileStore(args.profiles)
+    action = getattr(args, "action", None)
+    if action is None:
+        print("voicegate profiles: say list, show NAME, remove NAME or rename OLD NEW", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        for attr in ("name", "old", "new"):
+            if hasattr(args, attr):
+                check_name(getattr(args, attr))
+    except ProfileError as e:
+        print(f"voicegate profiles: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if action == "list":
+            return _list(args, store)
+        if action == "show":
+            return _show(args, store)
+        if action == "remove":
+            store.remove(args.name)
+            print(f"removed {args.name} from {store.root}")
+            return 0
+        store.rename(args.old, args.new)
+        print(f"renamed {args.old} to {args.new} in {store.root}")
+        return 0
+    except ModelError as e:
+        print(f"voicegate profiles: {e}", file=sys.stderr)
+        return EXIT_MODEL

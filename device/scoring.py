@@ -1,0 +1,201 @@
+"""Scores against the enrolled profiles, and the decision by name.
+
+The rule (the encoder contract in TEAM.md; ``voicegate eval`` uses the same functions):
+
+1. The encoder gives the utterance's W windows S embeddings each, (W, S, D): S MC-dropout
+   samples (masks shared by all windows) or S ensemble members.
+2. Per sample s: ``e_s = normalise(mean over windows of emb[:, s, :])``.
+3. Per profile: ``c = normalise(mean of its enrolment embeddings)`` (the centroid).
+4. ``cos_s = e_s . c``; ``p_s = 1 / (1 + exp(-(a * cos_s + b)))`` with the calibration stored in
+   the model; ``p_allow = mean_s p_s``; ``uncertainty = std_s p_s`` (or the contract's measure:
+   ``policy.summarize`` of the S probabilities).
+5. The best-scoring profile is the candidate, decided by today's policy (``policy.decide``):
+   GRANTED as NAME / DENIED / UNCERTAIN. If a second profile also reaches the accept threshold
+   the voice matches two people: UNCERTAIN, granted to neither.
+
+No cohort score normalisation (AS-norm): the shipped encoder carries no impostor cohort.
+
+:class:`ProfileGate` joins an :class:`~voicegate.device.encoder.Encoder` and a
+:class:`~voicegate.device.profiles.ProfileStore` into a gate with the classifier gate's
+interface (``decide_audio``, ``decide_file``, ``warmup``, ``method``, ``sha256``); it reloads the
+profiles when the store changes, and every failure is an exception (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError, PathLike
+from .contract import ModelError
+from .features import INFER_HOP_SECONDS, featurize
+from .policy import GRANTED, UNCERTAIN, Thresholds, decide, summarize
+from .runtime import Decision
+
+log = logging.getLogger(__name__)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def sample_embeddings(emb: np.ndarray) -> np.ndarray:
+    """(W, S, D) window embeddings -> (S, D): e_s = normalise(mean over windows)."""
+    e = np.asarray(emb, dtype=np.float64)
+    if e.ndim != 3 or 0 in e.shape:
+        raise ValueError(f"embeddings must be a non-empty (windows, S, D) array, got {e.shape}")
+    return normalise(e.mean(axis=0))
+
+
+def window_embeddings(emb: np.ndarray) -> np.ndarray:
+    """(W, S, D) -> (W, D): each window's mean over the S samples, normalised (enrolment)."""
+    return normalise(np.asarray(emb, dtype=np.float64).mean(axis=1)).astype(np.float32)
+
+
+def centroid(embeddings: np.ndarray) -> np.ndarray:
+    """(n, D) enrolment embeddings -> (D,) normalised mean."""
+    return normalise(np.asarray(embeddings, dtype=np.float64).mean(axis=0))
+
+
+def calibrate(cos, calibration: tuple[float, float]) -> np.ndarray:
+    """Cosine -> probability with the model's logistic calibration (a, b)."""
+    a, b = calibration
+    z = a * np.asarray(cos, dtype=np.float64) + b
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
+@dataclass
+class ProfileScore:
+    name: str
+    p_allow: float
+    uncertainty: float
+    cosine: float  # mean over samples of cos_s
+    samples: np.ndarray  # (S,) p_s
+
+
+def score_profiles(emb: np.ndarray, names: Sequence[str], centroids: np.ndarray,
+                   calibration: tuple[float, float], measure: str = "std") -> list[ProfileScore]:
+    """Score an utterance's (W, S, D) embeddings against (P, D) centroids, best first."""
+    if len(names) == 0:
+        return []
+    e = sample_embeddings(emb)  # (S, D)
+    cos = e @ np.asarray(centroids, dtype=np.float64).T  # (S, P)
+    p = calibrate(cos, calibration)
+    order = np.argsort(-p.mean(axis=0), kind="stable")
+    out = []
+    for j in order:
+        stats = summarize(p[:, j][None, :])
+        out.append(ProfileScore(names[j], stats.p_allow, stats.uncertainty(measure),
+                                float(cos[:, j].mean()), p[:, j]))
+    return out
+
+
+def decide_by_name(scores: Sequence[ProfileScore], thresholds: Thresholds,
+                   measure: str = "std") -> tuple[str, Optional[str], str]:
+    """(GRANTED | DENIED | UNCERTAIN, the granted name or None, a one-line reason)."""
+    if not scores:
+        raise ModelError("no enrolled profiles to score against")
+    best = scores[0]
+    verdict, reason = decide(summarize(best.samples[None, :]), thresholds, measure)
+    if verdict == GRANTED:
+        rivals = [s for s in scores[1:] if s.p_allow >= thresholds.accept]
+        if rivals:
+            return UNCERTAIN, None, (
+                f"the voice matches {best.name} (p {best.p_allow:.3f}) and {rivals[0].name} "
+                f"(p {rivals[0].p_allow:.3f}), both >= accept {thresholds.accept:.3f}: please repeat"
+            )
+        return GRANTED, best.name, f"{best.name}: {reason}"
+    return verdict, None, f"best match {best.name}: {reason}"
+
+
+@dataclass
+class NamedDecision(Decision):
+    """A gate decision against enrolled profiles: who (``speaker``) and every profile's score."""
+
+    speaker: Optional[str] = None  # the granted person; None unless GRANTED
+    candidate: Optional[str] = None  # the best-scoring profile, whatever the decision
+    scores: dict = field(default_factory=dict)  # name -> p_allow, every enrolled name
+    profiles: int = 0
+
+
+class ProfileGate:
+    """Encoder + profile store -> decisions by name; reloads the store when it changes."""
+
+    kind = "encoder"
+
+    def __init__(self, encoder, store, reload: bool = True, detector=None):
+        self.encoder = encoder
+        self.store = store
+        self.reload = reload
+        self.detector = detector  # the speech detector (None: the device's)
+        self._signature = None
+        self._names: list[str] = []
+        self._centroids = np.zeros((0, max(1, encoder.dim)))
+        self.refresh(force=True)
+
+    method = property(lambda self: self.encoder.method)
+    sha256 = property(lambda self: self.encoder.sha256)
+    thresholds = property(lambda self: self.encoder.thresholds)
+    path = property(lambda self: self.encoder.path)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the profiles if the store changed; True if it did. Raises ProfileError."""
+        sig = self.store.signature()
+        if not force and sig == self._signature:
+            return False
+        self._signature = None  # until the load succeeds, every decision retries it (fail closed)
+        profiles = self.store.load_all(self.encoder.sha256)
+        bad = [p.name for p in profiles if p.embedding_dim != self.encoder.dim]
+        if bad:
+            raise ModelError(f"profile(s) {', '.join(bad)} do not match the encoder's D={self.encoder.dim}")
+        self._names = [p.name for p in profiles]
+        self._centroids = np.stack([p.centroid() for p in profiles])
+        self._signature = sig
+        log.info("profiles loaded from %s: %s", self.store.root, ", ".join(self._names))
+        return True
+
+    def decide_images(self, images: np.ndarray, started: float | None = None) -> NamedDecision:
+        t0 = time.perf_counter() if started is None else started
+        if self.reload:
+            self.refresh()
+        emb = self.encoder.embed(images)
+        scores = score_profiles(emb, self._names, self._centroids, self.encoder.calibration,
+                                self.encoder.measure)
+        verdict, speaker, reason = decide_by_name(scores, self.encoder.thresholds, self.encoder.measure)
+        best = summarize(scores[0].samples[None, :])
+        return NamedDecision(
+            decision=verdict, p_allow=best.p_allow, uncertainty=best.uncertainty(self.encoder.measure),
+            uncertainty_measure=self.encoder.measure, std=best.std, entropy=best.entropy,
+            mutual_info=best.mutual_info, windows=int(emb.shape[0]), samples=int(emb.shape[1]),
+            method=self.method, model_sha256=self.sha256,
+            latency_ms=(time.perf_counter() - t0) * 1000.0, reason=reason,
+            thresholds=self.encoder.thresholds.to_dict(), speaker=speaker,
+            candidate=scores[0].name, scores={s.name: round(s.p_allow, 4) for s in scores},
+            profiles=len(scores),
+        )
+
+    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> NamedDecision:
+        t0 = time.perf_counter()
+        if not isinstance(audio, np.ndarray):
+            raise AudioError(f"audio must be a numpy array, got {type(audio).__name__}")
+        images = featurize(audio, sample_rate=sample_rate, hop_seconds=INFER_HOP_SECONDS,
+                           detector=self.detector)
+        return self.decide_images(images, started=t0)
+
+    def decide_file(self, path: PathLike) -> NamedDecision:
+        t0 = time.perf_counter()
+        images = featurize(Path(path), hop_seconds=INFER_HOP_SECONDS, detector=self.detector)
+        return self.decide_images(images, started=t0)
+
+    def warmup(self) -> None:
+        self.encoder.warmup()
