@@ -18,12 +18,12 @@ from typing import Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, PathLike, load_audio, trim_silence
+from .audio import SAMPLE_RATE, PathLike, load_audio
 
 FEATURE_VERSION = "vg-stft-2"
 
 IMAGE_SIZE = 224  # pixels, both axes
-WINDOW_SECONDS = 2.0  # one spectrogram covers this much (trimmed) speech
+WINDOW_SECONDS = 2.0  # one spectrogram covers this much speech (the detector's frames)
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)  # 32000
 N_FFT = 2 * IMAGE_SIZE  # 448 -> 225 bins; the Nyquist bin is dropped -> 224
 STFT_HOP = (WINDOW_SAMPLES - N_FFT) // (IMAGE_SIZE - 1)  # 141 -> exactly 224 frames
@@ -43,7 +43,7 @@ _HANN = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.f
 
 def feature_contract() -> dict:
     """Every constant that decides what a window renders to; exported models carry it."""
-    from . import audio
+    from . import audio, speech
 
     return {
         "feature_version": FEATURE_VERSION,
@@ -57,6 +57,9 @@ def feature_contract() -> dict:
         "trim_top_db": audio.TRIM_TOP_DB,
         "silence_floor_dbfs": audio.SILENCE_FLOOR_DBFS,
         "infer_hop_seconds": INFER_HOP_SECONDS,
+        # which frames reach the spectrogram; models exported before it lack the key, and
+        # ModelContract.check_features compares only the keys both sides have
+        "speech_detector": speech.speech_contract(),
     }
 
 
@@ -103,16 +106,22 @@ def featurize(
     sample_rate: int | None = None,
     hop_seconds: float = INFER_HOP_SECONDS,
     max_seconds: float | None = MAX_UTTERANCE_SECONDS,
+    detector=None,
 ) -> np.ndarray:
-    """Path or array -> trimmed speech -> (n, 224, 224) spectrogram windows.
+    """Path or array -> its speech (``speech.speech_only``) -> (n, 224, 224) spectrogram windows.
 
-    An array is taken at ``sample_rate`` (default SAMPLE_RATE). Raises AudioError / NoSpeechError.
+    An array is taken at ``sample_rate`` (default SAMPLE_RATE). Only the frames the speech
+    detector (``detector``, default ``speech.default_detector()``) marks as speech are rendered;
+    audio without enough speech raises NoSpeechError ("no speech found ..."), other unusable
+    audio AudioError; a missing or modified detector model raises ModelError.
     """
+    from .speech import speech_only
+
     if isinstance(source, np.ndarray) and sample_rate is None:
         sample_rate = SAMPLE_RATE
     x = load_audio(source, sample_rate=sample_rate, max_seconds=MAX_READ_SECONDS)
     where = "audio array" if isinstance(source, np.ndarray) else str(source)
-    speech = trim_silence(x, where=where)
+    speech = speech_only(x, where=where, detector=detector)
     if max_seconds is not None:
         speech = speech[: int(max_seconds * SAMPLE_RATE)]
     return spectrogram(frame_windows(speech, hop_seconds))

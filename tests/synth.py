@@ -1,12 +1,14 @@
 """Synthetic speech-like audio and tiny corpora for tests (no real data needed).
 
-Each synthetic "speaker" is a glottal-pulse source at its own F0 through its own formant
-filters, with syllable-like amplitude bursts and pauses, so trimming has real silence to remove
-and a classifier has real spectral identity to learn.
+Each synthetic "speaker" is the repository's espeak-ng recording (models/example.wav) played at
+its own speed (pitch and vocal-tract length) and coloured by its own formants, with pauses: the
+device's voice-activity model takes it for speech (only speech is scored), trimming has real
+silence to remove, and a classifier has real spectral identity to learn.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -26,47 +28,78 @@ VOICES = {
 }
 
 
+EXAMPLE_SPEECH = Path(__file__).resolve().parents[1] / "models" / "example.wav"  # espeak-ng
+EXAMPLE_F0 = 100.0  # Hz, about the median F0 of EXAMPLE_SPEECH
+_RESONATOR_TAPS = 512
+
+
+def _voice_params(speaker: str) -> tuple[float, tuple]:
+    if speaker in VOICES:
+        return VOICES[speaker]
+    h = sum(ord(c) * (i + 1) for i, c in enumerate(speaker))
+    return 90.0 + (h % 160), (400 + h % 500, 1000 + (h * 7) % 1400, 2300 + (h * 13) % 1000)
+
+
+def _resonator(fc: float, sr: int, bandwidth: float = 150.0) -> np.ndarray:
+    """Peak-normalised impulse response of a two-pole resonator at ``fc`` Hz."""
+    r = np.exp(-np.pi * bandwidth / sr)
+    w = 2 * np.pi * fc / sr
+    k = np.arange(_RESONATOR_TAPS)
+    h = r**k * np.sin((k + 1) * w) / np.sin(w)
+    return h / np.max(np.abs(h))
+
+
+@functools.lru_cache(maxsize=32)
+def _base_voice(speaker: str) -> np.ndarray:
+    """EXAMPLE_SPEECH made into this speaker's voice (read-only, 16 kHz).
+
+    Played faster or slower (pitch and vocal-tract length together: the F0 moves towards the
+    speaker's), then coloured by the speaker's three formants, so each voice has its own
+    pitch and spectral envelope. Its pauses of 0.25 s or more are cut out first.
+    """
+    from voicegate.device.audio import resample, voiced_intervals
+
+    x, sr = sf.read(str(EXAMPLE_SPEECH), dtype="float32")
+    x = np.concatenate([x[a:b] for a, b in voiced_intervals(x, top_db=30.0)])  # no long gaps
+    f0, formants = _voice_params(speaker)
+    factor = float(np.clip(np.sqrt(f0 / EXAMPLE_F0), 0.85, 1.6))  # pitch and formants x factor
+    y = resample(x.astype(np.float32), sr, int(round(sr / factor))).astype(np.float64)
+    coloured = sum(np.convolve(y, _resonator(fc, SR))[: y.size] for fc in formants)
+    y = 0.5 * y / np.max(np.abs(y)) + 0.5 * coloured / np.max(np.abs(coloured))
+    y /= np.max(np.abs(y))
+    y.flags.writeable = False
+    return y
+
+
 def synth_voice(
     speaker: str, seconds: float, seed: int = 0, sr: int = SR, pauses: bool = True
 ) -> np.ndarray:
-    """Speech-like float32 audio for one of VOICES (or a voice derived from the name)."""
+    """Speech float32 audio for one of VOICES (or a voice derived from the name).
+
+    Real speech, so the device's voice-activity model takes it for speech: the espeak-ng
+    recording models/example.wav made into each speaker's voice (see :func:`_base_voice`),
+    from a seeded starting point, looped to ``seconds``. With ``pauses`` it has 0.4 s
+    silences (one per 2 s), so trimming has real silence to remove.
+    """
     rng = np.random.default_rng(seed)
-    if speaker in VOICES:
-        f0, formants = VOICES[speaker]
-    else:
-        h = sum(ord(c) * (i + 1) for i, c in enumerate(speaker))
-        f0 = 90.0 + (h % 160)
-        formants = (400 + h % 500, 1000 + (h * 7) % 1400, 2300 + (h * 13) % 1000)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    f = f0 * (1 + 0.06 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(f) / sr
-    src = np.zeros(n)
-    for k in range(1, int(4000 / f0)):
-        src += np.sin(k * phase) / k
-    out = np.zeros(n)
-    for fc in formants:
-        bw = 80.0
-        r = np.exp(-np.pi * bw / sr)
-        a1, a2 = -2 * r * np.cos(2 * np.pi * fc / sr), r * r
-        y = np.zeros(n)
-        # simple two-pole resonator
-        y1 = y2 = 0.0
-        for i in range(n):
-            y0 = src[i] - a1 * y1 - a2 * y2
-            y[i] = y0
-            y2, y1 = y1, y0
-        out += y / np.max(np.abs(y) + 1e-9)
+    base = _base_voice(speaker)
+    n16 = int(round(seconds * SR))
+    start = int(rng.integers(0, base.size))
+    reps = int(np.ceil((start + n16) / base.size)) + 1
+    out = np.tile(base, reps)[start : start + n16].copy()
+    out *= rng.uniform(0.7, 1.0)
     if pauses:
-        syl = (np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)) > -0.3).astype(float)
-        gate = np.ones(n)
+        gate = np.ones(n16)
         for s in rng.uniform(0, seconds, size=max(1, int(seconds / 2))):
-            a = int(s * sr)
-            gate[a : a + int(0.4 * sr)] = 0.0
-        env = np.convolve(syl * gate, np.ones(160) / 160, mode="same")
-        out *= env
-    out += 0.001 * rng.standard_normal(n)
+            a = int(s * SR)
+            gate[a : a + int(0.4 * SR)] = 0.0
+        out *= np.convolve(gate, np.ones(160) / 160, mode="same")
+    out += 0.001 * rng.standard_normal(n16)
     out = 0.5 * out / (np.max(np.abs(out)) + 1e-9)
+    if sr != SR:
+        from voicegate.device.audio import resample
+
+        out = resample(out.astype(np.float32), SR, sr)[: int(seconds * sr)]
     return out.astype(np.float32)
 
 
