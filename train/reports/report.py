@@ -165,8 +165,10 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def markdown_table(headers: list, rows: list) -> str:
-    out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+def markdown_table(headers: list, rows: list, align: str = "") -> str:
+    """A Markdown table; ``align`` has one letter per column, ``r`` = right-aligned (default left)."""
+    rule = ["---:" if align[i : i + 1] == "r" else "---" for i in range(len(headers))]
+    out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join(rule) + "|"]
     for r in rows:
         out.append("| " + " | ".join(fmt(c) for c in r) + " |")
     return "\n".join(out)
