@@ -90,7 +90,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.attempt_seconds <= 0:
         raise EvalError("--attempt-seconds must be > 0")
     t0 = time.perf_counter()
-    gates = load_gates(cfg)
+    from dataclasses import replace
+
+    from voicegate.train.eval.encoder_eval import split_kinds
+
+    classifiers, encoders = split_kinds(cfg.models)  # encoders join as household gates (household.py)
+    gates = load_gates(replace(cfg, models=classifiers) if encoders else cfg)
     first = next(iter(gates.values()))
     prep_cfg = prepare_config_of(first.contract, cfg.corpus)
     roles = contract_roles(first.contract)
@@ -102,6 +107,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise EvalError(f"{name}: trained with another split seed, fractions or allowed list "
                             "than the first model; evaluate them separately")
     corpus, items = evaluation_recordings(prep_cfg, roles, cfg.split)
+    if encoders:
+        from voicegate.train.eval.household import household_gates
+
+        gates.update(household_gates(encoders, corpus, prep_cfg, cfg.threads))
     if not any(r == "allowed" for _, r, _ in items):
         raise EvalError(f"no allowed speaker's {cfg.split} recordings in {corpus.root}")
     attempts, scores, info = score_attempts(gates, items, cfg, prep_cfg, corpus.root)
@@ -179,13 +188,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write eval.json, eval.md and DET curve PNGs to this folder")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from voicegate.train.eval.encoder_eval import add_encoder_arguments
+
+    add_encoder_arguments(p)  # an encoder model alone: the enrolment protocol (encoder_eval.py)
 
 
 def run(args: argparse.Namespace) -> int:
     from voicegate.device.contract import ModelError
 
     from voicegate.train.data.corpus import CorpusError
+    from voicegate.train.eval import encoder_eval
 
+    if args.models and not encoder_eval.split_kinds(args.models)[0]:  # encoders only
+        return encoder_eval.run(args)
     cfg = EvalConfig(
         models=list(args.models), method=args.method, corpus=args.corpus, split=args.split,
         attempt_seconds=args.attempt_seconds, threads=args.threads, seed=args.seed, out=args.out,

@@ -1,0 +1,169 @@
+"""The encoder branch of ``voicegate eval``: the enrolment protocol per corpus and channel.
+
+``voicegate eval ENCODER.onnx --corpus ../shared/data/speechocean762 --channels all --out DIR``
+enrols the corpus's unseen speakers (:mod:`.enrolment`), runs every trial clean and through
+every simulated channel, and writes ``DIR/eval.json``, ``DIR/eval.md`` and ``DIR/det.png``
+(:mod:`.enrolment_report`). :func:`evaluate_corpus` is also what ``benchmarks/ge2e_peer.py``
+calls with the GE2E teacher as the embedder, so both are scored on the same trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .enrolment import CLEAN, ENROL_SECONDS, ProtocolConfig, ProtocolError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_TEXT = (
+    "Enrolled: the corpus's allowed speakers (from their train-split recordings) and held-out "
+    "impostors (from the first half of their recordings), none of them seen by the encoder, each "
+    "from at most {enrol:g} s of trimmed speech. Genuine trials: the speaker's other recordings, "
+    "cut into {attempt:g} s attempts, against its own profile. Impostor trials: every other enrolled "
+    "speaker's attempts, and every attempt of the single-recording held-out speakers "
+    "(impostor-only), against each profile. No attempt comes from a recording its profile was "
+    "enrolled from. With a channel, enrolment and attempts go through the same simulated channel."
+)
+
+
+def channel_names(spec: str) -> list[str]:
+    """``clean``, ``all`` (clean + every channel of train.data.channel) or a comma list."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        from voicegate.train.data.channel import CHANNELS
+
+        return [CLEAN, *CHANNELS]
+    return names
+
+
+def load_plans(corpus_root: Path, split_seed: int, split_fractions, contract=None):
+    """(corpus, plans, unseen-check text) for one corpus."""
+    from voicegate.train.data.corpus import load_corpus
+
+    from .enrolment import check_unseen, plan_speakers, training_speakers
+
+    corpus = load_corpus(corpus_root)
+    plans = plan_speakers(corpus.recordings, corpus.roles, split_seed, split_fractions)
+    if not plans:
+        raise ProtocolError(f"{corpus.root}: no allowed or held-out speakers to enrol")
+    return corpus, plans, check_unseen(plans, training_speakers(contract, corpus.root.name))
+
+
+def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), contract=None,
+                    out: Optional[str] = None, model_info: Optional[dict] = None, split_seed: int = 0,
+                    split_fractions=(0.6, 0.2, 0.2), enrol_seconds: float = ENROL_SECONDS,
+                    attempt_seconds: float = 3.0, seed: int = 0, n_boot: int = 200, progress: bool = True,
+                    channel_fn=None) -> dict:
+    """Run the protocol on ``corpus`` for every channel; write eval.json / eval.md / det.png to ``out``."""
+    from .enrolment import run_protocol
+    from .enrolment_report import channel_report, det_plot, markdown
+
+    t0 = time.perf_counter()
+    corpus_obj, plans, unseen = load_plans(Path(corpus), split_seed, split_fractions, contract)
+    result = {
+        "model": model_info or {"name": getattr(embedder, "name", "embedder")},
+        "protocol": {
+            "corpus": str(corpus_obj.root), "corpus_name": corpus_obj.root.name,
+            "description": PROTOCOL_TEXT.format(enrol=enrol_seconds, attempt=attempt_seconds),
+            "enrol_seconds": enrol_seconds, "attempt_seconds": attempt_seconds, "split_seed": split_seed,
+            "split_fractions": list(split_fractions), "channel_seed": seed, "unseen_check": unseen,
+            "speakers": {"enrolling": sum(p.enrolled for p in plans),
+                         "impostor_only": sum(not p.enrolled for p in plans),
+                         "by_role": {r: sum(p.role == r for p in plans) for r in ("allowed", "heldout_impostors")}},
+        },
+        "channels": {},
+    }
+    for ch in channels:
+        cfg = ProtocolConfig(corpus=str(corpus_obj.root), enrol_seconds=enrol_seconds, attempt_seconds=attempt_seconds,
+                             split_seed=split_seed, split_fractions=tuple(split_fractions), channel=ch, seed=seed,
+                             progress=progress)
+        emb = run_protocol(plans, embedder, cfg, channel_fn)
+        result["channels"][ch] = channel_report(emb, contract, n_boot, seed)
+        r = result["channels"][ch]
+        log.info("%s [%s]: EER %.2f %%, FRR@FAR1%% %.2f %% (%d genuine / %d impostor trials)", corpus_obj.root.name,
+                 ch, 100 * r["eer"], 100 * r["frr_at_far"]["1%"]["frr"], r["counts"]["genuine_trials"],
+                 r["counts"]["impostor_trials"])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        result["files"] = {"json": str(d / "eval.json"), "markdown": str(d / "eval.md"),
+                           "det": str(det_plot(result, d / "det.png"))}
+        (d / "eval.md").write_text(markdown(result))
+    for r in result["channels"].values():
+        r.pop("_curve", None)
+    if out:
+        (Path(out) / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# --- the `voicegate eval` branch -------------------------------------------------------------
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that only the encoder branch reads (a classifier model ignores them)."""
+    p.add_argument("--channels", default=CLEAN,
+                   help="encoder models: clean, all, or a comma list of train.data.channel names "
+                        "(enrolment and attempts through the same channel; default %(default)s)")
+    p.add_argument("--enrol-seconds", type=float, default=ENROL_SECONDS,
+                   help="encoder models: most speech a person enrols with (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="encoder models: speaker-bootstrap resamples for the EER interval (default %(default)s)")
+
+
+def is_encoder(path) -> bool:
+    """Whether the ONNX model at ``path`` declares kind=encoder (False when it cannot be read:
+    the classifier path then says why, in one line)."""
+    from voicegate.device.contract import ModelContract
+
+    try:
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return ModelContract.from_metadata(meta).kind == "encoder"
+    except Exception:  # noqa: BLE001 - onnx raises its own types for unreadable files
+        return False
+
+
+def split_kinds(models: Sequence) -> tuple[list, list]:
+    """(classifier model paths, encoder model paths), in the given order."""
+    kinds = [is_encoder(m) for m in models]
+    return [m for m, e in zip(models, kinds) if not e], [m for m, e in zip(models, kinds) if e]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``voicegate eval`` for encoder models: one corpus, the chosen channels, one model."""
+    import sys
+
+    from voicegate.device.contract import ModelError
+    from voicegate.train.data.corpus import CorpusError
+
+    from .enrolment import OnnxEmbedder
+
+    if len(args.models) != 1:
+        print("voicegate eval: give one encoder model at a time", file=sys.stderr)
+        return 2
+    if not args.corpus:
+        print("voicegate eval: an encoder model needs --corpus (a corpus folder, e.g. ../shared/data/librispeech)",
+              file=sys.stderr)
+        return 2
+    try:
+        embedder = OnnxEmbedder(args.models[0], threads=args.threads, seed=args.seed)
+        c = embedder.contract
+        info = {"name": embedder.name, "path": str(embedder.path), "sha256": embedder.sha256, "kind": c.kind,
+                "method": c.method, "samples": c.samples, "embedding_dim": c.embedding_dim,
+                "architecture": c.architecture, "thresholds": c.thresholds.to_dict(), "calibration": c.calibration}
+        result = evaluate_corpus(embedder, args.corpus, channel_names(args.channels), c, args.out, info,
+                                 enrol_seconds=args.enrol_seconds, attempt_seconds=args.attempt_seconds,
+                                 seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress)
+    except (ProtocolError, ModelError, CorpusError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"voicegate eval: {e}", file=sys.stderr)
+        log.debug("encoder eval failed", exc_info=True)
+        return 1
+    from .enrolment_report import markdown
+
+    print(json.dumps(result, indent=1) if args.json else markdown(result))
+    return 0
