@@ -84,15 +84,16 @@ def test_a_speaker_the_encoder_trained_on_is_never_enrolled(corpus):
     contract = ModelContract(features={}, method="mc", samples=2, kind="encoder",
                              thresholds={"accept": 0.5, "uncertainty_limit": 0.1, "deny": 0.3},
                              corpus={"training_speakers": {c.root.name: ["f3", "m1"]}})
-    trained = P.training_speakers(contract, c.root.name)
-    assert trained == {"f3", "m1"}
+    trained, lists = P.training_speakers(contract, c.root.name)
+    assert trained == {"f3", "m1"} and lists == ["training_speakers"]
     with pytest.raises(P.ProtocolError, match="m1"):
-        P.check_unseen(plans, trained)
-    ok = P.check_unseen(plans, P.training_speakers(
-        ModelContract(features={}, method="mc", samples=2, thresholds=contract.thresholds,
-                      extra={"training_speakers": [f"{c.root.name}/f3", "other/m1"]}), c.root.name))
-    assert "1 training" in ok
+        P.check_unseen(plans, trained, lists)
+    other = ModelContract(features={}, method="mc", samples=2, thresholds=contract.thresholds,
+                          corpus={"validation_speakers": [f"{c.root.name}/f3", "other/m1"]})
+    trained, lists = P.training_speakers(other, c.root.name)
+    assert trained == {"f3"} and "validation_speakers" in P.check_unseen(plans, trained, lists)
     assert "roles only" in P.check_unseen(plans, None)
+    assert P.training_speakers(None, c.root.name) == (None, [])
 
 
 def test_make_trials_refuses_an_attempt_from_an_enrolment_recording():
@@ -141,14 +142,18 @@ def test_enrolment_and_attempts_go_through_the_same_seeded_channel(corpus, encod
         calls.append((name, seed))
         return (0.5 * x).astype(np.float32)
 
-    plans, _ = _run(corpus, encoder, stand_in, channel="half")
+    plans, emb1 = _run(corpus, encoder, stand_in, channel="half")
     first = list(calls)
     assert {n for n, _ in first} == {"half"}
     used = sum(len(p.attempts) + len(p.enrol) for p in plans)  # 30 s is more than all enrolment audio
     assert len(first) == used  # every enrolment and attempt recording, once each
     calls.clear()
-    _run(corpus, encoder, stand_in, channel="half")
+    _, emb2 = _run(corpus, encoder, stand_in, channel="half")
     assert calls == first  # seeds fixed by (seed, channel, recording)
+    assert R.trials_digest(emb1) == R.trials_digest(emb2)  # the same trials, so a peer can be compared
+    r1 = R.channel_report(emb1, n_boot=5)
+    cmp = R.compare_with_peer({"channels": {"half": r1}}, {"model": {"name": "peer"}, "channels": {"half": r1}})
+    assert cmp["channels"]["half"]["same_trials"] and not cmp["channels"]["half"]["eer_below_peer"]
     assert P.channel_seed(0, "half", "f1-0") != P.channel_seed(0, "other", "f1-0")
 
 

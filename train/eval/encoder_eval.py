@@ -51,15 +51,17 @@ def load_plans(corpus_root: Path, split_seed: int, split_fractions, contract=Non
     plans = plan_speakers(corpus.recordings, corpus.roles, split_seed, split_fractions)
     if not plans:
         raise ProtocolError(f"{corpus.root}: no allowed or held-out speakers to enrol")
-    return corpus, plans, check_unseen(plans, training_speakers(contract, corpus.root.name))
+    trained, lists = training_speakers(contract, corpus.root.name)
+    return corpus, plans, check_unseen(plans, trained, lists)
 
 
 def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), contract=None,
                     out: Optional[str] = None, model_info: Optional[dict] = None, split_seed: int = 0,
                     split_fractions=(0.6, 0.2, 0.2), enrol_seconds: float = ENROL_SECONDS,
                     attempt_seconds: float = 3.0, seed: int = 0, n_boot: int = 200, progress: bool = True,
-                    channel_fn=None) -> dict:
-    """Run the protocol on ``corpus`` for every channel; write eval.json / eval.md / det.png to ``out``."""
+                    channel_fn=None, peer: Optional[str] = None) -> dict:
+    """Run the protocol on ``corpus`` for every channel; write eval.json / eval.md / det.png to ``out``.
+    ``peer``: another run's eval.json (benchmarks/ge2e_peer.py) to set beside it, channel by channel."""
     from .enrolment import run_protocol
     from .enrolment_report import channel_report, det_plot, markdown
 
@@ -88,6 +90,11 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
         log.info("%s [%s]: EER %.2f %%, FRR@FAR1%% %.2f %% (%d genuine / %d impostor trials)", corpus_obj.root.name,
                  ch, 100 * r["eer"], 100 * r["frr_at_far"]["1%"]["frr"], r["counts"]["genuine_trials"],
                  r["counts"]["impostor_trials"])
+    if peer:
+        from .enrolment_report import compare_with_peer
+
+        result["peer_comparison"] = compare_with_peer(result, json.loads(Path(peer).read_text()))
+        result["peer_comparison"]["file"] = str(peer)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if out:
         d = Path(out)
@@ -110,6 +117,8 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
                         "(enrolment and attempts through the same channel; default %(default)s)")
     p.add_argument("--enrol-seconds", type=float, default=ENROL_SECONDS,
                    help="encoder models: most speech a person enrols with (default %(default)s)")
+    p.add_argument("--peer", metavar="EVAL_JSON",
+                   help="encoder models: a peer's eval.json on the same corpus (benchmarks/ge2e_peer.py) to compare with")
     p.add_argument("--bootstrap", type=int, default=200,
                    help="encoder models: speaker-bootstrap resamples for the EER interval (default %(default)s)")
 
@@ -158,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 "architecture": c.architecture, "thresholds": c.thresholds.to_dict(), "calibration": c.calibration}
         result = evaluate_corpus(embedder, args.corpus, channel_names(args.channels), c, args.out, info,
                                  enrol_seconds=args.enrol_seconds, attempt_seconds=args.attempt_seconds,
-                                 seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress)
+                                 seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress,
+                                 peer=args.peer)
     except (ProtocolError, ModelError, CorpusError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"voicegate eval: {e}", file=sys.stderr)
         log.debug("encoder eval failed", exc_info=True)

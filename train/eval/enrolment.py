@@ -37,6 +37,7 @@ Nothing heavy is imported at module level.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -117,35 +118,39 @@ def plan_speakers(recordings: Sequence, roles, split_seed: int = 0,
     return plans
 
 
-def training_speakers(contract, corpus_name: str) -> Optional[set]:
-    """The speakers of ``corpus_name`` the encoder trained on (or validated thresholds on), from
-    its contract (``corpus["training_speakers"]`` / ``["validation_speakers"]``, each
-    {corpus name: [ids]} or a list of "corpus/id" strings); None when the contract has no list."""
+SPEAKER_LISTS = ("training_speakers", "validation_speakers")
+
+
+def training_speakers(contract, corpus_name: str) -> tuple[Optional[set], list]:
+    """(speakers of ``corpus_name`` the encoder trained on or chose thresholds on, the names of
+    the lists found) from its contract: ``corpus[...]`` or ``extra[...]`` under SPEAKER_LISTS,
+    each {corpus name: [ids]} or a list of "corpus/id" strings. (None, []) without any list."""
     if contract is None:
-        return None
-    found, out = False, set()
-    for key in ("training_speakers", "validation_speakers"):
+        return None, []
+    found, out = [], set()
+    for key in SPEAKER_LISTS:
         for where in (contract.corpus or {}, contract.extra or {}):
             value = where.get(key)
-            if value is None:
+            if not isinstance(value, (dict, list, tuple)):
                 continue
-            found = True
+            found.append(key)
             if isinstance(value, dict):
                 out.update(str(s) for s in value.get(corpus_name, ()))
             else:
                 out.update(s.split("/", 1)[1] for s in map(str, value) if s.startswith(corpus_name + "/"))
-    return out if found else None
+    return (out if found else None), sorted(set(found))
 
 
-def check_unseen(plans: Sequence[SpeakerPlan], trained: Optional[set]) -> str:
+def check_unseen(plans: Sequence[SpeakerPlan], trained: Optional[set], lists: Sequence[str] = SPEAKER_LISTS) -> str:
     """Raise ProtocolError if any enrolled or impostor-only speaker is in ``trained``; say how
     the check was made."""
     if trained is None:
-        return "the model's contract lists no training speakers: checked by roles only"
+        return "the model's contract lists no training or validation speakers: checked by roles only"
     seen = sorted(p.speaker for p in plans if p.speaker in trained)
     if seen:
         raise ProtocolError(f"speakers the encoder trained on would be enrolled or attack: {seen[:10]}")
-    return f"checked against the contract's {len(trained)} training/validation speakers of this corpus"
+    return (f"none of the {len(plans)} enrolled / impostor-only speakers is among the {len(trained)} "
+            f"speakers of this corpus in the contract's {' and '.join(lists)}")
 
 
 # --- trials ---------------------------------------------------------------------------------------
@@ -340,7 +345,7 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
     skipped: list = []
     info = {"channel": cfg.channel, "enrolment_failed": [], "failed_attempts": 0,
             "recordings_without_attempt": 0, "attempt_speech_seconds": 0.0, "skipped_files": skipped}
-    profiles, centroids, attempts, embs = [], [], [], []
+    profiles, centroids, attempts, embs, embed_ms = [], [], [], [], []
     bar = tqdm(plans, desc=f"enrol+attempt [{cfg.channel}]", unit="spk", disable=not cfg.progress)
     for plan in bar:
         if plan.enrolled:
@@ -359,8 +364,10 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
             for chunk in chunks:
                 row = {"speaker": plan.speaker, "role": plan.role, "recording": rec.recording,
                        "enrolled": plan.enrolled, "failed": False}
+                t0 = time.perf_counter()
                 try:
                     e = embedder.embed(chunk)
+                    embed_ms.append(1000.0 * (time.perf_counter() - t0))
                 except AudioError:
                     row["failed"] = True
                     info["failed_attempts"] += 1
@@ -383,4 +390,7 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
     C = np.stack(centroids)  # (P, D)
     cos = np.einsum("asd,pd->aps", E, C).reshape(len(attempts) * len(profiles), -1)
     info["attempt_speech_seconds"] = round(info["attempt_speech_seconds"], 1)
+    if embed_ms:  # featurize + embed of one attempt, this process's load included
+        info["attempt_embed_ms"] = {"median": round(float(np.median(embed_ms)), 2),
+                                    "p95": round(float(np.percentile(embed_ms, 95)), 2), "n": len(embed_ms)}
     return Embedded(profiles, attempts, trials, cos, info)

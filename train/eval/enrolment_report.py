@@ -120,6 +120,31 @@ def operating_point(cos, failed, genuine, groups, calibration: dict, thresholds:
 
 
 # --- one channel's report ------------------------------------------------------------------------
+def trials_digest(emb) -> str:
+    """sha256 of who enrolled from which recordings and which recording gave each attempt, in
+    order: two runs (a model and a peer) with the same digest scored the very same trials."""
+    import hashlib
+    import json
+
+    key = {"profiles": [[p["speaker"], list(p["recordings"])] for p in emb.profiles],
+           "attempts": [[a["speaker"], a["recording"]] for a in emb.attempts]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def compare_with_peer(result: dict, peer: dict) -> dict:
+    """Per channel present in both: the peer's EER and FRR at FAR 1 % beside the model's, and
+    whether both scored the same trials (equal :func:`trials_digest`)."""
+    out = {}
+    for name, r in result["channels"].items():
+        q = peer.get("channels", {}).get(name)
+        if q is None:
+            continue
+        out[name] = {"same_trials": q.get("trials_sha256") == r["trials_sha256"],
+                     "peer_eer": q["eer"], "peer_eer_ci95": q.get("eer_ci95_speaker_bootstrap"),
+                     "peer_frr_at_far_1": q["frr_at_far"]["1%"]["frr"], "eer": r["eer"],
+                     "eer_below_peer": r["eer"] < q["eer"]}
+    return {"peer": peer.get("model", {}).get("name"), "channels": out}
+
 def channel_report(emb, contract=None, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
     """Every figure for one :class:`~.enrolment.Embedded` (one corpus, one channel)."""
     t = emb.trials
@@ -140,7 +165,7 @@ def channel_report(emb, contract=None, n_boot: int = BOOTSTRAP, seed: int = 0) -
         "impostor_trials": int((~t.genuine).sum()),
         "genuine_speakers": len(set(attempt_spk[t.attempt[t.genuine]])),
     }
-    out = {"channel": emb.info["channel"], "counts": counts, **score_figures(score, t.genuine, t.profile, n_boot, seed),
+    out = {"channel": emb.info["channel"], "counts": counts, "trials_sha256": trials_digest(emb), **score_figures(score, t.genuine, t.profile, n_boot, seed),
            "data": {k: v for k, v in emb.info.items() if k != "channel"}}
     if contract is not None and (contract.calibration or {}).get("type"):
         groups = [f"{s}|{p}" for s, p in zip(attempt_spk[t.attempt], profile_spk[t.profile])]
@@ -186,6 +211,16 @@ def markdown(result: dict) -> str:
                          f"{_pct(p['uncertain_share']['genuine'])} | {_pct(p['uncertain_share']['impostor'])} | "
                          f"{_pct(p['frr_after_retry'])}{_ci(p['frr_after_retry_ci95'])} | "
                          f"{_pct(p['far_after_retry'])}{_ci(p['far_after_retry_ci95'])} |")
+    cmp = result.get("peer_comparison")
+    if cmp and cmp["channels"]:
+        lines += ["", f"## Against the peer ({cmp['peer']}) on the same trials (%)", "",
+                  "| channel | same trials | EER | peer EER | FRR @ FAR 1 % | peer FRR @ FAR 1 % |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, c in cmp["channels"].items():
+            r = result["channels"][name]
+            lines.append(f"| {name} | {'yes' if c['same_trials'] else 'NO'} | {_pct(c['eer'])} | "
+                         f"{_pct(c['peer_eer'])}{_ci(c['peer_eer_ci95'])} | {_pct(r['frr_at_far']['1%']['frr'])} | "
+                         f"{_pct(c['peer_frr_at_far_1'])} |")
     lines += ["", "EER interval: 95 % bootstrap over enrolled speakers; other intervals: 95 % Wilson. "
               "Score: mean over samples of the cosine with the profile. Operating point: only GRANTED "
               "opens (UNCERTAIN and FAILED count as rejects); a retry is the same speaker's next attempt "
