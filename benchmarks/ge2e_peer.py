@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     p.add_argument("--bootstrap", type=int, default=200, help="speaker-bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="channel seed (default %(default)s)")
+    p.add_argument("--halves", action="store_true",
+                   help="single-recording held-out speakers enrol from the first half of their speech "
+                        "(voicegate eval --halves); outputs go to <out>/<corpus>-halves")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,11 +106,13 @@ def main(argv=None) -> int:
         if not (corpus / "manifest.csv").is_file():
             print(f"ge2e_peer: corpus {corpus} not found", file=sys.stderr)
             return 1
-        result = evaluate_corpus(embedder, str(corpus), channels, None, str(args.out / name), info,
-                                 seed=args.seed, n_boot=args.bootstrap, progress=not args.no_progress)
+        tag = name + ("-halves" if args.halves else "")
+        result = evaluate_corpus(embedder, str(corpus), channels, None, str(args.out / tag), info,
+                                 seed=args.seed, n_boot=args.bootstrap, progress=not args.no_progress,
+                                 halves=args.halves)
         for ch, r in result["channels"].items():
             c = r["counts"]
-            rows.append({"corpus": name, "channel": ch, "profiles": c["profiles"],
+            rows.append({"corpus": tag, "channel": ch, "profiles": c["profiles"],
                          "impostor_only_speakers": c["impostor_only_speakers"],
                          "genuine_trials": c["genuine_trials"], "impostor_trials": c["impostor_trials"],
                          "failed_attempts": c["failed_attempts"], "eer": r["eer"],
@@ -123,8 +128,9 @@ def main(argv=None) -> int:
         "channels": channels, "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ge2e_peer.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "ge2e_peer.md").write_text(summary_markdown(summary))
+    stem = "ge2e_peer" + ("_halves" if args.halves else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(summary_markdown(summary))
     print(summary_markdown(summary))
     return 0
 

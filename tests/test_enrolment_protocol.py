@@ -129,6 +129,19 @@ def test_trial_accounting_on_a_tiny_corpus(corpus, encoder):
     assert report["eer"] < 0.5  # the tiny encoder tells the synthetic voices apart somewhat
 
 
+def test_halves_enrol_a_single_recording_speaker_from_its_first_half(corpus, encoder):
+    c = load_corpus(corpus)
+    plans = P.plan_speakers(c.recordings, c.roles, halves=True)
+    single = next(p for p in plans if p.speaker == "m3")
+    assert single.halves and single.enrolled
+    assert [i for i, _, _ in single.pieces("enrol")] == ["m3-0#first-half"]
+    assert [i for i, _, _ in single.pieces("attempts")] == ["m3-0#second-half"]
+    assert not any(p.halves for p in plans if p.speaker != "m3")  # the others keep whole recordings
+    emb = P.run_protocol(plans, P.OnnxEmbedder(encoder), _cfg(corpus))
+    m3 = [i for i, a in enumerate(emb.attempts) if a["speaker"] == "m3"]
+    assert m3 and emb.trials.genuine[np.isin(emb.trials.attempt, m3)].sum() == len(m3)
+
+
 def test_enrolment_is_capped_at_the_enrol_seconds(corpus, encoder):
     _, emb = _run(corpus, encoder, enrol_seconds=4.0)
     assert all(p["seconds"] <= 4.0 for p in emb.profiles)

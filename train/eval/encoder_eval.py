@@ -41,14 +41,21 @@ def channel_names(spec: str) -> list[str]:
     return names
 
 
-def load_plans(corpus_root: Path, split_seed: int, split_fractions, contract=None):
+HALVES_TEXT = (
+    " Opt-in (--halves): each held-out speaker with a single recording also enrols, from the first "
+    "half of that recording's speech, and attempts with its second half; those genuine trials share "
+    "a recording session with their enrolment (easier than the strict protocol)."
+)
+
+
+def load_plans(corpus_root: Path, split_seed: int, split_fractions, contract=None, halves: bool = False):
     """(corpus, plans, unseen-check text) for one corpus."""
     from voicegate.train.data.corpus import load_corpus
 
     from .enrolment import check_unseen, plan_speakers, training_speakers
 
     corpus = load_corpus(corpus_root)
-    plans = plan_speakers(corpus.recordings, corpus.roles, split_seed, split_fractions)
+    plans = plan_speakers(corpus.recordings, corpus.roles, split_seed, split_fractions, halves)
     if not plans:
         raise ProtocolError(f"{corpus.root}: no allowed or held-out speakers to enrol")
     trained, lists = training_speakers(contract, corpus.root.name)
@@ -59,23 +66,25 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
                     out: Optional[str] = None, model_info: Optional[dict] = None, split_seed: int = 0,
                     split_fractions=(0.6, 0.2, 0.2), enrol_seconds: float = ENROL_SECONDS,
                     attempt_seconds: float = 3.0, seed: int = 0, n_boot: int = 200, progress: bool = True,
-                    channel_fn=None, peer: Optional[str] = None) -> dict:
+                    channel_fn=None, peer: Optional[str] = None, halves: bool = False) -> dict:
     """Run the protocol on ``corpus`` for every channel; write eval.json / eval.md / det.png to ``out``.
     ``peer``: another run's eval.json (benchmarks/ge2e_peer.py) to set beside it, channel by channel."""
     from .enrolment import run_protocol
     from .enrolment_report import channel_report, det_plot, markdown
 
     t0 = time.perf_counter()
-    corpus_obj, plans, unseen = load_plans(Path(corpus), split_seed, split_fractions, contract)
+    corpus_obj, plans, unseen = load_plans(Path(corpus), split_seed, split_fractions, contract, halves)
     result = {
         "model": model_info or {"name": getattr(embedder, "name", "embedder")},
         "protocol": {
             "corpus": str(corpus_obj.root), "corpus_name": corpus_obj.root.name,
-            "description": PROTOCOL_TEXT.format(enrol=enrol_seconds, attempt=attempt_seconds),
+            "description": PROTOCOL_TEXT.format(enrol=enrol_seconds, attempt=attempt_seconds)
+            + (HALVES_TEXT if halves else ""), "halves": halves,
             "enrol_seconds": enrol_seconds, "attempt_seconds": attempt_seconds, "split_seed": split_seed,
             "split_fractions": list(split_fractions), "channel_seed": seed, "unseen_check": unseen,
             "speakers": {"enrolling": sum(p.enrolled for p in plans),
                          "impostor_only": sum(not p.enrolled for p in plans),
+                         "from_halves": sum(p.halves for p in plans),
                          "by_role": {r: sum(p.role == r for p in plans) for r in ("allowed", "heldout_impostors")}},
         },
         "channels": {},
@@ -117,6 +126,9 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
                         "(enrolment and attempts through the same channel; default %(default)s)")
     p.add_argument("--enrol-seconds", type=float, default=ENROL_SECONDS,
                    help="encoder models: most speech a person enrols with (default %(default)s)")
+    p.add_argument("--halves", action="store_true",
+                   help="encoder models: single-recording held-out speakers enrol from the first half of "
+                        "their speech and attempt with the second (weaker; off by default)")
     p.add_argument("--peer", metavar="EVAL_JSON",
                    help="encoder models: a peer's eval.json on the same corpus (benchmarks/ge2e_peer.py) to compare with")
     p.add_argument("--bootstrap", type=int, default=200,
@@ -168,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_corpus(embedder, args.corpus, channel_names(args.channels), c, args.out, info,
                                  enrol_seconds=args.enrol_seconds, attempt_seconds=args.attempt_seconds,
                                  seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress,
-                                 peer=args.peer)
+                                 peer=args.peer, halves=args.halves)
     except (ProtocolError, ModelError, CorpusError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"voicegate eval: {e}", file=sys.stderr)
         log.debug("encoder eval failed", exc_info=True)

@@ -83,15 +83,29 @@ class SpeakerPlan:
     role: str  # allowed | heldout_impostors
     enrol: list = field(default_factory=list)  # Recordings to enrol from, in order
     attempts: list = field(default_factory=list)  # Recordings that give attempts
+    halves: bool = False  # one recording: enrol from the first half of its speech, attempt with the second
 
     @property
     def enrolled(self) -> bool:
         return bool(self.enrol)
 
+    def pieces(self, which: str) -> list:
+        """[(piece id, Recording, half)] of ``enrol`` or ``attempts``; half is None (all of it),
+        0 or 1 (the first or second half of the recording's speech, with its own piece id)."""
+        recs = self.enrol if which == "enrol" else self.attempts
+        if not self.halves:
+            return [(r.recording, r, None) for r in recs]
+        half = 0 if which == "enrol" else 1
+        return [(f"{r.recording}#{('first', 'second')[half]}-half", r, half) for r in recs]
+
 
 def plan_speakers(recordings: Sequence, roles, split_seed: int = 0,
-                  split_fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> list[SpeakerPlan]:
-    """One plan per allowed and held-out speaker (see the module docstring, steps 1 to 3)."""
+                  split_fractions: Sequence[float] = (0.6, 0.2, 0.2), halves: bool = False) -> list[SpeakerPlan]:
+    """One plan per allowed and held-out speaker (see the module docstring, steps 1 to 3).
+
+    ``halves``: a held-out speaker with a single recording enrols from the first half of its
+    speech and attempts with the second half, instead of being impostor-only (an opt-in,
+    weaker protocol: enrolment and attempts then share one recording session)."""
     from voicegate.train.data.splits import TRAIN, split_recordings
 
     assignment = split_recordings(recordings, roles, split_seed, split_fractions)
@@ -113,6 +127,9 @@ def plan_speakers(recordings: Sequence, roles, split_seed: int = 0,
             else:
                 enrol_ids = ids[: len(ids) // 2]  # one recording: nothing to enrol from
             rest = [i for i in ids if i not in enrol_ids]
+            if halves and len(ids) == 1 and role != "allowed":
+                plans.append(SpeakerPlan(spk, role, list(groups[ids[0]]), list(groups[ids[0]]), halves=True))
+                continue
             plans.append(SpeakerPlan(spk, role, [r for i in enrol_ids for r in groups[i]],
                                      [r for i in rest for r in groups[i]]))
     return plans
@@ -262,9 +279,10 @@ def channel_seed(seed: int, channel: str, item: str) -> int:
 
 
 def recording_speech(rec, cfg: ProtocolConfig, channel_fn: Optional[ChannelFn], skipped: list,
-                     detector=None) -> Optional[np.ndarray]:
+                     detector=None, half: Optional[int] = None) -> Optional[np.ndarray]:
     """The recording through the configured channel, then the device's speech selection
-    (:func:`voicegate.device.speech.speech_only`); None when nothing usable is left."""
+    (:func:`voicegate.device.speech.speech_only`); None when nothing usable is left. ``half``
+    0 / 1: only the first / second half of that speech."""
     from voicegate.device.speech import speech_only
     from voicegate.train.data.build import load_recording
     from voicegate.train.data.config import PrepareConfig
@@ -276,9 +294,13 @@ def recording_speech(rec, cfg: ProtocolConfig, channel_fn: Optional[ChannelFn], 
     if cfg.channel != CLEAN:
         audio = np.asarray(channel_fn(audio, cfg.channel, channel_seed(cfg.seed, cfg.channel, rec.item)), np.float32)
     try:
-        return speech_only(audio, where=rec.item, detector=detector)
+        speech = speech_only(audio, where=rec.item, detector=detector)
     except AudioError:
         return None
+    if half is None:
+        return speech
+    mid = speech.size // 2
+    return speech[:mid] if half == 0 else speech[mid:]
 
 
 # --- enrolment --------------------------------------------------------------------------------------
@@ -292,10 +314,10 @@ def enrol_speaker(plan: SpeakerPlan, embedder, cfg: ProtocolConfig, channel_fn: 
     skipped = [] if skipped is None else skipped
     n_max = int(round(cfg.enrol_seconds * SAMPLE_RATE))
     parts, used, have = [], [], 0
-    for rec in plan.enrol:
+    for piece, rec, half in plan.pieces("enrol"):
         if have >= n_max:
             break
-        speech = recording_speech(rec, cfg, channel_fn, skipped, detector)
+        speech = recording_speech(rec, cfg, channel_fn, skipped, detector, half)
         if speech is None or speech.size == 0:
             continue
         speech = speech[: n_max - have]
@@ -303,7 +325,7 @@ def enrol_speaker(plan: SpeakerPlan, embedder, cfg: ProtocolConfig, channel_fn: 
             parts.append(np.asarray(embedder.enrol(speech), np.float64))
         except AudioError:
             continue
-        used.append(rec.recording)
+        used.append(piece)
         have += speech.size
     if not parts:
         return None
@@ -355,14 +377,14 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
             else:
                 centroids.append(profile.pop("centroid"))
                 profiles.append(profile)
-        for rec in plan.attempts:
-            speech = recording_speech(rec, cfg, channel_fn, skipped, detector)
+        for piece, rec, half in plan.pieces("attempts"):
+            speech = recording_speech(rec, cfg, channel_fn, skipped, detector, half)
             chunks = [] if speech is None else cut_attempts(speech, cfg.attempt_seconds, cfg.min_attempt_seconds)
             if not chunks:
                 info["recordings_without_attempt"] += 1
                 continue
             for chunk in chunks:
-                row = {"speaker": plan.speaker, "role": plan.role, "recording": rec.recording,
+                row = {"speaker": plan.speaker, "role": plan.role, "recording": piece,
                        "enrolled": plan.enrolled, "failed": False}
                 t0 = time.perf_counter()
                 try:
