@@ -132,6 +132,14 @@ def probe(model: str, audio: str, threads: int, repeats: int, emit) -> None:
     t0 = time.perf_counter()
     (out, *_) = session.run(None, {name: np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)})
     emit({"stage": "run", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "shape": list(out.shape)})
+    emit({"stage": "speech", "begin": True})
+    t0 = time.perf_counter()
+    try:
+        speech = importlib.import_module(".speech", __package__)
+    except ImportError:  # a build without a speech detector: the energy trimmer decides
+        speech = None
+    name_vad = speech.default_detector() and speech.VAD_MODEL_NAME if speech else None
+    emit({"stage": "speech", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "detector": name_vad})
     emit({"stage": "decision", "begin": True})
     from .runtime import Gate
 
@@ -225,6 +233,13 @@ def probe_checks(stages: dict, failure: str | None, budget_s: float = REALTIME_B
         out.append(Check("model contract", FAIL, failure or "not loaded"))
     else:
         out.append(Check("model contract", SKIP, "not checked: onnxruntime did not import"))
+    vad = stages.get("speech")
+    if vad:
+        out.append(Check("speech detector", OK, f"{vad['detector'] or 'none in this build'} loaded "
+                                                f"(sha256 checked) in {vad['ms']:.0f} ms", vad))
+    else:
+        out.append(Check("speech detector", FAIL if run else SKIP,
+                         (failure or "not loaded") if run else "not checked: the model did not run"))
     if dec:
         ms = sorted(dec["ms"])
         med = ms[len(ms) // 2] / 1e3
@@ -399,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         checks += probe_checks(stages, failure)
     else:
         checks += [Check(n, SKIP, "not checked: the model file failed its sha256 check")
-                   for n in ("onnxruntime", "model contract", "decision time")]
+                   for n in ("onnxruntime", "model contract", "speech detector", "decision time")]
     kind = next((c.data.get("kind") for c in checks if c.name == "model contract"), None)
     checks.append(check_profiles(args.profiles, kind, model))
     for c in checks[n0:]:

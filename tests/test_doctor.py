@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from voicegate.device.contract import META_CONTRACT
 from voicegate.device.runtime import file_sha256, models_dir, write_sidecar
 
 SHIPPED = models_dir() / "voicegate-compact-mc.onnx"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_sounddevice(recording=None, devices=None, rec_error=None):
@@ -83,7 +85,7 @@ def test_probe_runs_the_shipped_model_in_a_subprocess():
     stages, failure = doctor.run_probe(SHIPPED, models_dir() / "example.wav", threads=1, repeats=1)
     assert failure is None
     checks = {c.name: c for c in doctor.probe_checks(stages, failure)}
-    assert [c.status for c in checks.values()] == [doctor.OK] * 3
+    assert [c.status for c in checks.values()] == [doctor.OK] * 4
     assert stages["load"]["kind"] == "classifier" and stages["run"]["shape"] == [1, 50]
     assert stages["decision"]["decision"] == "DENIED"  # the example is nobody allowed in
 
@@ -96,7 +98,17 @@ def test_a_crash_in_onnxruntime_is_reported_not_fatal(monkeypatch):
     assert failure == "crashed with SIGSEGV during import (in a subprocess)"
     checks = doctor.probe_checks(stages, failure)
     assert checks[0].status == doctor.FAIL and "crashed with SIGSEGV during import" in checks[0].message
-    assert checks[1].status == checks[2].status == doctor.SKIP
+    assert checks[1].status == checks[2].status == checks[3].status == doctor.SKIP
+
+
+def test_a_modified_speech_detector_fails():
+    stages = {"import": {"onnxruntime": "1.32.0", "numpy": "2"}, "run": {"shape": [1, 50]},
+              "load": {"kind": "classifier", "method": "mc", "samples": 50, "feature_version": "v", "outputs": []}}
+    failure = "failed during speech: ModelError: silero_vad_16k_sequence.onnx: sha256 mismatch"
+    checks = {c.name: c for c in doctor.probe_checks(stages, failure)}
+    assert checks["onnxruntime"].status == doctor.OK
+    assert checks["speech detector"].status == doctor.FAIL and "sha256 mismatch" in checks["speech detector"].message
+    assert checks["decision time"].status == doctor.FAIL
 
 
 def test_known_bad_onnxruntime_release_fails():
@@ -129,7 +141,7 @@ def test_slow_decision_fails_the_budget():
               "load": {"kind": "classifier", "method": "mc", "samples": 5, "feature_version": "v",
                        "outputs": ["p_allow"]},
               "decision": {"ms": [3500.0, 3400.0, 3600.0], "what": "featurize + model + policy"}}
-    c = doctor.probe_checks(stages, None, budget_s=3.0)[2]
+    c = doctor.probe_checks(stages, None, budget_s=3.0)[-1]
     assert c.status == doctor.FAIL and "3500 ms" in c.message and "too slow" in c.message
 
 
@@ -230,7 +242,7 @@ def test_run_ready_and_not_ready(tmp_path, use_sd, capsys, monkeypatch):
     use_sd(fake_sounddevice(speech_like()))
     assert doctor.run(args_for(tmp_path, no_mic=False)) == doctor.EXIT_READY
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("READY for a door") and len(out) == 10  # 9 checks + verdict
+    assert out[-1].startswith("READY for a door") and len(out) == 11  # 10 checks + verdict
     monkeypatch.setattr(doctor, "MIN_FREE_BYTES", 2**62)
     assert doctor.run(args_for(tmp_path)) == doctor.EXIT_NOT_READY
     out = capsys.readouterr().out
@@ -246,3 +258,12 @@ def test_bench_report_and_json(tmp_path, use_sd, capsys, monkeypatch):
     bench = doc["bench"]
     assert bench["warm_decision_ms"]["n"] == 2 and bench["onnxruntime"] and bench["sha256"]
     assert bench["warm_decision_ms"]["min"] <= bench["warm_decision_ms"]["median"] <= bench["warm_decision_ms"]["max"]
+    # benchmarks/pi.py turns the report into a measured line, named for the board it ran on
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import pi
+
+    line = pi.measured_line(doc, "report.json")
+    assert f"median {bench['warm_decision_ms']['median']:.0f} ms" in line and "n 2" in line
+    assert line.startswith("  MEASURED on a Pi" if "Raspberry Pi" in bench["board"] else "  MEASURED on another")
+    with pytest.raises(ValueError, match="not a voicegate doctor --bench report"):
+        pi.measured_line({"warm": 1}, "x.json")
