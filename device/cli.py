@@ -54,7 +54,6 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         from .audio import AudioError
         from .contract import ModelError
         from .policy import ThresholdError
-        from .runtime import Gate  # noqa: F401  (a broken install fails here, not mid-decision)
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
     try:
@@ -77,7 +76,7 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         print(
             f"{d.decision}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
             f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
-            f"latency={d.latency_ms:.1f} ms"
+            f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
         )
     return d.exit_code
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+
+from .policy import MAX_ACCEPT_LOWERING, MAX_LIMIT_RAISE
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,18 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the model's uncertainty limit")
     p.add_argument("--deny", type=probability, metavar="P",
                    help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
+    p.add_argument("--unsafe-thresholds", action="store_true",
+                   help="allow overrides that loosen the model's thresholds beyond the bounds "
+                        f"(accept or deny lower by more than {MAX_ACCEPT_LOWERING:g}, uncertainty "
+                        f"limit higher by more than {MAX_LIMIT_RAISE * 100:.0f} %%); always recorded")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
 
 
 def load_gate(args: argparse.Namespace, warmup: bool = False):
-    """The gate the command line's model options name (raises ModelError, ThresholdError, ...)."""
+    """The gate the command line's model options name (raises ModelError, ThresholdError, ...).
+
+    Overrides that loosen the model's validated thresholds are said on stderr (one line).
+    """
     from .runtime import Gate
 
     gate = Gate.load(
@@ -61,8 +71,18 @@ def load_gate(args: argparse.Namespace, warmup: bool = False):
         uncertainty_limit=args.uncertainty_limit,
         deny=args.deny,
         threads=args.threads,
+        unsafe_thresholds=getattr(args, "unsafe_thresholds", False),
     )
+    warn_loosened(gate)
     if warmup:
         gate.warmup()
     return gate
+
+
+def warn_loosened(gate) -> None:
+    """One stderr line when the gate's thresholds are looser than its model's validated ones."""
+    loosened = getattr(gate, "thresholds_loosened", None)
+    if loosened:
+        print("voicegate: warning: thresholds looser than the model's validated operating point: "
+              + "; ".join(loosened) + " (recorded in every decision)", file=sys.stderr)
 

@@ -41,6 +41,13 @@ GRANTED, DENIED, UNCERTAIN = "GRANTED", "DENIED", "UNCERTAIN"
 UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_info")
 DEFAULT_MEASURE = "std"
 
+# How far a threshold override may loosen a model's validated operating point (the thresholds
+# stored in it) before it is refused unless the operator says --unsafe-thresholds. Tightening
+# (a higher accept or deny, a lower uncertainty limit) is always allowed.
+MAX_ACCEPT_LOWERING = 0.05  # accept may be lowered by at most this much p(allowed)
+MAX_DENY_LOWERING = 0.05  # deny likewise (it lets more confidently-low voices retry)
+MAX_LIMIT_RAISE = 0.25  # the uncertainty limit may be raised by at most 25 % of its value
+
 
 class ThresholdError(ValueError):
     """Thresholds that make no sense (out of range, deny above accept): a usage error."""
@@ -84,6 +91,38 @@ class Thresholds:
         den = min(self.deny, acc) if deny is None else float(deny)
         lim = self.uncertainty_limit if uncertainty_limit is None else float(uncertainty_limit)
         return Thresholds(accept=acc, uncertainty_limit=lim, deny=den)
+
+
+def loosening(validated: Thresholds, used: Thresholds) -> list[tuple[str, bool]]:
+    """Each way ``used`` loosens ``validated``: (description, beyond the bounds?); [] if none."""
+    out = []
+    for name, looser, beyond in (
+        ("accept", used.accept < validated.accept, used.accept < validated.accept - MAX_ACCEPT_LOWERING),
+        ("deny", used.deny < validated.deny, used.deny < validated.deny - MAX_DENY_LOWERING),
+        ("uncertainty_limit", used.uncertainty_limit > validated.uncertainty_limit,
+         used.uncertainty_limit > validated.uncertainty_limit * (1.0 + MAX_LIMIT_RAISE)),
+    ):
+        if looser:
+            was, now = getattr(validated, name), getattr(used, name)
+            out.append((f"{name} {was:.4g} -> {now:.4g}", bool(beyond)))
+    return out
+
+
+def check_loosening(validated: Thresholds, used: Thresholds, unsafe: bool = False) -> list[str]:
+    """The descriptions of how ``used`` loosens ``validated`` (see :func:`loosening`).
+
+    Raises ThresholdError when one goes beyond the bounds (MAX_ACCEPT_LOWERING,
+    MAX_DENY_LOWERING, MAX_LIMIT_RAISE) and ``unsafe`` is not set.
+    """
+    found = loosening(validated, used)
+    beyond = [d for d, b in found if b]
+    if beyond and not unsafe:
+        raise ThresholdError(
+            "refusing thresholds that loosen the model's validated operating point beyond the "
+            f"allowed bounds ({'; '.join(beyond)}; bounds: accept and deny -{MAX_ACCEPT_LOWERING:g}, "
+            f"uncertainty limit +{MAX_LIMIT_RAISE:.0%}); pass --unsafe-thresholds to force them"
+        )
+    return [f"{d} (beyond the bounds, --unsafe-thresholds)" if b else d for d, b in found]
 
 
 @dataclass

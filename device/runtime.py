@@ -9,6 +9,15 @@ Which model: ``model_path`` > ``$VOICEGATE_MODEL`` > the shipped
 checked against the sha256 in its sidecar (``NAME.onnx.sha256``, ``sha256sum`` format) or in
 ``manifest.json`` beside it; a model without either, or whose hash differs, is refused. The
 contract in its metadata must match this featurizer (feature version, sample rate, image size).
+At load the model is also probed once: a model whose S samples cannot disagree (S < 2, or MC
+dropout that collapsed into identical samples) would never say UNCERTAIN and is refused.
+
+The sha256 is integrity, not authenticity: it catches a truncated or corrupted file, but whoever
+can write the model can write its hash too (see the README's security notes).
+
+Threshold overrides that loosen the model's validated operating point are recorded in every
+decision (``thresholds_loosened``) and refused beyond the bounds in
+:mod:`~voicegate.device.policy` unless ``unsafe_thresholds`` is set.
 
 Every failure is an exception: :class:`~voicegate.device.audio.AudioError` (exit 4) for audio
 that cannot be used, :class:`~voicegate.device.contract.ModelError` (exit 5) for the model.
@@ -37,7 +46,7 @@ from .contract import (
     ModelError,
 )
 from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, featurize
-from .policy import decide, summarize
+from .policy import check_loosening, decide, summarize
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ DEFAULT_MODEL_NAMES = {
 MANIFEST_NAME = "manifest.json"  # {file name: sha256} for the models in one folder
 SIDECAR_SUFFIX = ".sha256"  # NAME.onnx.sha256 holds "HEX  NAME.onnx" (sha256sum format)
 MAX_MODEL_BYTES = 512 * 1024 * 1024  # refuse anything larger than this as "not a gate model"
+PROBE_SEED = 14  # the load-time probe input (fixed, so a load is reproducible)
+MIN_SAMPLE_SPREAD = 1e-7  # samples closer than this on every probe input are "identical"
 
 
 # --- locating and verifying a model ---------------------------------------------------------
@@ -189,15 +200,13 @@ class Decision:
     model_sha256: str
     latency_ms: float  # audio in -> decision out (featurize + model + policy)
     reason: str
-    thresholds: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)  # the thresholds that decided
+    model_thresholds: dict = field(default_factory=dict)  # the model's validated ones
+    thresholds_loosened: list = field(default_factory=list)  # how an override loosened them ([]: not)
 
     @property
     def exit_code(self) -> int:
         return DECISION_EXIT[self.decision]
-
-    @property
-    def granted(self) -> bool:
-        return self.decision == "GRANTED"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,6 +231,37 @@ def run_session(session, images: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+def probe_images(n: int = 2) -> np.ndarray:
+    """Fixed, non-trivial spectrogram inputs for the load-time probe: noise and a noisy ramp."""
+    rng = np.random.default_rng(PROBE_SEED)
+    noise = rng.random((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    ramp = np.linspace(0.0, 1.0, IMAGE_SIZE, dtype=np.float32)[:, None]
+    noise[1::2] = 0.5 * noise[1::2] + 0.5 * ramp
+    return noise
+
+
+def check_samples_differ(outputs: np.ndarray, method: str, path) -> float:
+    """Refuse (ModelError) a model whose S output samples cannot disagree; return their spread.
+
+    ``outputs`` is one probe batch's output, (batch, S) p(allowed) or (batch, S, D) embeddings:
+    any output whose axis 1 holds the MC-dropout samples or ensemble members. S < 2, or samples
+    that are all equal (within MIN_SAMPLE_SPREAD) on every probe input, mean an uncertainty of
+    0 whatever the voice: such a model would never say UNCERTAIN.
+    """
+    out = np.asarray(outputs, dtype=np.float64)
+    what = "MC samples" if method == "mc" else "ensemble members"
+    if out.ndim < 2 or out.shape[1] < 2:
+        n = out.shape[1] if out.ndim >= 2 else 1
+        raise ModelError(f"{path}: {n} {what}: an uncertainty needs at least 2; refusing it")
+    spread = float(np.max(np.ptp(out, axis=1))) if np.all(np.isfinite(out)) else float("nan")
+    if not spread > MIN_SAMPLE_SPREAD:
+        raise ModelError(
+            f"{path}: its {out.shape[1]} {what} are identical on the probe input (spread {spread:.1e}): "
+            "the dropout collapsed (or the members are copies), so it could never say UNCERTAIN; refusing it"
+        )
+    return spread
+
+
 def make_session(model: Union[bytes, str], threads: int = 1):
     """A small, explicit CPU session with onnxruntime's default graph optimisation."""
     import onnxruntime as ort
@@ -234,17 +274,39 @@ def make_session(model: Union[bytes, str], threads: int = 1):
     return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def open_model(path: Path, threads: int = 1, seed: int | None = None):
+    """(session, contract, sha256) of a verified model whose contract fits this featurizer.
+
+    Shared by every model kind (the classifier :class:`Gate`, the encoder); ``seed`` seeds
+    onnxruntime's random ops (process-global: leave it None on a real gate).
+    """
+    data, digest = read_verified_model(path)
+    try:
+        import onnxruntime as ort
+
+        if seed is not None:
+            ort.set_seed(int(seed))
+        session = make_session(data, threads)
+    except Exception as e:  # onnxruntime raises its own types for invalid graphs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+    contract.check_features(feature_contract())
+    return session, contract, digest
+
+
 class Gate:
     """A loaded, verified model plus its thresholds; thread-compatible (one decision at a time)."""
 
     def __init__(self, session, contract: ModelContract, path: Path, sha256: str,
-                 thresholds, measure: str):
+                 thresholds, measure: str, thresholds_loosened: list | None = None):
         self.session = session
         self.contract = contract
         self.path = path
         self.sha256 = sha256
         self.thresholds = thresholds
         self.measure = measure
+        self.thresholds_loosened = list(thresholds_loosened or [])  # recorded in every decision
 
     @property
     def method(self) -> str:
@@ -264,27 +326,18 @@ class Gate:
         threads: int = 1,
         deny: float | None = None,
         seed: int | None = None,
+        unsafe_thresholds: bool = False,
     ) -> "Gate":
-        """Resolve, verify and open a model; apply threshold overrides.
+        """Resolve, verify, open and probe a model; apply threshold overrides.
 
         ``method`` picks the shipped default model, and when a model is named it must match its
         contract. ``seed`` seeds onnxruntime's random ops (MC masks) for reproducible runs; it
-        is process-global in onnxruntime, so leave it None on a real gate.
+        is process-global in onnxruntime, so leave it None on a real gate. Overrides that loosen
+        the model's thresholds beyond the policy's bounds raise ThresholdError unless
+        ``unsafe_thresholds``.
         """
         path = resolve_model_path(model_path, method)
-        data, digest = read_verified_model(path)
-        try:
-            import onnxruntime as ort
-
-            if seed is not None:
-                ort.set_seed(int(seed))
-            session = make_session(data, threads)
-        except Exception as e:  # onnxruntime raises its own types for invalid graphs
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        contract = ModelContract.from_metadata(meta)
-        contract.check_features(feature_contract())
+        session, contract, digest = open_model(path, threads, seed)
         if method is not None and method != contract.method:
             raise ModelError(f"{path}: is a {contract.method} model, but --method {method} was asked for")
         inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -294,11 +347,17 @@ class Gate:
                 f"want [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
             )
         thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)  # ThresholdError
+        loosened = check_loosening(contract.thresholds, thresholds, unsafe_thresholds)  # ThresholdError
+        if contract.samples < 2:
+            check_samples_differ(np.zeros((1, contract.samples)), contract.method, path)
+        gate = cls(session, contract, path, digest, thresholds, contract.uncertainty_measure, loosened)
+        spread = check_samples_differ(gate.predict(probe_images()), contract.method, path)
         log.info(
-            "model %s (%s, S=%d, sha256 %s...), thresholds %s",
-            path, contract.method, contract.samples, digest[:12], thresholds.to_dict(),
+            "model %s (%s, S=%d, sha256 %s..., probe spread %.3g), thresholds %s%s",
+            path, contract.method, contract.samples, digest[:12], spread, thresholds.to_dict(),
+            f" LOOSENED: {'; '.join(loosened)}" if loosened else "",
         )
-        return cls(session, contract, path, digest, thresholds, contract.uncertainty_measure)
+        return gate
 
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -346,6 +405,8 @@ class Gate:
             latency_ms=latency,
             reason=reason,
             thresholds=self.thresholds.to_dict(),
+            model_thresholds=self.contract.thresholds.to_dict(),
+            thresholds_loosened=list(self.thresholds_loosened),
         )
 
     def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Decision:

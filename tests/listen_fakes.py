@@ -106,6 +106,30 @@ class FlakySource:
         self.closed = True
 
 
+class GrantingGate(FakeGate):
+    """Grants whatever reaches it (so only the listen loop can deny)."""
+
+    def decide_audio(self, audio: np.ndarray) -> FakeDecision:
+        d = super().decide_audio(audio)
+        d.decision = "GRANTED"
+        return d
+
+
+class LossySource(FlakySource):
+    """A FlakySource that reports lost audio (``kind``: "dropped" or "status_flags") at chunk ``at``."""
+
+    def __init__(self, audio, at: int, kind: str = "dropped", **kw):
+        super().__init__(audio, **kw)
+        self.at, self.kind = at, kind
+        self.dropped = self.status_flags = 0
+
+    def __iter__(self):
+        for i, chunk in enumerate(super().__iter__()):
+            if i == self.at:
+                setattr(self, self.kind, getattr(self, self.kind) + 1)
+            yield chunk
+
+
 def main(argv=None) -> int:
     """Run `voicegate listen` with the fake gate; ``--fake-delay S`` slows each decision."""
     import argparse

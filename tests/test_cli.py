@@ -52,16 +52,48 @@ def test_exit_codes_from_the_models_own_thresholds(files, capsys):
 
 
 def test_exit_codes_forced_by_overrides(files, capsys):
-    assert check(files, "--accept", "0", "--uncertainty-limit", "1") == 0
+    assert check(files, "--accept", "0", "--uncertainty-limit", "1", "--unsafe-thresholds") == 0
     assert check(files, "--accept", "1", "--deny", "1") == 1
-    assert check(files, "--accept", "0", "--uncertainty-limit", "0") == 3  # MC samples vary: std > 0
+    assert check(files, "--accept", "0", "--uncertainty-limit", "0", "--unsafe-thresholds") == 3  # std > 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["GRANTED", "DENIED", "UNCERTAIN"]
     assert all("p_allow=" in line and "windows=" in line and "latency=" in line for line in out)
 
 
+@pytest.mark.parametrize("override", [["--accept", "0"], ["--uncertainty-limit", "0.3"], ["--deny", "0.1"],
+                                      ["--accept", "0.44", "--deny", "0.3"]])
+def test_overrides_that_loosen_past_the_bounds_are_refused(files, capsys, override):
+    # the tiny model's validated thresholds: accept 0.5, uncertainty limit 0.1, deny 0.3
+    assert check(files, *override, model="granted") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("voicegate: bad thresholds: refusing thresholds that loosen") and "--unsafe-thresholds" in err
+
+
+def test_a_loosening_override_is_said_and_recorded(files, capsys):
+    assert check(files, "--json", "--uncertainty-limit", "0.12", "--accept", "0.47", model="granted") == 0
+    out, err = capsys.readouterr()
+    d = json.loads(out)
+    assert d["thresholds_loosened"] == ["accept 0.5 -> 0.47", "uncertainty_limit 0.1 -> 0.12"]
+    assert d["model_thresholds"] == {"accept": 0.5, "uncertainty_limit": 0.1, "deny": 0.3}
+    assert d["thresholds"] == {"accept": 0.47, "uncertainty_limit": 0.12, "deny": 0.3}
+    assert err.count("\n") == 1 and err.startswith("voicegate: warning: thresholds looser than the model's")
+    assert "accept 0.5 -> 0.47" in err
+    assert check(files, "--accept", "0", "--unsafe-thresholds") in (0, 1, 3)
+    out, err = capsys.readouterr()
+    assert "thresholds=LOOSENED" in out and "beyond the bounds, --unsafe-thresholds" in err
+
+
+def test_a_tightening_override_is_silent_and_records_nothing_loosened(files, capsys):
+    assert check(files, "--json", "--accept", "0.9", "--uncertainty-limit", "0.05", "--deny", "0.4",
+                 model="granted") == 0  # its p(allowed) is about 0.999
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["thresholds_loosened"] == []
+
+
 def test_json_output(files, capsys):
-    assert check(files, "--json", "--accept", "0", "--uncertainty-limit", "0", model="ensemble") == 3
+    assert check(files, "--json", "--accept", "0", "--uncertainty-limit", "0", "--unsafe-thresholds",
+                 model="ensemble") == 3
     d = json.loads(capsys.readouterr().out)
     for key in ("decision", "p_allow", "uncertainty", "windows", "method", "model_sha256", "latency_ms",
                 "entropy", "mutual_info", "reason"):
@@ -124,8 +156,9 @@ def test_internal_errors_fail_closed(files, capsys, monkeypatch):
         raise RuntimeError("something unexpected")
 
     monkeypatch.setattr(runtime.Gate, "decide_file", boom)
-    assert check(files, "--accept", "0", "--uncertainty-limit", "1") == 5
-    assert capsys.readouterr().err.strip() == "voicegate: internal error: RuntimeError: something unexpected"
+    assert check(files, "--accept", "0", "--uncertainty-limit", "1", "--unsafe-thresholds") == 5
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "voicegate: internal error: RuntimeError: something unexpected")
 
 
 @pytest.mark.parametrize("argv", [

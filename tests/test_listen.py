@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from listen_fakes import SR, FakeGate, FlakySource, noise, speech_stream
+from listen_fakes import SR, FakeGate, FlakySource, GrantingGate, LossySource, noise, speech_stream
 from synth import synth_voice, write_wav
 
-from voicegate.device import listen
+from voicegate.device import listen, listener as loop
 from voicegate.device.audio import AudioError, NoSpeechError, load_audio
 from voicegate.device.audit import AuditError, AuditLog, read_audit_log
 from voicegate.device.stream import (
@@ -345,6 +345,29 @@ def test_a_full_audit_log_is_exit_7_with_one_line(tmp_path, stream, capsys, monk
     assert err.count("\n") == 1 and err.startswith("voicegate listen: error: cannot write the audit log")
 
 
+def test_listen_records_a_loosened_threshold_in_every_record_and_refuses_past_the_bound(tmp_path, stream,
+                                                                                         capsys):
+    from tiny_gate import write_gate_model
+
+    from voicegate.device.cli import main
+
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    model = write_gate_model(tmp_path / "tiny.onnx", "mc", samples=8)  # validated limit 0.1
+    log_path = tmp_path / "audit.jsonl"
+    argv = ["listen", "--from-file", str(wav), "--model", str(model), "--log", str(log_path)]
+    assert main(argv + ["--uncertainty-limit", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad thresholds" in err and "--unsafe-thresholds" in err
+    assert main(argv + ["--uncertainty-limit", "0.12", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "thresholds looser than the model's" in err
+    records = read_audit_log(log_path)
+    assert len(decisions(records)) == 4
+    assert all(r["thresholds_loosened"] == ["uncertainty_limit 0.1 -> 0.12"] for r in records)
+    assert all(json.loads(line)["thresholds_loosened"] for line in out.strip().splitlines())
+
+
 def test_audit_log_close_failure_is_an_audit_error(tmp_path):
     class FullFile:
         closed = False
@@ -408,8 +431,57 @@ def test_device_failure_denies_in_progress_and_retries_with_backoff(stream, tmp_
     assert lst.stats.source_errors == 1 and lst.stats.reopens == 1
 
 
+@pytest.mark.parametrize("kind,why", [("dropped", "1 chunk(s) dropped"), ("status_flags", "1 PortAudio status flag")])
+def test_an_utterance_with_lost_audio_is_denied_and_says_why(stream, tmp_path, kind, why):
+    audio, spans = stream
+    mid_second = int((spans[1][0] + 0.6) * SR) // 1600
+    gate = GrantingGate()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    lst, records = listener(gate, [LossySource(audio, at=mid_second, kind=kind)], audit=audit)
+    assert lst.run() == 0
+    audit.close()
+    assert [r["decision"] for r in records] == ["GRANTED", "DENIED", "GRANTED", "GRANTED"]
+    assert [r["audio_lost"] for r in records] == [False, True, False, False]
+    assert why in records[1]["reason"] and records[1]["p_allow"] is None
+    assert gate.calls == 3  # the gapped audio never reached the gate
+    assert lst.stats.audio_lost == 1
+    assert read_audit_log(tmp_path / "audit.jsonl") == [dict(r) for r in records]
+
+
+def test_audio_lost_in_a_pause_denies_nobody(stream):
+    audio, spans = stream
+    in_pause = int((spans[1][0] - 0.7) * SR) // 1600  # 0.7 s before the second voice starts
+    lst, records = listener(GrantingGate(), [LossySource(audio, at=in_pause)])
+    assert lst.run() == 0
+    assert [r["decision"] for r in records] == ["GRANTED"] * 4
+    assert not any(r["audio_lost"] for r in records)
+
+
+def test_a_portaudio_status_flag_from_the_microphone_denies_its_utterance(monkeypatch, stream):
+    audio, spans = stream
+    blocks = [audio[i:i + 1600] for i in range(0, audio.size - 1599, 1600)]
+    flagged = int((spans[2][0] + 0.5) * SR) // 1600
+
+    class FlaggingStream(FakeStream):
+        def _run(self):
+            for i, b in enumerate(self.blocks):
+                self.callback(b[:, None], len(b), None, "input overflow" if i == flagged else None)
+            self.active = False
+
+    sd = FakeSounddevice(blocks)
+    sd.InputStream = lambda callback, **kw: FlaggingStream(blocks, callback)
+    monkeypatch.setitem(sys.modules, "sounddevice", sd)
+    mic = MicrophoneSource(queue_seconds=60.0, stall_seconds=0.2).open()
+    lst, records = listener(GrantingGate(), [mic], exit_on_error=True)
+    assert lst.run() == listen.EXIT_DEVICE  # the fake stream ends: the device "stopped"
+    assert mic.status_flags == 1
+    third = [r for r in records if r["utt_start_s"] <= spans[2][0] + 0.5 <= r["utt_end_s"]]
+    assert len(third) == 1 and third[0]["decision"] == "DENIED" and third[0]["audio_lost"]
+    assert "PortAudio status flag" in third[0]["reason"]
+
+
 def test_backoff_doubles_to_the_cap_and_resets_after_audio():
-    delays = listen.Backoff().delays()
+    delays = loop.Backoff().delays()
     assert [next(delays) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
     audio, _ = speech_stream(n_utterances=1)
     err = AudioDeviceError("glitch")

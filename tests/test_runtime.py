@@ -33,7 +33,14 @@ from voicegate.device.policy import (
     decide,
     summarize,
 )
-from voicegate.device.runtime import MODEL_ENV, Gate, resolve_model_path, write_sidecar
+from voicegate.device.runtime import (
+    MODEL_ENV,
+    Gate,
+    check_samples_differ,
+    probe_images,
+    resolve_model_path,
+    write_sidecar,
+)
 
 T = Thresholds(accept=0.8, uncertainty_limit=0.1, deny=0.3)
 
@@ -159,11 +166,24 @@ def test_decide_audio_fields(models, voice):
 
 
 def test_decide_audio_at_other_rates_and_stereo(models, voice):
-    gate = Gate.load(models["ensemble"])
     from voicegate.device.audio import resample
+    from voicegate.device.features import INFER_HOP_SECONDS, featurize
 
-    d = gate.decide_audio(np.stack([resample(voice, 16000, 44100)] * 2, axis=1), 44100)
+    gate = Gate.load(models["ensemble"])  # deterministic: the same windows give the same numbers
+    stereo = np.stack([resample(voice, 16000, 44100)] * 2, axis=1)
+    d = gate.decide_audio(stereo, 44100)
     assert d.method == "ensemble" and d.samples == 3
+    # what the audio produced: the 44.1 kHz stereo copy renders the 16 kHz voice's spectrograms
+    # (closer to them than another voice's are), and the decision is the one those windows give
+    images = featurize(stereo, sample_rate=44100, hop_seconds=INFER_HOP_SECONDS)
+    ref = featurize(voice, sample_rate=16000, hop_seconds=INFER_HOP_SECONDS)
+    other = featurize(synth_voice("m2", 3.0, seed=7), sample_rate=16000, hop_seconds=INFER_HOP_SECONDS)
+    assert images.shape == ref.shape and d.windows == len(images) >= 1
+    n = min(len(ref), len(other))
+    assert np.abs(images - ref).mean() < 0.1 * np.abs(ref[:n] - other[:n]).mean()
+    from_windows = gate.decide_images(images)
+    assert (d.decision, d.p_allow, d.std) == (from_windows.decision, from_windows.p_allow, from_windows.std)
+    assert d.p_allow != gate.decide_images(other).p_allow
 
 
 def test_fixed_bias_models_decide_by_their_thresholds(models, voice, tmp_path):
@@ -262,6 +282,67 @@ def test_refuses_a_feature_version_mismatch(tmp_path):
 def test_refuses_a_method_mismatch(models):
     with pytest.raises(ModelError, match="ensemble"):
         Gate.load(models["mc"], method="ensemble")
+
+
+# --- samples that cannot disagree are refused at load ------------------------------------------
+def _write(proto, path, method, samples):
+    from voicegate.export.onnx_export import write_model
+
+    write_model(proto, make_contract(method, samples), path)
+    return path
+
+
+def test_refuses_a_model_with_one_sample(tmp_path, voice):
+    from voicegate.export import graphs
+
+    path = _write(graphs.export_mc(TinyNet().eval(), 1), tmp_path / "one.onnx", "mc", 1)
+    with pytest.raises(ModelError, match="1 MC samples: an uncertainty needs at least 2"):
+        Gate.load(path)
+    path = _write(graphs.export_ensemble([TinyNet().eval()]), tmp_path / "one-ens.onnx", "ensemble", 1)
+    with pytest.raises(ModelError, match="at least 2"):
+        Gate.load(path)
+
+
+def test_refuses_collapsed_dropout_and_copied_members(tmp_path):
+    from voicegate.export import graphs
+
+    collapsed = graphs.with_dropout_p(graphs.export_mc(TinyNet().eval(), 8), 0.0)  # every mask all ones
+    path = _write(collapsed, tmp_path / "collapsed.onnx", "mc", 8)
+    with pytest.raises(ModelError, match="identical on the probe input.*never say UNCERTAIN"):
+        Gate.load(path)
+    same = TinyNet(seed=3).eval()
+    path = _write(graphs.export_ensemble([same, same, same]), tmp_path / "copies.onnx", "ensemble", 3)
+    with pytest.raises(ModelError, match="3 ensemble members are identical"):
+        Gate.load(path)
+
+
+def test_a_collapsed_model_is_exit_5_in_the_cli(tmp_path, voice, capsys):
+    import soundfile as sf
+
+    from voicegate.device.cli import main
+    from voicegate.export import graphs
+
+    wav = tmp_path / "v.wav"
+    sf.write(wav, voice, 16000)
+    path = _write(graphs.with_dropout_p(graphs.export_mc(TinyNet().eval(), 8), 0.0), tmp_path / "c.onnx", "mc", 8)
+    assert main(["enroll-check", str(wav), "--model", str(path)]) == EXIT_MODEL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("voicegate: model error:") and "collapsed" in err
+
+
+def test_check_samples_differ_is_generic_over_output_shapes():
+    rng = np.random.default_rng(0)
+    for shape in ((2, 5), (2, 5, 16)):  # (batch, S) p(allowed) or (batch, S, D) embeddings
+        assert check_samples_differ(rng.random(shape), "mc", "m.onnx") > 0
+        same = np.repeat(rng.random((shape[0], 1) + shape[2:]), shape[1], axis=1)
+        with pytest.raises(ModelError, match="identical"):
+            check_samples_differ(same, "mc", "m.onnx")
+        with pytest.raises(ModelError, match="at least 2"):
+            check_samples_differ(rng.random((shape[0], 1) + shape[2:]), "ensemble", "m.onnx")
+    with pytest.raises(ModelError, match="identical"):
+        check_samples_differ(np.full((2, 4), np.nan), "mc", "m.onnx")  # NaN never counts as varying
+    x = probe_images()
+    assert x.shape == (2, 224, 224) and 0 <= x.min() and x.max() <= 1 and x.std() > 0.1
 
 
 def test_model_resolution_order(tmp_path, monkeypatch):
