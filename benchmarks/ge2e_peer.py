@@ -101,6 +101,16 @@ def main(argv=None) -> int:
     rows, t0 = [], time.perf_counter()
     info = {"name": GE2EEmbedder.name, "kind": "peer", "package": "resemblyzer",
             "embedding_dim": 256, "samples": 1, "note": "pretrained GE2E d-vector encoder (Apache-2.0)"}
+    summary = {
+        "peer": info,
+        "note": ("Enrolment protocol of `voicegate eval` (train/eval/enrolment.py): unseen speakers (allowed and "
+                 "held-out roles of each corpus) enrolled from <= 30 s, 3 s attempts, every attempt against every "
+                 "profile; channels applied to enrolment and attempts alike. Score: cosine of resemblyzer "
+                 "d-vectors. Per-corpus details and DET plots beside this file."),
+        "command": "python benchmarks/ge2e_peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "channels": channels, "rows": rows, "seconds": None,
+    }
+    stem = "ge2e_peer" + ("_halves" if args.halves else "")
     for name in [c.strip() for c in args.corpora.split(",") if c.strip()]:
         corpus = args.data / name
         if not (corpus / "manifest.csv").is_file():
@@ -118,19 +128,10 @@ def main(argv=None) -> int:
                          "failed_attempts": c["failed_attempts"], "eer": r["eer"],
                          "eer_ci95": r["eer_ci95_speaker_bootstrap"], "frr_at_far_1": r["frr_at_far"]["1%"],
                          "frr_at_far_0.1": r["frr_at_far"]["0.1%"], "min_dcf": r["min_dcf"]["value"]})
-    summary = {
-        "peer": info,
-        "note": ("Enrolment protocol of `voicegate eval` (train/eval/enrolment.py): unseen speakers (allowed and "
-                 "held-out roles of each corpus) enrolled from <= 30 s, 3 s attempts, every attempt against every "
-                 "profile; channels applied to enrolment and attempts alike. Score: cosine of resemblyzer "
-                 "d-vectors. Per-corpus details and DET plots beside this file."),
-        "command": "python benchmarks/ge2e_peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "channels": channels, "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "ge2e_peer" + ("_halves" if args.halves else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(summary_markdown(summary))
+        summary["seconds"] = round(time.perf_counter() - t0, 1)  # rewritten after every corpus
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (args.out / f"{stem}.md").write_text(summary_markdown(summary))
     print(summary_markdown(summary))
     return 0
 
