@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from voicegate.train.commands import add_lazy_commands
 
-COMMANDS = {"export": ("onnx_export", "export a trained run to ONNX (MC-dropout and ensemble)")}
+COMMANDS = {"export": ("encoder_export", "export a trained run to ONNX (MC-dropout and ensemble; classifier or encoder)")}
 
 
 def register(subparsers) -> None:

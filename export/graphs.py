@@ -91,15 +91,16 @@ class EnsembleGraph(nn.Module):
         return torch.stack([torch.softmax(m(x), dim=-1)[:, 1] for m in self.members], dim=1)
 
 
-def _to_onnx(module: nn.Module, args: tuple, input_names: list, opset: int) -> onnx.ModelProto:
+def _to_onnx(module: nn.Module, args: tuple, input_names: list, opset: int,
+             output_name: str = OUTPUT_NAME) -> onnx.ModelProto:
     """TorchScript-based ONNX export (the one whose torch.rand -> RandomUniformLike we test)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         torch.onnx.export(
             module, args, buf,
-            input_names=input_names, output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=input_names, output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     return onnx.load_from_string(buf.getvalue())

@@ -1,0 +1,320 @@
+"""`voicegate export runs/ENCODER --out models/voicegate-encoder-mc.onnx`: an encoder run -> ONNX.
+
+``voicegate export`` hands a run folder made by ``voicegate train-encoder`` (it holds
+``encoder-run.json``) to :func:`export_encoder`; classifier runs go to ``onnx_export`` as before.
+
+1. **Graph.** The trunk runs once; T dropout masks on the trunk features are drawn inside the
+   graph from ``RandomUniformLike`` (onnxruntime's optimiser deletes ``Dropout`` nodes, never a
+   random op), shared by every window of the batch; the head's linear layer gives (B, T, D) which
+   is L2-normalised per (b, t) row -> output ``embeddings``. The dropout rate is an initializer
+   (``graphs.DROPOUT_P_NAME``), so a copy with p = 0 must reproduce the torch encoder.
+2. **Parity** on real validation windows: p = 0 matches torch eval within PARITY_ATOL; the mean
+   cosine of the onnx samples to the eval embedding matches torch's MC mean within sampling error;
+   the samples vary under onnxruntime's default session options.
+3. **Calibration and thresholds** on the VALIDATION speakers (training speakers held out of
+   encoder training; never the allowed or held-out speakers of any corpus): each is enrolled from
+   <= 30 s, every 3 s attempt is scored against every profile with the device's scoring rule
+   (``voicegate.device.scoring``) and MC samples, one attempt per onnxruntime run. A logistic
+   map cosine -> probability is fitted on those trials (class-balanced, so p = 0.5 sits near the
+   equal-error point), then accept / uncertainty limit / deny are chosen on the calibrated
+   probabilities exactly as for the classifier (``thresholds.choose_thresholds``: FAR <= target
+   on impostor trials).
+4. The model, its contract (kind ``encoder``), sha256 sidecar and manifest entry are written,
+   then loaded back through the device (``voicegate.device.encoder.Encoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PARITY_ATOL = 1e-4
+MC_SIGMAS = 6.0
+MC_ROUNDS = 10
+FP16_ATOL = 5e-3
+
+
+def is_encoder_run(run) -> bool:
+    from voicegate.train.models.fit_encoder import RUN_MARKER
+
+    return (Path(run) / RUN_MARKER).is_file()
+
+
+# --- the graph -------------------------------------------------------------------------------
+def mc_module(encoder, samples: int):
+    import torch
+    from torch import nn
+
+    class EncoderMC(nn.Module):
+        """trunk once -> T inverted-dropout masks on the features -> linear -> L2 normalise."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.samples = encoder, int(samples)
+            self.p = float(encoder.head[0].p)
+            self.linear = encoder.head[1]
+
+        def forward(self, x, dropout_p):
+            feats = self.encoder.trunk(x)  # (B, F)
+            u = torch.rand(self.samples, feats.shape[1], dtype=feats.dtype)
+            keep = (u >= dropout_p).to(feats.dtype) / (1.0 - dropout_p)
+            emb = self.linear(feats.unsqueeze(1) * keep)  # (B, T, D)
+            return emb / torch.sqrt((emb * emb).sum(dim=-1, keepdim=True)).clamp(min=1e-12)
+
+    return EncoderMC().eval()
+
+
+def export_encoder_mc(encoder, samples: int, opset: int = 17):
+    """The MC-dropout encoder graph as an ONNX ModelProto (dropout rate as an initializer)."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from voicegate.device.contract import EMBEDDINGS_NAME, INPUT_NAME
+
+    from .graphs import DROPOUT_P_NAME, _example_input, _to_onnx
+
+    module = mc_module(encoder.eval().cpu(), samples)
+    if not 0.0 < module.p < 1.0:
+        raise ValueError(f"MC dropout needs a head dropout rate in (0, 1), the encoder has {module.p}")
+    size = int(encoder.cfg.image_size)
+    proto = _to_onnx(module, (_example_input(size), torch.tensor(module.p)),
+                     [INPUT_NAME, DROPOUT_P_NAME], opset, output_name=EMBEDDINGS_NAME)
+    graph = proto.graph
+    graph.input.remove(next(i for i in graph.input if i.name == DROPOUT_P_NAME))
+    graph.initializer.append(numpy_helper.from_array(np.array(module.p, np.float32), DROPOUT_P_NAME))
+    if not {"RandomUniformLike", "RandomUniform"} & {n.op_type for n in graph.node}:
+        raise RuntimeError("encoder MC export lost its random op: the samples would not vary")
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _run(session, images: np.ndarray) -> np.ndarray:
+    from voicegate.device.runtime import as_model_input
+
+    return session.run(None, {session.get_inputs()[0].name: as_model_input(images)})[0]
+
+
+def _session(proto, threads: int = 1):
+    from voicegate.device.runtime import make_session
+
+    return make_session(proto.SerializeToString(), threads=threads)
+
+
+def check_parity(proto, encoder, images: np.ndarray, samples: int) -> dict:
+    """Raise ExportError unless the graph reproduces ``encoder`` (see the module docstring)."""
+    import torch
+
+    from .graphs import with_dropout_p
+    from .onnx_export import ExportError
+
+    x = torch.from_numpy(np.asarray(images, np.float32)[:, None])
+    with torch.no_grad():
+        ref = encoder.eval()(x).numpy()  # (n, D)
+    off = _run(_session(with_dropout_p(proto, 0.0)), images)  # (n, T, D)
+    err = float(np.abs(off - ref[:, None]).max())
+    if err > PARITY_ATOL:
+        raise ExportError(f"encoder parity failed: with dropout off, max |onnx - torch| = {err:.2e}")
+    norms = np.linalg.norm(off, axis=-1)
+    session = _session(proto)
+    onnx_cos = np.concatenate([np.einsum("ntd,nd->nt", _run(session, images), ref) for _ in range(MC_ROUNDS)], 1)
+    module = mc_module(encoder, samples)
+    with torch.no_grad():
+        torch_cos = np.concatenate([np.einsum("ntd,nd->nt", module(x, torch.tensor(module.p)).numpy(), ref)
+                                    for _ in range(MC_ROUNDS)], 1)
+    se = np.sqrt((onnx_cos.var(1) + torch_cos.var(1)) / onnx_cos.shape[1])
+    diff = np.abs(onnx_cos.mean(1) - torch_cos.mean(1))
+    if np.any(diff > MC_SIGMAS * se + 1e-3):
+        raise ExportError(f"encoder MC parity failed: mean cosine differs by up to {diff.max():.4f}")
+    spread = float(onnx_cos.std(1).max())
+    if spread <= 1e-7:
+        raise ExportError("encoder MC parity failed: onnxruntime gives identical samples")
+    return {"max_abs_dropout_off": err, "max_norm_error": float(np.abs(norms - 1).max()),
+            "max_mc_mean_cos_diff": float(diff.max()), "onnx_sample_cos_std_max": spread,
+            "windows": int(len(images)), "mc_samples_compared": int(onnx_cos.shape[1])}
+
+
+# --- validation trials, calibration, thresholds ------------------------------------------------
+def validation_trials(session, data) -> dict:
+    """Every validation attempt against every validation profile, MC samples: see encoder.trials."""
+    from voicegate.train.models.encoder import trials
+
+    rows, imgs = data.val_rows, data.val_images
+    enrol, attempts = [], []
+    for k in np.unique(rows[:, 0]):
+        mine = rows[:, 0] == k
+        e = np.flatnonzero(mine & (rows[:, 1] < 0))
+        enrol.append(_run(session, imgs[e].astype(np.float32) / 255.0))
+        for j in np.unique(rows[mine & (rows[:, 1] >= 0), 1]):
+            a = np.flatnonzero(mine & (rows[:, 1] == j))
+            attempts.append((int(k), _run(session, imgs[a].astype(np.float32) / 255.0)))
+    return trials(enrol, attempts)
+
+
+def fit_calibration(cos_genuine: np.ndarray, cos_impostor: np.ndarray) -> dict:
+    """Class-balanced logistic regression of "same speaker" on the (trial-mean) cosine."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([cos_genuine, cos_impostor]).reshape(-1, 1)
+    y = np.concatenate([np.ones(cos_genuine.size), np.zeros(cos_impostor.size)])
+    lr = LogisticRegression(C=1e4, class_weight="balanced", max_iter=1000).fit(x, y)
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if not a > 0:
+        raise ValueError(f"calibration is not increasing in the cosine (a = {a:.3f}): the encoder does not separate voices")
+    return {"type": "logistic", "a": round(a, 6), "b": round(b, 6),
+            "fitted_on": "validation speakers' trial-mean cosines, class-balanced"}
+
+
+def choose(trial: dict, calibration: dict, target_far: float, measure: str, placement: str) -> tuple:
+    from voicegate.device.policy import summarize
+    from voicegate.device.scoring import calibrate
+
+    from .thresholds import choose_thresholds
+
+    p = calibrate(trial["cos"], (calibration["a"], calibration["b"]))  # (n, S)
+    stats = [summarize(row[None, :]) for row in p]
+    gen = trial["genuine"]
+    pos = [s for s, g in zip(stats, gen) if g]
+    neg = [s for s, g in zip(stats, gen) if not g]
+    thresholds, report = choose_thresholds(pos, neg, target_far, measure, placement=placement)
+    report["data"] = ("validation speakers (held out of encoder training; no allowed or held-out "
+                      "speaker of any corpus): genuine = own attempts, impostor = every other profile")
+    return thresholds, report
+
+
+# --- the export ------------------------------------------------------------------------------
+def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt") -> Path:
+    """Export an encoder run as ``cfg`` (onnx_export.ExportConfig) says; returns the model path."""
+    import onnxruntime as ort
+
+    import voicegate
+    from voicegate.device.contract import ModelContract
+    from voicegate.device.encoder import Encoder
+    from voicegate.device.features import feature_contract
+    from voicegate.device.runtime import file_sha256
+    from voicegate.train.data.encoder_data import EncoderData
+    from voicegate.train.data.fingerprint import absolute_paths
+    from voicegate.train.models.encoder import eer, frr_at_far, load_encoder
+
+    from . import graphs
+    from .onnx_export import ExportError, write_model
+
+    run, out = Path(run), Path(out)
+    if cfg.method != "mc":
+        raise ExportError("encoder runs export as --method mc (one encoder; no ensemble was trained)")
+    if out.suffix != ".onnx":
+        raise ExportError(f"--out must name a .onnx file, got {out}")
+    ckpt_path = run / checkpoint
+    encoder, ckpt = load_encoder(ckpt_path)
+    fv = feature_contract()["feature_version"]
+    if encoder.cfg.feature_version != fv:
+        raise ExportError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "
+                          f"this voicegate renders {fv!r}")
+    summary = ckpt.get("data", {})
+    folder = cache or summary.get("cache")
+    if not folder or not (Path(folder) / "meta.json").is_file():
+        raise ExportError(f"the run's encoder data ({folder}) is not there; pass --cache")
+    data = EncoderData(folder)
+    if data.meta["validation_speakers"] != summary.get("validation_speakers"):
+        raise ExportError("the cache's validation speakers differ from the run's")
+    parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0
+
+    proto = export_encoder_mc(encoder, cfg.samples, cfg.opset)
+    parity = check_parity(proto, encoder, parity_images, cfg.samples)
+    if cfg.weights == "fp16":
+        proto16 = graphs.store_weights_fp16(proto)
+        det = [_run(_session(graphs.with_dropout_p(p, 0.0)), parity_images) for p in (proto, proto16)]
+        parity["fp16_max_abs_vs_fp32"] = float(np.abs(det[0] - det[1]).max())
+        if parity["fp16_max_abs_vs_fp32"] > FP16_ATOL:
+            raise ExportError("float16 weights move the embeddings too far; use --weights fp32")
+        proto = proto16
+    log.info("encoder parity OK: %s", parity)
+
+    ort.set_seed(cfg.seed)
+    trial = validation_trials(_session(proto), data)
+    mean_cos = trial["cos"].mean(axis=1)
+    gen = trial["genuine"]
+    try:
+        calibration = fit_calibration(mean_cos[gen], mean_cos[~gen])
+        thresholds, val_report = choose(trial, calibration, cfg.target_far, cfg.measure, cfg.placement)
+    except ValueError as e:
+        raise ExportError(f"calibration/threshold selection failed: {e}") from None
+    e, _ = eer(mean_cos[gen], mean_cos[~gen])
+    frr1, _ = frr_at_far(mean_cos[gen], mean_cos[~gen], 0.01)
+    val_report["cosine"] = {"eer": round(e, 4), "frr_at_far_1pct": round(frr1, 4),
+                            "genuine_trials": int(gen.sum()), "impostor_trials": int((~gen).sum()),
+                            "speakers": len(data.meta["validation_speakers"])}
+    contract = ModelContract(
+        features=feature_contract(), method="mc", samples=cfg.samples, thresholds=thresholds,
+        uncertainty_measure=cfg.measure, labels=["other_voice", "enrolled_voice"],
+        architecture="compact-encoder", dropout_p=float(encoder.head[0].p),
+        corpus={"corpora": {k: {kk: vv for kk, vv in v.items() if kk != "validation"}
+                            for k, v in summary.get("per_corpus", {}).items()},
+                "training_speakers": summary.get("speakers", []),
+                "validation_speakers": summary.get("validation_speakers", []),
+                "training_windows": summary.get("windows"), "run": run.name},
+        metrics={"validation": val_report, "parity": parity,
+                 "training": {"epochs": ckpt.get("epoch"), "history": _short_history(ckpt.get("history", []))}},
+        weights_sha256=file_sha256(ckpt_path),
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        voicegate_version=voicegate.__version__,
+        extra={"export_config": cfg.to_dict(), "encoder_config": encoder.cfg.to_dict(), "checkpoint": checkpoint,
+               "train_config": {k: v for k, v in ckpt.get("train_config", {}).items() if k not in ("data", "out")}},
+        kind="encoder", embedding_dim=int(encoder.cfg.embedding_dim), calibration=calibration,
+    )
+    leaked = absolute_paths(contract.to_dict())
+    if leaked:
+        raise ExportError(f"the encoder contract would carry this machine's paths: {'; '.join(leaked[:3])}")
+    digest = write_model(proto, contract, out)
+    loaded = Encoder.load(out)  # the device must accept what we wrote
+    if loaded.contract.to_dict() != contract.to_dict():
+        raise ExportError(f"{out}: the contract did not survive the round trip")
+    pol = val_report["policy"]
+    print(f"encoder mc: {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
+          f"a={calibration['a']:.3f} b={calibration['b']:.3f}  accept={thresholds.accept:.4f} "
+          f"limit={thresholds.uncertainty_limit:.4f} deny={thresholds.deny:.4f}  val cosine EER {e:.2%}  "
+          f"FAR={pol['far']:.3f} FRR={pol['frr']:.3f} uncertain(genuine)={pol['allowed']['UNCERTAIN']:.3f}  "
+          f"({int(gen.sum())} genuine / {int((~gen).sum())} impostor trials)")
+    return out
+
+
+def _short_history(history: list) -> list:
+    return [{k: h.get(k) for k in ("epoch", "aam_loss", "distill_loss", "train_accuracy", "elapsed_s")}
+            | {"val_eer": h.get("val", {}).get("all", {}).get("eer")} for h in history]
+
+
+# --- CLI (`voicegate export` for both kinds) -----------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .onnx_export import add_arguments as classifier_arguments
+
+    classifier_arguments(p)
+    p.add_argument("--checkpoint", default="checkpoint.pt",
+                   help="encoder runs: checkpoint.pt (last epoch, default) or best.pt (lowest validation EER)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Encoder runs (``encoder-run.json``) export here; classifier runs go to onnx_export."""
+    from . import onnx_export
+
+    if not is_encoder_run(args.run):
+        return onnx_export.run(args)
+    cfg = onnx_export.ExportConfig(method=args.method, samples=args.samples, target_far=args.target_far,
+                                   opset=args.opset, measure=args.measure, placement=args.placement,
+                                   uncertainty_quantile=args.uncertainty_quantile, weights=args.weights)
+    if cfg.samples < 2 or not 0.0 <= cfg.target_far < 1.0:
+        print("voicegate export: --samples must be >= 2 and --target-far in [0, 1)", file=sys.stderr)
+        return 2
+    try:
+        export_encoder(args.run, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint)
+    except (onnx_export.ExportError, FileNotFoundError, ValueError) as e:
+        print(f"voicegate export: {e}", file=sys.stderr)
+        log.debug("encoder export failed", exc_info=True)
+        return 1
+    return 0

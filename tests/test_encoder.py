@@ -1,0 +1,129 @@
+"""The speaker encoder: model, loss, scoring helpers, ONNX export (MC samples, parity), calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from voicegate.train.models.encoder import (
+    AAMSoftmax,
+    EncoderConfig,
+    EncoderTraining,
+    SpeakerEncoder,
+    distill_loss,
+    eer,
+    frr_at_far,
+    load_encoder,
+    save_encoder,
+    trials,
+)
+
+TINY = {"widths": (4, 8, 8, 16), "trunk_dim": 16, "embedding_dim": 8, "dropout": 0.3}
+
+
+def tiny_encoder(seed: int = 0, n_speakers: int = 5) -> SpeakerEncoder:
+    torch.manual_seed(seed)
+    return SpeakerEncoder(EncoderConfig(n_speakers=n_speakers, **TINY)).eval()
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 224, 224), dtype=np.float32)
+
+
+def test_embeddings_are_l2_normalised_and_dropout_only_in_the_head():
+    enc = tiny_encoder()
+    x = torch.from_numpy(images(3))[:, None]
+    with torch.no_grad():
+        e = enc(x)
+    assert e.shape == (3, 8)
+    np.testing.assert_allclose(e.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    dropouts = [m for m in enc.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [enc.head[0]]
+
+
+def test_aam_margin_raises_the_loss_and_distillation_is_zero_on_the_target():
+    torch.manual_seed(0)
+    aam = AAMSoftmax(8, 4, margin=0.3, scale=30.0)
+    emb = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    y = torch.randint(0, 4, (16,))
+    with torch.no_grad():
+        with_margin, cos = aam(emb, y)
+        without, _ = aam(emb, y, margin=0.0)
+    assert cos.shape == (16, 4)
+    assert float(with_margin) > float(without) > 0
+    t = torch.randn(5, 6)
+    assert float(distill_loss(t * 3.0, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(-t, t)) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_checkpoint_rebuilds_the_same_encoder(tmp_path):
+    training = EncoderTraining(EncoderConfig(n_speakers=5, teacher_dim=6, **TINY))
+    path = save_encoder(tmp_path / "c.pt", training, {"note": "x"})
+    enc, ckpt = load_encoder(path)
+    assert ckpt["note"] == "x" and ckpt["encoder_config"]["embedding_dim"] == 8
+    x = torch.from_numpy(images(2))[:, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(enc(x).numpy(), training.encoder.eval()(x).numpy(), atol=1e-6)
+
+
+def test_trials_pair_every_attempt_with_every_profile_and_never_itself():
+    rng = np.random.default_rng(0)
+    enrol = [rng.normal(size=(4, 3, 8)) for _ in range(3)]
+    attempts = [(0, rng.normal(size=(2, 3, 8))), (2, rng.normal(size=(2, 3, 8)))]
+    t = trials(enrol, attempts)
+    assert t["cos"].shape == (6, 3)  # 2 attempts x 3 profiles, S = 3
+    assert t["genuine"].sum() == 2
+    assert np.all(t["genuine"] == (t["profile"] == t["speaker"]))
+
+
+def test_eer_and_frr_at_far_on_known_distributions():
+    rng = np.random.default_rng(1)
+    g, i = rng.normal(1, 1, 4000), rng.normal(-1, 1, 20000)
+    e, _ = eer(g, i)
+    assert e == pytest.approx(0.1587, abs=0.01)  # Phi(-1)
+    frr, thr = frr_at_far(g, i, 0.01)
+    assert np.mean(i >= thr) <= 0.01
+    assert frr == pytest.approx(0.63, abs=0.03)  # Phi(2.326 - 1 - 1)... = Phi(0.326)
+
+
+def test_calibration_is_monotone_and_rejects_a_non_separating_encoder():
+    from voicegate.device.scoring import calibrate
+    from voicegate.export.encoder_export import fit_calibration
+
+    rng = np.random.default_rng(2)
+    cal = fit_calibration(rng.normal(0.7, 0.1, 300), rng.normal(0.2, 0.15, 3000))
+    assert cal["type"] == "logistic" and cal["a"] > 0
+    grid = np.linspace(-1, 1, 201)
+    p = calibrate(grid, (cal["a"], cal["b"]))
+    assert np.all(np.diff(p) > 0)
+    # class-balanced: p = 0.5 lies between the two means
+    assert 0.2 < -cal["b"] / cal["a"] < 0.7
+    with pytest.raises(ValueError):
+        fit_calibration(rng.normal(0.2, 0.1, 300), rng.normal(0.7, 0.1, 3000))
+
+
+def test_mc_graph_varies_under_default_ort_options_and_matches_torch():
+    import onnxruntime as ort
+
+    from voicegate.device.contract import EMBEDDINGS_NAME, INPUT_NAME
+    from voicegate.export.encoder_export import check_parity, export_encoder_mc
+    from voicegate.export.graphs import with_dropout_p
+
+    enc = tiny_encoder(3)
+    proto = export_encoder_mc(enc, samples=6)
+    assert [o.name for o in proto.graph.output] == [EMBEDDINGS_NAME]
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # default options
+    x = images(3, seed=4)[:, None]
+    a = sess.run(None, {INPUT_NAME: x})[0]
+    b = sess.run(None, {INPUT_NAME: x})[0]
+    assert a.shape == (3, 6, 8)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=-1), 1.0, atol=1e-5)
+    assert not np.allclose(a, b)  # fresh masks every run
+    assert np.abs(a[:, 0] - a[:, 1]).max() > 1e-4  # samples differ within one run
+    off = ort.InferenceSession(with_dropout_p(proto, 0.0).SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = enc(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(off.run(None, {INPUT_NAME: x})[0], np.repeat(ref[:, None], 6, 1), atol=1e-5)
+    report = check_parity(proto, enc, x[:, 0], samples=6)
+    assert report["max_abs_dropout_off"] < 1e-4 and report["onnx_sample_cos_std_max"] > 0

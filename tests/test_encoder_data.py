@@ -1,0 +1,129 @@
+"""Encoder data side: channel augmentation, the GE2E teacher wrapper, and a tiny end-to-end
+train + export of the speaker encoder on generated speech."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from voicegate.device.audio import SAMPLE_RATE
+from voicegate.train.data import channel
+
+from synth import make_manifest_corpus, synth_voice
+
+
+def band_energy(x: np.ndarray, lo: float, hi: float) -> float:
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(x.size, 1 / SAMPLE_RATE)
+    return float(spec[(f >= lo) & (f < hi)].sum())
+
+
+@pytest.fixture(scope="module")
+def voice():
+    return synth_voice("f1", 3.0, seed=1)
+
+
+def test_named_channels_are_deterministic_and_keep_the_length(voice):
+    for name in channel.CHANNELS:
+        a = channel.apply_channel(voice, name, seed=3)
+        b = channel.apply_channel(voice, name, seed=3)
+        c = channel.apply_channel(voice, name, seed=4)
+        assert a.shape == voice.shape and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c), name
+        assert np.all(np.isfinite(a)) and np.abs(a).max() <= 1.0
+    with pytest.raises(ValueError):
+        channel.apply_channel(voice, "walkie_talkie")
+
+
+def test_telephone_removes_the_band_above_3400_hz_and_far_field_is_24_db_down(voice):
+    tel = channel.apply_channel(voice, "telephone")
+    share = lambda x: band_energy(x, 4500, 8000) / band_energy(x, 0, 8000)  # noqa: E731
+    assert share(tel) < 0.05 * share(voice)
+    far = channel.apply_channel(voice, "far_field")
+    drop_db = 10 * np.log10(np.mean(far.astype(np.float64) ** 2) / np.mean(voice.astype(np.float64) ** 2))
+    assert -26.0 < drop_db < -20.0
+
+
+def test_random_channel_every_stage(voice):
+    cfg = channel.ChannelConfig(reverb_prob=1, band_prob=1, codec_prob=1, noise_prob=1, rir_bank=2)
+    y, params = channel.random_channel(voice, np.random.default_rng(0), {"hum": np.sin(np.arange(8000) * 0.05)}, cfg)
+    assert y.shape == voice.shape and np.all(np.isfinite(y))
+    assert {"room", "band", "noise", "snr_db", "gain_db", "codec"} <= set(params)
+    assert -30.0 <= params["gain_db"] <= 6.0 and 0.0 <= params["snr_db"] <= 20.0
+
+
+def test_pkg_resources_stand_in(monkeypatch):
+    from voicegate.train.models import teacher
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pkg_resources" else real_find(name, *a))
+    monkeypatch.delitem(sys.modules, "pkg_resources", raising=False)
+    try:
+        teacher.ensure_pkg_resources()
+        import pkg_resources
+
+        assert pkg_resources.get_distribution("numpy").version == np.__version__
+    finally:
+        sys.modules.pop("pkg_resources", None)
+
+
+def test_teacher_batched_mels_match_resemblyzer():
+    from voicegate.train.models import teacher
+
+    teacher.ensure_pkg_resources()
+    pytest.importorskip("resemblyzer", reason="the GE2E teacher is not installed (pip install --no-deps resemblyzer)")
+    t = teacher.Teacher(threads=1)
+    windows = np.stack([synth_voice("m1", 2.0, seed=s) for s in (0, 1)])
+    ref = t._audio.wav_to_mel_spectrogram(teacher.normalise_volume(windows[0]))
+    np.testing.assert_allclose(t.mels(windows)[0], ref, rtol=1e-3, atol=1e-6 * ref.max())
+    e = t.embed_windows(windows)
+    assert e.shape == (2, teacher.TEACHER_DIM)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_tiny_encoder_train_and_export_end_to_end(tmp_path):
+    from voicegate.device.encoder import Encoder
+    from voicegate.export.encoder_export import export_encoder
+    from voicegate.export.onnx_export import ExportConfig
+    from voicegate.train.data.encoder_data import EncoderData, EncoderDataConfig, prepare_encoder_data
+    from voicegate.train.models.fit_encoder import EncoderTrainConfig, train_encoder
+
+    root = make_manifest_corpus(tmp_path / "tiny", allowed=("f1",), not_allowed=("f2", "m2", "f4", "m4"),
+                                impostors=("m3",), recordings=3, seconds=3.0)
+    cfg = EncoderDataConfig(corpora=[str(root)], cache=str(tmp_path / "cache"), max_windows=3, aug_copies=1,
+                            val_speakers={"tiny": 2}, teacher=False, workers=1,
+                            channel=channel.ChannelConfig(rir_bank=2).to_dict())
+    data = EncoderData(prepare_encoder_data(cfg))
+    meta = data.meta
+    trained = {s.split("/")[1] for s in meta["speakers"]}
+    validation = {s.split("/")[1] for s in meta["validation_speakers"]}
+    assert len(trained) == 2 and len(validation) == 2 and not trained & validation
+    assert not (trained | validation) & {"f1", "m3"}  # allowed and held-out never reach the encoder
+    assert data.images.shape[1] == 2 and data.images.dtype == np.uint8
+    assert meta["per_corpus"]["tiny"]["training_windows"] == data.labels.size
+    assert prepare_encoder_data(cfg) == data.folder  # the cache is reused
+
+    run = train_encoder(EncoderTrainConfig(data=str(data.folder), out=str(tmp_path / "run"), epochs=6, batch_size=4,
+                                           lr=1e-2, warmup=0.05, threads=1, encoder={"widths": (4, 8, 8, 16), "trunk_dim": 16,
+                                                               "embedding_dim": 8}))
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 6 and "eer" in history[-1]["val"]["all"]
+    assert (run / "curves.png").stat().st_size > 0
+    out = export_encoder(run, tmp_path / "models" / "enc.onnx", ExportConfig(samples=4, parity_windows=4))
+    enc = Encoder.load(out)
+    c = enc.contract
+    assert c.kind == "encoder" and c.samples == 4 and c.embedding_dim == 8
+    assert c.calibration["type"] == "logistic" and c.calibration["a"] > 0
+    assert str(tmp_path) not in json.dumps(c.to_dict())  # no absolute paths in the contract
+    emb = enc.embed(data.val_images[:3].astype(np.float32) / 255.0)
+    assert emb.shape == (3, 4, 8)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
+    assert (out.parent / (out.name + ".sha256")).is_file()
+    assert out.name in json.loads((out.parent / "manifest.json").read_text())

@@ -1,0 +1,323 @@
+"""Training the speaker encoder: `voicegate train-encoder`.
+
+1. prepares (or reuses) the encoder data set (:mod:`voicegate.train.data.encoder_data`): every
+   training speaker of every corpus given, validation speakers held out, allowed speakers and
+   held-out impostors never used; clean + channel-augmented windows; GE2E teacher embeddings;
+2. trains :class:`~voicegate.train.models.encoder.SpeakerEncoder` with AAM-softmax over the
+   training speakers, plus (``--distill-weight`` > 0) a cosine loss pulling a projection of the
+   student's embedding of the window (clean or augmented) towards the teacher's embedding of the
+   CLEAN window. Each epoch shows every window once, in one version: clean with probability
+   ``clean_prob``, else one of its augmented copies; SpecAugment masks on top;
+3. after every epoch: the validation speakers are enrolled (<= 30 s) and their 3 s attempts scored
+   (eval mode, cosine), EER and FRR at FAR 1 % overall and per corpus; ``history.json``,
+   ``curves.png``, ``checkpoint.pt`` (last) and ``best.pt`` (lowest validation EER) in ``--out``.
+
+With ``--minutes`` the learning-rate schedule (linear warm-up, cosine decay) follows the wall
+clock, so the run anneals fully and stops on time whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+RUN_MARKER = "encoder-run.json"  # tells `voicegate export` this folder is an encoder run
+
+
+@dataclass
+class EncoderTrainConfig:
+    data: str = "cache/encoder"
+    out: str = "runs/encoder"
+    epochs: int = 12  # at most; --minutes may stop earlier
+    minutes: float = 0.0  # wall-clock budget (0: epochs decide)
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup: float = 0.04  # share of the run spent warming the learning rate up
+    margin_warmup: float = 0.15  # share of the run over which the AAM margin grows from 0
+    clean_prob: float = 0.3
+    distill_weight: float = 2.0  # 0: no teacher
+    time_masks: int = 1
+    time_mask_max: int = 24
+    freq_masks: int = 1
+    freq_mask_max: int = 16
+    threads: int = 2
+    seed: int = 0
+    encoder: dict = field(default_factory=dict)  # EncoderConfig fields (dropout, embedding_dim, ...)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    if progress < warmup:
+        return max(progress / warmup, 0.02)
+    q = (progress - warmup) / max(1e-9, 1.0 - warmup)
+    return 0.5 * (1.0 + np.cos(np.pi * min(1.0, q)))
+
+
+def embed_images(encoder, images, batch: int = 128) -> np.ndarray:
+    """(n, 224, 224) images (uint8 or float in [0, 1]) -> (n, D) eval-mode embeddings."""
+    import torch
+
+    encoder.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = np.asarray(images[i : i + batch])
+            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+            out.append(encoder(torch.from_numpy(x)[:, None]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, encoder.cfg.embedding_dim), np.float32)
+
+
+def validate(encoder, data) -> dict:
+    """EER and FRR at FAR 1 % on the validation speakers (eval mode, one sample)."""
+    from .encoder import eer, frr_at_far, trials
+
+    rows, imgs = data.val_rows, data.val_images
+    emb = embed_images(encoder, imgs)
+    speakers = data.meta["validation_speakers"]
+    enrol, attempts = [], []
+    for k in np.unique(rows[:, 0]):
+        mine = rows[:, 0] == k
+        enrol.append(emb[mine & (rows[:, 1] < 0)][:, None])
+        for j in np.unique(rows[mine & (rows[:, 1] >= 0), 1]):
+            attempts.append((int(k), emb[mine & (rows[:, 1] == j)][:, None]))
+    t = trials(enrol, attempts)
+    cos, gen = t["cos"][:, 0], t["genuine"]
+    corpus = np.array([s.split("/")[0] for s in speakers])
+    report = {"all": _figures(cos[gen], cos[~gen], eer, frr_at_far)}
+    for name in sorted(set(corpus)):
+        same = (corpus[t["profile"]] == name) & (corpus[t["speaker"]] == name)
+        if gen[same].any() and (~gen[same]).any():
+            report[name] = _figures(cos[same & gen], cos[same & ~gen], eer, frr_at_far)
+    return report
+
+
+def _figures(g, i, eer, frr_at_far) -> dict:
+    e, thr = eer(g, i)
+    frr1, _ = frr_at_far(g, i, 0.01)
+    return {"eer": round(e, 4), "frr_at_far_1pct": round(frr1, 4), "eer_threshold": round(thr, 4),
+            "genuine": int(g.size), "impostor": int(i.size)}
+
+
+def train_encoder(cfg: EncoderTrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the run folder."""
+    import torch
+    from tqdm import tqdm
+
+    from voicegate.train.data.encoder_data import EncoderData
+    from voicegate.train.models.fit import spec_augment
+    from voicegate.train.models.torchutil import seed_everything, set_threads
+
+    from .encoder import EncoderConfig, EncoderTraining, distill_loss, save_encoder
+
+    set_threads(cfg.threads)
+    gen = seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = EncoderData(cfg.data)
+    t_load = time.time()
+    images = np.ascontiguousarray(data.images)  # into memory: epochs read it at random
+    labels = torch.from_numpy(data.labels.astype(np.int64))
+    use_teacher = cfg.distill_weight > 0 and data.teacher is not None
+    if cfg.distill_weight > 0 and data.teacher is None:
+        log.warning("the data set has no teacher embeddings: training without distillation")
+    teacher = torch.from_numpy(data.teacher) if use_teacher else None
+    enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": data.n_speakers,
+                               "teacher_dim": int(teacher.shape[1]) if use_teacher else 0})
+    training = EncoderTraining(enc_cfg)
+    opt = torch.optim.AdamW(training.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n, versions = images.shape[0], images.shape[1]
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    budget = cfg.minutes * 60.0
+    print(f"encoder training: {data.n_speakers} speakers, {n} windows x {versions} versions "
+          f"(loaded in {time.time() - t_load:.0f} s), {len(data.meta['validation_speakers'])} validation "
+          f"speakers, teacher {'on' if use_teacher else 'off'}, up to {cfg.epochs} epochs"
+          + (f" / {cfg.minutes:g} min" if budget else ""))
+    aug = SimpleNamespace(time_roll=True, time_masks=cfg.time_masks, time_mask_max=cfg.time_mask_max,
+                          freq_masks=cfg.freq_masks, freq_mask_max=cfg.freq_mask_max)
+    extra = {"train_config": cfg.to_dict(), "data": _data_summary(data)}
+    (out / RUN_MARKER).write_text(json.dumps({"kind": "encoder", "checkpoint": CHECKPOINT_NAME, "best": BEST_NAME,
+                                              "data": str(data.folder)}, indent=1))
+    history, best, step, start, done = [], None, 0, time.time(), False
+    for epoch in range(1, cfg.epochs + 1):
+        training.train()
+        perm = rng.permutation(n)
+        sums = {"aam": 0.0, "distill": 0.0, "acc": 0.0, "n": 0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=15)
+        for b in bar:
+            progress = max(step / total_steps, (time.time() - start) / budget if budget else 0.0)
+            if progress >= 1.0:
+                done = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(progress, cfg.warmup)
+            idx = np.sort(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            v = np.where(rng.random(idx.size) < cfg.clean_prob, 0, rng.integers(1, max(2, versions), idx.size))
+            v = np.minimum(v, versions - 1)
+            x = torch.from_numpy(images[idx, v].astype(np.float32) / 255.0)[:, None]
+            x = spec_augment(x, aug, gen).contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            emb = torch.nn.functional.normalize(training.encoder.raw(x), dim=-1)
+            margin = enc_cfg.margin * min(1.0, progress / cfg.margin_warmup) if cfg.margin_warmup else None
+            loss_aam, cos = training.aam(emb, y, margin)
+            loss = loss_aam
+            if use_teacher:
+                loss_d = distill_loss(training.project(emb), teacher[idx])
+                loss = loss + cfg.distill_weight * loss_d
+                sums["distill"] += loss_d.item() * idx.size
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sums["aam"] += loss_aam.item() * idx.size
+            sums["acc"] += float((cos.argmax(1) == y).float().sum())
+            sums["n"] += idx.size
+            if b % 10 == 0:
+                bar.set_postfix(aam=f"{sums['aam'] / sums['n']:.2f}", acc=f"{sums['acc'] / sums['n']:.2f}",
+                                lr=f"{opt.param_groups[0]['lr']:.1e}")
+        bar.close()
+        if sums["n"] == 0:
+            break
+        val = validate(training.encoder, data)
+        h = {"epoch": epoch, "windows": sums["n"], "aam_loss": round(sums["aam"] / sums["n"], 4),
+             "distill_loss": round(sums["distill"] / sums["n"], 4) if use_teacher else None,
+             "train_accuracy": round(sums["acc"] / sums["n"], 4), "lr": opt.param_groups[0]["lr"],
+             "progress": round(min(1.0, progress), 3), "elapsed_s": round(time.time() - start, 1), "val": val}
+        history.append(h)
+        print(f"epoch {epoch}: aam {h['aam_loss']:.3f} acc {h['train_accuracy']:.3f}"
+              + (f" distill {h['distill_loss']:.3f}" if use_teacher else "")
+              + f"  val EER {val['all']['eer']:.2%} FRR@FAR1% {val['all']['frr_at_far_1pct']:.2%}"
+              + f"  ({h['elapsed_s'] / 60:.1f} min)", flush=True)
+        extra.update(history=history, epoch=epoch, validation=val)
+        save_encoder(out / CHECKPOINT_NAME, training, extra)
+        if best is None or val["all"]["eer"] <= best:
+            best = val["all"]["eer"]
+            save_encoder(out / BEST_NAME, training, {**extra, "best_epoch": epoch})
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_curves(history, out / "curves.png")
+        if done:
+            break
+    (out / "train.json").write_text(json.dumps({**extra, "seconds": round(time.time() - start, 1),
+                                                 "best_val_eer": best}, indent=1))
+    return out
+
+
+def _data_summary(data) -> dict:
+    m = data.meta
+    return {"cache": str(data.folder), "windows": m["windows"], "versions": m["versions"],
+            "speakers": m["speakers"], "validation_speakers": m["validation_speakers"],
+            "per_corpus": m["per_corpus"], "validation_attempts": m["validation_attempts"],
+            "config": m["config"]}
+
+
+def plot_curves(history: list, path: Path) -> None:
+    """AAM / distillation loss, training accuracy and validation EER / FRR at FAR 1 % per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(ep, [h["aam_loss"] for h in history], marker="o", label="AAM")
+    if history[0].get("distill_loss") is not None:
+        axes[0].plot(ep, [h["distill_loss"] for h in history], marker="o", label="distillation")
+    axes[0].set_title("training loss")
+    axes[1].plot(ep, [h["train_accuracy"] for h in history], marker="o")
+    axes[1].set_title("training speaker accuracy")
+    for key, label in (("eer", "EER"), ("frr_at_far_1pct", "FRR at FAR 1%")):
+        axes[2].plot(ep, [100 * h["val"]["all"][key] for h in history], marker="o", label=label)
+    axes[2].set_title("validation speakers (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def corpora_in(folder: Path) -> list[Path]:
+    """Every sub-folder of ``folder`` with a manifest.csv and a roles.json."""
+    return sorted(p for p in Path(folder).iterdir() if (p / "manifest.csv").is_file() and (p / "roles.json").is_file())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = EncoderTrainConfig()
+    p.add_argument("--corpus", action="append", default=[], help="a corpus folder (manifest.csv + roles.json); repeat")
+    p.add_argument("--corpora", help="a folder whose every corpus (manifest + roles) is used, e.g. ../shared/data")
+    p.add_argument("--noise", help="folder of real noise recordings for the channel augmentation")
+    p.add_argument("--cache", default=d.data, help="encoder data cache folder (default %(default)s)")
+    p.add_argument("--out", default=d.out, help="run folder (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs (default %(default)s)")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget; the LR schedule follows it")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="0 trains without the teacher")
+    p.add_argument("--no-teacher", action="store_true", help="prepare no teacher embeddings (and train without)")
+    p.add_argument("--dropout", type=float, default=0.2, help="head dropout = the MC-dropout rate (default %(default)s)")
+    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--scale", type=float, default=30.0)
+    p.add_argument("--max-windows", type=int, default=20, help="windows per recording (default %(default)s)")
+    p.add_argument("--aug-copies", type=int, default=3, help="augmented copies per window (default %(default)s)")
+    p.add_argument("--limit-speakers", type=int, default=0, help="tiny runs: training speakers per corpus")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--workers", type=int, default=2, help="processes preparing the data")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from voicegate.train.data.encoder_data import EncoderDataConfig, prepare_encoder_data
+
+    corpora = [Path(c) for c in args.corpus]
+    if args.corpora:
+        corpora += corpora_in(Path(args.corpora))
+    if not corpora:
+        print("voicegate train-encoder: give --corpus DIR (repeatable) or --corpora DIR", file=sys.stderr)
+        return 2
+    missing = [str(c) for c in corpora if not (c / "manifest.csv").is_file()]
+    if missing:
+        print(f"voicegate train-encoder: no manifest.csv in {', '.join(missing)}", file=sys.stderr)
+        return 2
+    data_cfg = EncoderDataConfig(corpora=[str(c) for c in corpora], cache=args.cache, noise_dir=args.noise,
+                                 max_windows=args.max_windows, aug_copies=args.aug_copies,
+                                 teacher=not args.no_teacher, workers=args.workers, seed=args.seed,
+                                 limit_speakers=args.limit_speakers)
+    try:
+        folder = prepare_encoder_data(data_cfg)
+    except (ValueError, OSError) as e:
+        print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        return 1
+    meta = json.loads((folder / "meta.json").read_text())
+    for name, c in meta["per_corpus"].items():
+        print(f"{name}: {c['training_speakers']} training speakers, {c['training_windows']} windows; "
+              f"{c['validation_speakers']} validation speakers; excluded {c['excluded_allowed']} allowed + "
+              f"{c['excluded_heldout']} held-out")
+    cfg = EncoderTrainConfig(
+        data=str(folder), out=args.out, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+        lr=args.lr, distill_weight=0.0 if args.no_teacher else args.distill_weight, threads=args.threads,
+        seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
+                                 "margin": args.margin, "scale": args.scale},
+    )
+    out = train_encoder(cfg)
+    print(f"encoder run: {out} (checkpoint {out / CHECKPOINT_NAME}, best {out / BEST_NAME})")
+    return 0
