@@ -315,6 +315,20 @@ def _check_rate(sample_rate, where: str) -> int:
 
 
 # --- resampling ------------------------------------------------------------------------------
+def _resample_cutoff(up: int, down: int) -> float:
+    """The filter's cutoff relative to the input Nyquist frequency."""
+    return RESAMPLE_ROLLOFF * min(1.0, up / down)
+
+
+def resample_half_width(up: int, down: int) -> int:
+    """Taps each side of the resampler's sinc, in input samples, for the ratio ``up/down``.
+
+    The one formula: :func:`resample` uses it, and so does a streaming reader
+    (``stream.iter_file_16k``) to know how much context each block needs.
+    """
+    return int(math.ceil(RESAMPLE_ZERO_CROSSINGS / _resample_cutoff(up, down)))
+
+
 @functools.lru_cache(maxsize=4)
 def _resample_table(up: int, down: int) -> tuple[np.ndarray, int]:
     """Polyphase windowed-sinc table: row p holds the taps for output phase p/up.
@@ -322,8 +336,8 @@ def _resample_table(up: int, down: int) -> tuple[np.ndarray, int]:
     Built a block of phases at a time (odd rates have up to 16000 phases) and cached: a
     streaming reader resamples every block with the same table. The table is read-only.
     """
-    cutoff = RESAMPLE_ROLLOFF * min(1.0, up / down)  # relative to the input Nyquist
-    half = int(math.ceil(RESAMPLE_ZERO_CROSSINGS / cutoff))  # taps each side, input samples
+    cutoff = _resample_cutoff(up, down)
+    half = resample_half_width(up, down)
     offsets = np.arange(-half + 1, half + 1)  # input sample k = floor(t) + offset
     w = np.kaiser(2 * half + 1, RESAMPLE_KAISER_BETA)
     grid = np.linspace(-half, half, 2 * half + 1)

@@ -12,9 +12,10 @@ raising :class:`~voicegate.device.audio.AudioError` means the input itself is un
   the same path, decoded and resampled block by block so memory stays bounded, faster than
   real time. :class:`ArraySource` does the same for an array.
 
-:class:`Endpointer` cuts the stream into utterances with an energy VAD over fixed 10 ms frames
-and an adaptive noise floor. It re-frames its input internally, so the utterances it returns
-do not depend on the chunk sizes it is fed.
+:class:`Endpointer` cuts the stream into utterances with the speech detector (device/speech.py,
+Silero VAD) over fixed 32 ms frames: loud noise that is not speech never starts an utterance.
+It re-frames its input internally, so the utterances it returns do not depend on the chunk
+sizes it is fed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -38,6 +39,15 @@ from .audio import (
     mono_blocks,
     read_audio,
     resample,
+)
+from .speech import (
+    FRAME_SAMPLES,
+    FRAME_SECONDS,
+    Hysteresis,
+    Speech,
+    SpeechDetector,
+    default_detector,
+    sounding_frames,
 )
 
 log = logging.getLogger(__name__)
@@ -198,11 +208,8 @@ def iter_file_16k(path: PathLike, block_seconds: float = FILE_BLOCK_SECONDS) -> 
         return
     g = math.gcd(sr, SAMPLE_RATE)
     up, down = SAMPLE_RATE // g, sr // g
-    # taps each side of the resampler's sinc (see audio.resample), plus a safety margin
-    half = math.ceil(
-        _audio.RESAMPLE_ZERO_CROSSINGS / (_audio.RESAMPLE_ROLLOFF * min(1.0, up / down))
-    )
-    ctx = down * math.ceil((half + 2) / down)  # context each side, a multiple of `down`
+    half = _audio.resample_half_width(up, down)  # taps each side of the resampler's sinc
+    ctx = down * math.ceil((half + 2) / down)  # context each side (+ a margin), a multiple of `down`
     block = max(ctx, down * math.ceil(block_seconds * sr / down))
     blocks = mono_blocks(f, p, block)  # `block` frames each, but the last
     empty = np.zeros(0, dtype=np.float32)
@@ -349,33 +356,24 @@ class MicrophoneSource(AudioSource):
 
 
 # --- endpointing -----------------------------------------------------------------------------
-FRAME_SAMPLES = 160  # 10 ms analysis frames
+VAD_BLOCK_FRAMES = 8  # the VAD runs on this many whole frames at a time (256 ms; fewer calls)
 
 
 @dataclass
 class EndpointConfig:
-    """Energy VAD settings (levels in dB relative to full scale, times in seconds)."""
+    """Endpointing around the speech detector's frames (times in seconds).
 
-    start_db: float = 12.0  # a frame this far above the noise floor starts speech
-    continue_db: float = 8.0  # ... and this far above it keeps speech going (hysteresis)
-    min_level_dbfs: float = -55.0  # frames quieter than this are never speech
-    floor_min_dbfs: float = -80.0  # the noise floor is never taken lower than this
-    floor_window: float = 3.0  # the noise floor is the quietest frame of this much recent audio
-    pre_roll: float = 0.2  # audio kept before the first voiced frame
-    tail: float = 0.1  # audio kept after the last voiced frame
-    hangover: float = 0.45  # this much silence ends an utterance
-    min_speech: float = 0.3  # utterances with less voiced audio than this are dropped
+    Which frames are speech (thresholds, hysteresis) is the detector's :class:`SpeechConfig`;
+    these settings only say how much audio to keep around them and when an utterance ends.
+    """
+
+    pre_roll: float = 0.2  # audio kept before the first speech frame
+    tail: float = 0.064  # audio kept after the last speech frame (2 frames; the VAD lags ~0.1 s)
+    hangover: float = 0.5  # this long below the detector's neg_threshold ends an utterance
     max_utterance: float = 10.0  # an utterance is cut at this length
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EndpointConfig":
-        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__})
-
     def frames(self, seconds: float) -> int:
-        return max(1, int(round(seconds * SAMPLE_RATE / FRAME_SAMPLES)))
+        return max(1, int(round(seconds / FRAME_SECONDS)))
 
 
 @dataclass
@@ -386,7 +384,7 @@ class Utterance:
     start_sample: int
     end_sample: int
     cut: str  # "silence", "max_length", "end_of_stream" or "aborted"
-    voiced_seconds: float
+    voiced_seconds: float  # frames the detector called speech
 
     @property
     def start_s(self) -> float:
@@ -398,125 +396,132 @@ class Utterance:
 
 
 class Endpointer:
-    """Streaming energy endpointer, invariant to the sizes of the chunks it is fed.
+    """Streaming endpointer on the speech detector (Silero VAD), invariant to chunk sizes.
 
-    Input is re-framed into fixed FRAME_SAMPLES frames (a partial frame waits for the next
-    chunk), and every decision is made per frame, so the same audio gives the same utterances
-    whatever the chunking. The noise floor is the quietest frame of the last ``floor_window``
-    seconds (a running minimum), so the thresholds follow the room.
+    Input is re-framed into FRAME_SAMPLES frames and the VAD runs on blocks of
+    VAD_BLOCK_FRAMES whole frames (its context and state carried over), so the same audio gives
+    the same frame probabilities, hence the same utterances, whatever the chunking. An
+    utterance starts at a frame the detector calls speech (``threshold``) and ends after
+    ``hangover`` seconds below its ``neg_threshold`` (the detector's hysteresis); noise the
+    detector does not call speech never starts one, however loud. An utterance that fails the
+    detector's rule (``SpeechConfig.min_speech_s`` of speech, ``min_share`` of its sounding
+    frames) is dropped: no decision is made on it.
     """
 
-    def __init__(self, config: EndpointConfig | None = None):
+    def __init__(self, config: EndpointConfig | None = None, detector: SpeechDetector | None = None):
         self.config = c = config or EndpointConfig()
-        self._hangover = c.frames(c.hangover)
+        self.detector = detector or default_detector()
+        self._vad = self.detector.model.stream()
+        self._rule = Hysteresis(replace(self.detector.config, min_silence_s=c.hangover))
         self._tail = c.frames(c.tail)
-        self._min_voiced = c.frames(c.min_speech)
         self._max_frames = c.frames(c.max_utterance)
-        self._floor_frames = c.frames(c.floor_window)
         self._pending = np.zeros(0, dtype=np.float32)
         self._frame_i = 0  # index of the next frame
-        self._floor: deque = deque()  # (frame index, dB), increasing dB: a running minimum
         self._pre: deque = deque(maxlen=c.frames(c.pre_roll))
         self._frames: list[np.ndarray] = []
-        self._in_speech = False
-        self._start_frame = 0
-        self._last_voiced = 0
-        self._voiced = 0
+        self._sounding: list[bool] = []  # per frame of the utterance: above SILENCE_FLOOR_DBFS?
+        self._start_frame = 0  # first frame of the utterance (pre-roll included)
+        self._speech_frame = 0  # its first speech frame
 
     @property
     def in_speech(self) -> bool:
-        return self._in_speech
+        return self._rule.in_speech
 
     @property
     def position_s(self) -> float:
         """Seconds of audio consumed so far (whole frames)."""
-        return self._frame_i * FRAME_SAMPLES / SAMPLE_RATE
-
-    @property
-    def noise_floor_dbfs(self) -> float:
-        return max(self._floor[0][1], self.config.floor_min_dbfs) if self._floor else float("nan")
+        return self._frame_i * FRAME_SECONDS
 
     def feed(self, chunk: np.ndarray) -> list[Utterance]:
         """Consume a chunk of any size; return the utterances it completed."""
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
         x = np.concatenate([self._pending, chunk]) if self._pending.size else chunk
-        n = x.size // FRAME_SAMPLES
-        self._pending = x[n * FRAME_SAMPLES :].copy()
-        if n == 0:
-            return []
-        frames = x[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
-        energy = np.square(frames, dtype=np.float64).sum(axis=1) / FRAME_SAMPLES
-        db = 10.0 * np.log10(energy + 1e-12)
-        out = []
-        for i in range(n):
-            utt = self._step(frames[i], float(db[i]))
+        block = VAD_BLOCK_FRAMES * FRAME_SAMPLES
+        n = x.size // block * block
+        self._pending = x[n:].copy()
+        return self._run(x[:n])
+
+    def flush(self) -> list[Utterance]:
+        """End of stream: decide the last whole frames; return the utterance in progress if it
+        has enough speech."""
+        x, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        out = self._run(x[: x.size // FRAME_SAMPLES * FRAME_SAMPLES])
+        seg = self._rule.finish()
+        if seg is not None:
+            utt = self._finish("end_of_stream", end_frame=seg[1])
             if utt is not None:
                 out.append(utt)
         return out
 
-    def flush(self) -> list[Utterance]:
-        """End of stream: return the utterance in progress if it has enough speech."""
-        self._pending = np.zeros(0, dtype=np.float32)
-        if not self._in_speech:
-            return []
-        utt = self._finish("end_of_stream")
-        return [utt] if utt is not None else []
-
     def abort(self) -> Optional[Utterance]:
         """Drop the utterance in progress (the source failed) and return it, however short."""
-        if not self._in_speech:
+        if not self._rule.in_speech:
             return None
+        self._rule.finish()
         return self._finish("aborted", keep_short=True)
 
-    def _step(self, frame: np.ndarray, db: float) -> Optional[Utterance]:
-        c = self.config
+    def _run(self, x: np.ndarray) -> list[Utterance]:
+        if x.size == 0:
+            return []
+        probs = self._vad.feed(x)
+        frames = x.reshape(-1, FRAME_SAMPLES)
+        sounding = sounding_frames(x)
+        out = []
+        for frame, p, loud in zip(frames, probs, sounding):
+            utt = self._step(frame, float(p), bool(loud))
+            if utt is not None:
+                out.append(utt)
+        return out
+
+    def _step(self, frame: np.ndarray, p: float, loud: bool) -> Optional[Utterance]:
         i = self._frame_i
         self._frame_i += 1
-        floor = self._floor
-        while floor and floor[-1][1] >= db:
-            floor.pop()
-        floor.append((i, db))
-        while floor[0][0] <= i - self._floor_frames:
-            floor.popleft()
-        level = max(floor[0][1], c.floor_min_dbfs)
-        above = c.continue_db if self._in_speech else c.start_db
-        voiced = db > max(level + above, c.min_level_dbfs)
-        if not self._in_speech:
-            self._pre.append(frame)
-            if voiced:
-                self._in_speech = True
-                self._frames = list(self._pre)
-                self._pre.clear()
-                self._start_frame = i - len(self._frames) + 1
-                self._last_voiced = i
-                self._voiced = 1
+        was = self._rule.in_speech
+        seg = self._rule.step(p)
+        if not was:
+            if not self._rule.in_speech:
+                self._pre.append((frame, loud))
+                return None
+            self._frames = [f for f, _ in self._pre] + [frame]
+            self._sounding = [q for _, q in self._pre] + [loud]
+            self._start_frame = i - len(self._pre)
+            self._speech_frame = i
+            self._pre.clear()
             return None
         self._frames.append(frame)
-        if voiced:
-            self._last_voiced = i
-            self._voiced += 1
-        if i - self._last_voiced >= self._hangover:
-            return self._finish("silence")
+        self._sounding.append(loud)
+        if seg is not None:
+            return self._finish("silence", end_frame=seg[1])
         if len(self._frames) >= self._max_frames:
+            self._rule.finish()
             return self._finish("max_length")
         return None
 
-    def _finish(self, cut: str, keep_short: bool = False) -> Optional[Utterance]:
-        frames, start = self._frames, self._start_frame
-        if cut != "max_length":  # keep only a short tail after the last voiced frame
-            frames = frames[: self._last_voiced - start + 1 + self._tail]
-        voiced = self._voiced
-        self._in_speech = False
-        self._frames = []
-        self._voiced = 0
-        if not frames or (voiced < self._min_voiced and not keep_short):
+    def _finish(self, cut: str, end_frame: int | None = None, keep_short: bool = False) -> Optional[Utterance]:
+        frames, sounding, start = self._frames, self._sounding, self._start_frame
+        speech_end = len(frames) if end_frame is None else end_frame - start
+        if end_frame is not None:  # keep only a short tail after the last speech frame
+            frames, sounding = frames[: speech_end + self._tail], sounding[: speech_end + self._tail]
+        self._frames, self._sounding = [], []
+        if not frames:
             return None
         audio = np.concatenate(frames)
+        found = Speech(
+            audio=audio,
+            segments=[],
+            speech_seconds=sum(sounding[self._speech_frame - start : speech_end]) * FRAME_SECONDS,
+            sounding_seconds=sum(sounding) * FRAME_SECONDS,
+            audio_seconds=audio.size / SAMPLE_RATE,
+            config=self.detector.config,
+        )
         start_sample = start * FRAME_SAMPLES
+        if not found.decidable and not keep_short:
+            log.debug("dropped a sound at %.2f s: %s", start_sample / SAMPLE_RATE, found.reason())
+            return None
         return Utterance(
             audio=audio,
             start_sample=start_sample,
             end_sample=start_sample + audio.size,
             cut=cut,
-            voiced_seconds=voiced * FRAME_SAMPLES / SAMPLE_RATE,
+            voiced_seconds=found.speech_seconds,
         )

@@ -157,3 +157,59 @@ def test_the_device_path_imports_no_heavy_module():
             "bad = [m for m in ('torch', 'librosa', 'scipy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+# --- on the shared corpora ---------------------------------------------------------------------
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(request):
+    from conftest import _shared
+
+    return _shared(request.param)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("corpus_dir,min_recall,min_loud_recall",
+                         [("librispeech", 0.97, 0.98), ("speechocean762", 0.80, 0.95)],
+                         indirect=["corpus_dir"], ids=["librispeech", "speechocean762"])
+def test_the_detector_keeps_the_speech_the_trimmer_keeps(corpus_dir, min_recall, min_loud_recall):
+    """Clean recordings: the detector's padded segments cover what the energy trimmer keeps.
+
+    ``loud`` is the trimmer's voiced core (frames within 25 dB of the loudest); the trimmer's
+    own 40 dB rule also keeps leading and trailing room noise (speechocean762 has up to 2 s of
+    it), which the detector rightly drops. benchmarks/vad.py measures both on more files; the
+    bounds here sit under those figures (the 98 % of issue 10 holds on the voiced core).
+    """
+    import vad
+
+    det = speech.default_detector()
+    tot: dict = {}
+    for path in vad.corpus_files(corpus_dir.name, 12, seed=5):
+        x = load_audio(path)
+        for k, v in vad.kept_against_trimmer(x, det.select(x).segments).items():
+            tot[k] = tot.get(k, 0) + v
+    recall, loud = tot["both"] / tot["trimmer"], tot["loud_both"] / tot["loud"]
+    assert recall >= min_recall and loud >= min_loud_recall, (recall, loud, tot)
+
+
+@pytest.mark.shared
+def test_allowed_speech_in_noise_at_5db_snr_is_still_decided(librispeech, noise_dir):
+    import json
+
+    import vad
+
+    roles = json.loads((librispeech / "roles.json").read_text())
+    noises = sorted(noise_dir.glob("*.flac"))
+    files = vad.corpus_files("librispeech", len(noises), seed=7, speakers=set(roles["allowed"]))
+    refused = []
+    for i, (path, npath) in enumerate(zip(files, noises)):
+        x = load_audio(path, max_seconds=8.0)
+        n = load_audio(npath)
+        y = vad.mix(x, n, 5.0, offset=1000 * i)
+        try:
+            featurize(y)
+        except NoSpeechError as e:
+            refused.append(f"{path.name} + {npath.stem}: {e}")
+    assert refused == []

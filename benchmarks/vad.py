@@ -1,0 +1,412 @@
+"""The speech detector (issue 10): its cost, what it keeps, what it refuses, and listen's CPU.
+
+    python benchmarks/vad.py [--out benchmarks/vad.json] [--files 60] [--snr-files 30]
+        [--webrtcvad-path DIR] [--smoke]
+    python benchmarks/vad.py --nonspeech --out benchmarks/nonspeech.json
+
+Sections of the JSON (every figure measured here, on this machine, 1 thread):
+
+* ``cost``: CPU time (``time.process_time``) of the detector per second of audio, offline
+  (one pass over a 60 s recording) and streaming (100 ms chunks through the Endpointer), and
+  its share of a warm ``enroll-check`` decision on a 3 s utterance (``Gate.decide_audio``
+  with each shipped gate model, which runs the detector itself; medians of ``--repeats``), in
+  CPU time and in wall time (wall time includes waiting for a core on a loaded machine).
+* ``compare``: Silero VAD (the vendored model) against webrtcvad (``webrtcvad-wheels``, when
+  importable; ``--webrtcvad-path`` adds a folder to sys.path, it is no device dependency):
+  cost per second, speech kept against the energy trimmer on clean LibriSpeech, and false
+  speech on the shared noise (the share of its 30/32 ms frames called speech).
+* ``kept``: per corpus (librispeech, speechocean762; ``--files`` seeded random files each),
+  the seconds the detector keeps (padded segments) against what the energy trimmer
+  (``audio.voiced_intervals``) keeps: ``recall`` = both keep / trimmer keeps, ``ratio`` =
+  detector keeps / trimmer keeps, ``loud_recall`` = the same recall on the trimmer's frames
+  within 25 dB of the file's loudest (its voiced core), and the files with no decidable speech.
+* ``snr5``: utterances of the allowed LibriSpeech speakers mixed with each shared noise file at
+  5 dB SNR (RMS over the whole utterance), decided in-process by each shipped model: how many
+  were decided on (not exit 4), and the decisions.
+* ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
+  in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`).
+* ``listen_cpu``: process CPU seconds of ``voicegate listen --from-file`` per second of audio,
+  from the difference between a 10 s and a 70 s file of the same sound (startup cancels out),
+  for digital silence, -50 dBFS room noise and the shared washing machine at -26 dBFS. A live
+  microphone delivers the same audio in real time, so this is the share of one core listen
+  needs while idle in that sound (the PortAudio callback is not included).
+
+Nothing here asserts a figure; ``--smoke`` runs a tiny version to check the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "tests"))
+
+from voicegate.device import speech  # noqa: E402
+from voicegate.device.audio import SAMPLE_RATE, AudioError, load_audio, voiced_intervals  # noqa: E402
+
+SR = SAMPLE_RATE
+LOUD_TOP_DB = 25.0
+
+
+def _mask(n: int, intervals) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    for a, b in intervals:
+        m[a:b] = True
+    return m
+
+
+def corpus_files(corpus: str, k: int, seed: int = 0, speakers=None) -> list[Path]:
+    root = SHARED / corpus
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    if speakers is not None:
+        rows = [r for r in rows if r["speaker"] in speakers]
+    random.Random(seed).shuffle(rows)
+    return [root / r["path"] for r in rows[:k]]
+
+
+# --- speech kept -----------------------------------------------------------------------------
+def kept_against_trimmer(x: np.ndarray, segments) -> dict:
+    """Samples the trimmer keeps, the detector keeps, both, and the same on the trimmer's core."""
+    trim = _mask(x.size, voiced_intervals(x))
+    loud = _mask(x.size, voiced_intervals(x, top_db=LOUD_TOP_DB))
+    det = _mask(x.size, segments)
+    return {"trimmer": int(trim.sum()), "detector": int(det.sum()), "both": int((trim & det).sum()),
+            "loud": int(loud.sum()), "loud_both": int((loud & det).sum())}
+
+
+def kept(corpus: str, k: int) -> dict:
+    det = speech.default_detector()
+    tot = {"trimmer": 0, "detector": 0, "both": 0, "loud": 0, "loud_both": 0}
+    undecidable = []
+    files = corpus_files(corpus, k)
+    for path in files:
+        x = load_audio(path)
+        s = det.select(x)
+        for key, v in kept_against_trimmer(x, s.segments).items():
+            tot[key] += v
+        if not s.decidable:
+            undecidable.append(f"{path.relative_to(SHARED / corpus)}: {s.reason()}")
+    return {
+        "corpus": corpus, "files": len(files), "sample": f"random.Random(0).shuffle(manifest rows)[:{k}]",
+        "trimmer_seconds": round(tot["trimmer"] / SR, 1), "detector_seconds": round(tot["detector"] / SR, 1),
+        "recall": round(tot["both"] / tot["trimmer"], 4), "ratio": round(tot["detector"] / tot["trimmer"], 4),
+        "loud_recall": round(tot["loud_both"] / tot["loud"], 4), "undecidable": undecidable,
+    }
+
+
+# --- cost ------------------------------------------------------------------------------------
+def cpu_per_second(fn, x: np.ndarray, repeats: int = 3) -> float:
+    """Median CPU milliseconds of ``fn(x)`` per second of audio."""
+    runs = []
+    for _ in range(repeats):
+        t = time.process_time()
+        fn(x)
+        runs.append((time.process_time() - t) * 1000.0 / (x.size / SR))
+    return round(statistics.median(runs), 2)
+
+
+def long_speech(seconds: float) -> np.ndarray:
+    path = SHARED / "librispeech"
+    if (path / "manifest.csv").is_file():
+        xs, n = [], 0
+        for p in corpus_files("librispeech", 40, seed=1):
+            xs.append(load_audio(p))
+            n += xs[-1].size
+            if n >= seconds * SR:
+                break
+        return np.concatenate(xs)[: int(seconds * SR)]
+    x = load_audio(REPO / "models" / "example.wav")
+    return np.tile(x, int(np.ceil(seconds * SR / x.size)))[: int(seconds * SR)]
+
+
+def cost(repeats: int, seconds: float) -> dict:
+    from voicegate.device.runtime import Gate
+    from voicegate.device.stream import ArraySource, Endpointer
+
+    det = speech.default_detector()
+    x = long_speech(seconds)
+
+    def stream(a):
+        ep = Endpointer(detector=det)
+        for chunk in ArraySource(a, 1600):
+            ep.feed(chunk)
+        ep.flush()
+
+    out = {"audio_seconds": round(x.size / SR, 1),
+           "offline_cpu_ms_per_s": cpu_per_second(det.probabilities, x, repeats),
+           "select_cpu_ms_per_s": cpu_per_second(det.select, x, repeats),
+           "endpointer_cpu_ms_per_s": cpu_per_second(stream, x, repeats), "decision": []}
+    utt = x[: 3 * SR]
+    for model in shipped_gate_models():
+        gate = Gate.load(model)
+        gate.warmup()
+        runs = {"decision_cpu": [], "detector_cpu": [], "decision_wall": [], "detector_wall": []}
+        for _ in range(repeats):
+            for key, fn in (("detector", lambda: det.select(utt)), ("decision", lambda: gate.decide_audio(utt))):
+                c, w = time.process_time(), time.perf_counter()
+                fn()
+                runs[f"{key}_cpu"].append((time.process_time() - c) * 1000)
+                runs[f"{key}_wall"].append((time.perf_counter() - w) * 1000)
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        out["decision"].append({"model": model.name, "utterance_seconds": 3.0,
+                                **{f"{k}_ms": round(v, 1) for k, v in med.items()},
+                                "detector_share_cpu": round(med["detector_cpu"] / med["decision_cpu"], 3),
+                                "detector_share_wall": round(med["detector_wall"] / med["decision_wall"], 3)})
+    return out
+
+
+# --- Silero against webrtcvad ----------------------------------------------------------------
+def webrtc_frames(vad, x: np.ndarray, frame: int = 480) -> np.ndarray:
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    n = x.size // frame
+    return np.array([vad.is_speech(pcm[i * frame : (i + 1) * frame].tobytes(), SR) for i in range(n)], bool)
+
+
+def compare(files: list[Path], noise: list[np.ndarray], webrtc_path: str | None) -> dict:
+    det = speech.default_detector()
+    speech_audio = [load_audio(p) for p in files]
+    pad = int(det.config.pad_s * SR)
+
+    def silero_mask(x):
+        return _mask(x.size, det.select(x).segments)
+
+    def silero_false(x):
+        return float(np.mean(det.probabilities(x) >= det.config.threshold))
+
+    long = np.concatenate(speech_audio)
+    rows = {"silero": {"cpu_ms_per_s": cpu_per_second(det.probabilities, long, 3),
+                       **_kept_and_false(speech_audio, noise, silero_mask, silero_false)}}
+    if webrtc_path:
+        sys.path.insert(0, webrtc_path)
+    try:
+        import webrtcvad
+    except ImportError as e:
+        rows["webrtcvad"] = {"skipped": f"webrtcvad not importable ({e}); pip install webrtcvad-wheels"}
+        return rows
+    for mode in (1, 3):
+        vad = webrtcvad.Vad(mode)
+
+        def w_mask(x, vad=vad):
+            flags = webrtc_frames(vad, x)
+            m = np.zeros(x.size, bool)
+            for i in np.flatnonzero(flags):
+                m[max(0, i * 480 - pad) : i * 480 + 480 + pad] = True
+            return m
+
+        rows[f"webrtcvad_mode{mode}"] = {
+            "cpu_ms_per_s": cpu_per_second(lambda a, vad=vad: webrtc_frames(vad, a), long, 3),
+            **_kept_and_false(speech_audio, noise, w_mask, lambda a, vad=vad: float(np.mean(webrtc_frames(vad, a)))),
+        }
+    return rows
+
+
+def _kept_and_false(speech_audio, noise, mask_fn, false_fn) -> dict:
+    both = trim = 0
+    for x in speech_audio:
+        t = _mask(x.size, voiced_intervals(x))
+        both += int((t & mask_fn(x)).sum())
+        trim += int(t.sum())
+    false = [false_fn(n) for n in noise]
+    return {"recall_vs_trimmer": round(both / trim, 4), "noise_frames_called_speech": round(float(np.mean(false)), 4),
+            "noise_files": len(noise), "speech_files": len(speech_audio)}
+
+
+# --- 5 dB SNR --------------------------------------------------------------------------------
+def mix(x: np.ndarray, n: np.ndarray, snr_db: float, offset: int) -> np.ndarray:
+    n = np.resize(np.roll(n, -offset), x.size).astype(np.float64)
+    px, pn = np.mean(x.astype(np.float64) ** 2), np.mean(n**2)
+    return (x + n * np.sqrt(px / (pn * 10 ** (snr_db / 10)))).astype(np.float32)
+
+
+def noise_files() -> list[Path]:
+    return sorted((SHARED / "noise").glob("*.flac"))
+
+
+def snr5(k: int, snr_db: float = 5.0) -> dict:
+    from voicegate.device.features import featurize
+    from voicegate.device.runtime import Gate
+
+    roles = json.loads((SHARED / "librispeech" / "roles.json").read_text())
+    files = corpus_files("librispeech", k, seed=2, speakers=set(roles["allowed"]))
+    noises = [load_audio(p) for p in noise_files()]
+    rng = np.random.default_rng(0)
+    mixes = []
+    for i, path in enumerate(files):
+        x = load_audio(path)[: 10 * SR]
+        n = noises[i % len(noises)]
+        mixes.append((path.name, noise_files()[i % len(noises)].stem, mix(x, n, snr_db, int(rng.integers(0, n.size)))))
+    images = []
+    for name, nname, y in mixes:
+        try:
+            images.append(featurize(y))
+        except AudioError:
+            images.append(None)
+    out = {"snr_db": snr_db, "utterances": len(mixes), "corpus": "librispeech allowed speakers " + ",".join(roles["allowed"]),
+           "decided": sum(i is not None for i in images),
+           "not_decided": [f"{a} + {b}" for (a, b, _), i in zip(mixes, images) if i is None], "models": []}
+    for model in shipped_gate_models():
+        gate = Gate.load(model)
+        counts: dict = {}
+        for img in images:
+            if img is not None:
+                d = gate.decide_images(img)
+                counts[d.decision] = counts.get(d.decision, 0) + 1
+        out["models"].append({"model": model.name, "decisions": counts})
+    return out
+
+
+# --- listen CPU ------------------------------------------------------------------------------
+def listen_cpu(model: Path) -> dict:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    wm = SHARED / "noise" / "washing_machine.flac"
+    sounds = {"digital_silence": lambda n: np.zeros(n, np.float32),
+              "room_noise_-50dBFS": lambda n: (10 ** (-50 / 20) * rng.standard_normal(n)).astype(np.float32)}
+    if wm.is_file():
+        from nonspeech import set_rms_dbfs
+
+        base = load_audio(wm)
+        sounds["washing_machine_-26dBFS"] = lambda n: set_rms_dbfs(np.resize(base, n), -26.0)
+    out = {"method": "child CPU (user+sys) of `voicegate listen --from-file`, (70 s run - 10 s run) / 60 s",
+           "model": model.name, "sounds": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in sounds.items():
+            cpu = {}
+            for seconds in (10, 70):
+                path = Path(tmp) / f"{name}_{seconds}.wav"
+                sf.write(str(path), make(seconds * SR), SR, subtype="FLOAT")
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                r = subprocess.run([sys.executable, "-m", "voicegate.device", "listen", "--from-file", str(path),
+                                    "--model", str(model), "--json"], capture_output=True, text=True)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[seconds] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                decisions = sum(1 for line in r.stdout.splitlines() if line.startswith("{"))
+            out["sounds"][name] = {"cpu_share_of_one_core": round((cpu[70] - cpu[10]) / 60.0, 4),
+                                   "cpu_s_10s_file": round(cpu[10], 2), "cpu_s_70s_file": round(cpu[70], 2),
+                                   "decisions_in_70s": decisions, "exit_code": r.returncode}
+    return out
+
+
+# --- the non-speech suite --------------------------------------------------------------------
+def nonspeech_counts(listen: bool) -> dict:
+    """GRANTED counts on the non-speech suite (tests/nonspeech.py) for every shipped gate model.
+
+    In-process through ``Gate.decide_audio`` (enroll-check's path: an AudioError there is its
+    exit 4); with ``listen``, also ``voicegate listen --from-file`` on the whole suite joined
+    by 1 s of silence. This is the code that measured the "before" counts of issue 10 (then
+    benchmarks/nonspeech_count.py, run before the detector existed).
+    """
+    import soundfile as sf
+
+    import nonspeech
+    from voicegate.device.runtime import Gate
+
+    clips = list(nonspeech.suite(SHARED / "noise" if (SHARED / "noise").is_dir() else None))
+    out = {"suite_clips": len(clips), "in_process": [], "listen": []}
+    models = shipped_gate_models()
+    for model in models:
+        gate = Gate.load(model)
+        counts: dict = {}
+        granted = []
+        for name, x in clips:
+            try:
+                d = gate.decide_audio(x)
+            except AudioError:
+                counts["no_decision_exit4"] = counts.get("no_decision_exit4", 0) + 1
+                continue
+            counts[d.decision] = counts.get(d.decision, 0) + 1
+            if d.decision == "GRANTED":
+                granted.append((name, round(d.p_allow, 3), round(d.std, 3)))
+        out["in_process"].append({"model": model.name, "sha256": gate.sha256, "outcomes": counts,
+                                  "granted": len(granted), "granted_clips": granted})
+        print(f"{model.name}: GRANTED {len(granted)} of {len(clips)} ({counts})", flush=True)
+    if listen:
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / "nonspeech.wav"
+            sf.write(str(wav), nonspeech.concatenation([x for _, x in clips]), SR, subtype="FLOAT")
+            for model in models:
+                r = subprocess.run([sys.executable, "-m", "voicegate.device", "listen", "--from-file", str(wav),
+                                    "--model", str(model), "--json"], capture_output=True, text=True)
+                records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+                counts = {}
+                for rec in records:
+                    counts[rec["decision"]] = counts.get(rec["decision"], 0) + 1
+                out["listen"].append({"model": model.name, "exit_code": r.returncode, "decisions": len(records),
+                                      "counts": counts, "granted": counts.get("GRANTED", 0)})
+                print(f"listen {model.name}: GRANTED {counts.get('GRANTED', 0)} of {len(records)} decisions", flush=True)
+    return out
+
+
+def shipped_gate_models() -> list[Path]:
+    from test_nonspeech import shipped_gate_models as gate_models
+
+    return gate_models()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE / "vad.json")
+    ap.add_argument("--files", type=int, default=60, help="files per corpus for 'kept'")
+    ap.add_argument("--snr-files", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--webrtcvad-path", help="a folder holding webrtcvad (pip install --target DIR webrtcvad-wheels)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, not the figures")
+    ap.add_argument("--nonspeech", action="store_true",
+                    help="only the GRANTED counts on the non-speech suite (in-process and listen --from-file)")
+    args = ap.parse_args(argv)
+    if args.nonspeech:
+        result = nonspeech_counts(listen=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
+    if args.smoke:
+        args.files, args.snr_files, args.repeats = 3, 3, 1
+    t0 = time.time()
+    result = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+              "detector": speech.speech_contract(speech.default_detector()),
+              "rule": speech.default_detector().config.to_dict(), "smoke": args.smoke}
+    result["cost"] = cost(args.repeats, 10.0 if args.smoke else 60.0)
+    print("cost", json.dumps(result["cost"]), flush=True)
+    if (SHARED / "librispeech" / "manifest.csv").is_file():
+        from nonspeech import noise_pieces
+
+        pieces = [x for name, x in noise_pieces(SHARED / "noise") if name.endswith("@-26dBFS")]
+        result["compare"] = compare(corpus_files("librispeech", max(3, args.files // 3), seed=3),
+                                    pieces[:: (20 if args.smoke else 2)], args.webrtcvad_path)
+        print("compare", json.dumps(result["compare"]), flush=True)
+        result["kept"] = [kept(c, args.files) for c in ("librispeech", "speechocean762") if (SHARED / c / "manifest.csv").is_file()]
+        print("kept", json.dumps(result["kept"]), flush=True)
+        result["snr5"] = snr5(args.snr_files)
+        print("snr5", json.dumps(result["snr5"]), flush=True)
+    else:
+        result["shared_data"] = f"not found at {SHARED}: compare, kept and snr5 not measured"
+    models = shipped_gate_models()
+    if models and not args.smoke:
+        result["listen_cpu"] = listen_cpu(models[-1])
+        print("listen_cpu", json.dumps(result["listen_cpu"]), flush=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
