@@ -2,7 +2,8 @@
 
 Checks, in order: Python and platform; the model file's sha256; onnxruntime imports and runs the
 model *in a subprocess* (a crash such as "Illegal instruction" or a segfault is reported, not
-fatal); the model's contract; the warm decision time against the real-time budget; the profile
+fatal, see doctor_probe.py); the model's contract; the speech detector; the warm decision time
+against the real-time budget; the profile
 store (readable, 0600, made with this encoder); PortAudio and the input devices, with a 2 s level
 check of the chosen microphone (silent, too quiet, clipping); free disk for the audit log.
 
@@ -20,21 +21,16 @@ import json
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+from .doctor_probe import (  # noqa: F401 - Check and the statuses are this module's API too
+    FAIL, OK, REALTIME_BUDGET_S, SKIP, WARN, Check, first_line, probe_checks, run_probe,
+)
+
 EXIT_READY, EXIT_NOT_READY = 0, 1
 
 MIN_PYTHON = (3, 10)
-# onnxruntime releases known to break a Raspberry Pi 4 (onnxruntime issues #23957, #24112).
-KNOWN_BAD_ORT = {"1.21.0": "dies with 'Illegal instruction' at import on a Raspberry Pi 4 (fixed in 1.22)"}
-REALTIME_BUDGET_S = 3.0  # a decision must take less than the 3 s utterance it decides on
-PROBE_TIMEOUT_S = 300.0  # the onnxruntime subprocess (a slow board + a cold disk)
 MIC_SECONDS = 2.0
 CLIP_LEVEL = 0.999  # |sample| at or above this is full scale
 MAX_CLIPPED_FRACTION = 1e-3  # more full-scale samples than this: the capture gain is too high
@@ -42,22 +38,6 @@ QUIET_MARGIN_DB = 20.0  # speech should reach this far above the gate's no-speec
 MIN_FREE_BYTES = 64 * 1024 * 1024  # audit log: about 100,000 decisions at ~600 bytes each
 DEFAULT_LOG = Path("~/voicegate/audit.jsonl")  # the README's Pi deployment
 BENCH_REPEATS, CHECK_REPEATS = 20, 3
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok | warn | FAIL | skip
-    message: str
-    data: dict = field(default_factory=dict)
-
-    def line(self) -> str:
-        return f"[{self.status:>4}] {self.name:<18} {self.message}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 # --- Python, platform, model file ----------------------------------------------------------
@@ -99,160 +79,6 @@ def check_model_file(path: Path) -> tuple[Check, str | None]:
     return Check("model sha256", OK, f"{path.name}: {digest[:12]}... matches ({len(data)} bytes)"), digest
 
 
-# --- onnxruntime in a subprocess ----------------------------------------------------------
-def probe(model: str, audio: str, threads: int, repeats: int, emit) -> None:
-    """Runs in the child: import onnxruntime, load and run the model, time warm decisions.
-
-    ``emit(dict)`` gets {"stage": S, "begin": True} before each stage and the stage's result
-    after it, so a crash names the stage it happened in.
-    """
-    emit({"stage": "import", "begin": True})
-    t0 = time.perf_counter()
-    import numpy as np
-    import onnxruntime as ort
-
-    emit({"stage": "import", "ok": True, "onnxruntime": ort.__version__, "numpy": np.__version__,
-          "ms": (time.perf_counter() - t0) * 1e3})
-    from .contract import ModelContract
-    from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, featurize
-    from .runtime import make_session, read_verified_model
-
-    emit({"stage": "load", "begin": True})
-    t0 = time.perf_counter()
-    data, digest = read_verified_model(model)
-    session = make_session(data, threads)
-    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
-    contract.check_features(feature_contract())
-    emit({"stage": "load", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "kind": contract.kind,
-          "method": contract.method, "samples": contract.samples,
-          "feature_version": contract.features.get("feature_version"),
-          "outputs": [o.name for o in session.get_outputs()], "thresholds": contract.thresholds.to_dict()})
-    emit({"stage": "run", "begin": True})
-    name = session.get_inputs()[0].name
-    t0 = time.perf_counter()
-    (out, *_) = session.run(None, {name: np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)})
-    emit({"stage": "run", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "shape": list(out.shape)})
-    emit({"stage": "speech", "begin": True})
-    t0 = time.perf_counter()
-    try:
-        speech = importlib.import_module(".speech", __package__)
-    except ImportError:  # a build without a speech detector: the energy trimmer decides
-        speech = None
-    name_vad = speech.default_detector() and speech.VAD_MODEL_NAME if speech else None
-    emit({"stage": "speech", "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "detector": name_vad})
-    emit({"stage": "decision", "begin": True})
-    from .runtime import Gate
-
-    decide = Gate.load(model, threads=threads).decide_file if contract.kind == "classifier" else None
-    ms, feat_ms, result = [], [], None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        if decide is not None:
-            result = decide(audio).to_dict()
-        else:  # an encoder: featurize + the embedding run (scoring against profiles is tiny)
-            images = featurize(Path(audio), hop_seconds=INFER_HOP_SECONDS)
-            session.run(None, {name: images[:, None].astype(np.float32)})
-        ms.append((time.perf_counter() - t0) * 1e3)
-        t1 = time.perf_counter()
-        featurize(Path(audio), hop_seconds=INFER_HOP_SECONDS)
-        feat_ms.append((time.perf_counter() - t1) * 1e3)
-    emit({"stage": "decision", "ok": True, "ms": ms, "featurize_ms": feat_ms, "sha256": digest,
-          "what": "featurize + model + policy" if decide else "featurize + encoder (no scoring)",
-          "decision": (result or {}).get("decision"), "p_allow": (result or {}).get("p_allow")})
-
-
-def probe_main(argv: list[str]) -> int:
-    """The child's entry point: one JSON object per line on stdout."""
-    opts = json.loads(argv[0])
-
-    def emit(d: dict) -> None:
-        print(json.dumps(d), flush=True)
-
-    try:
-        probe(opts["model"], opts["audio"], opts["threads"], opts["repeats"], emit)
-    except Exception as e:
-        emit({"error": f"{type(e).__name__}: {_first_line(e)}"})
-        return 1
-    return 0
-
-
-PROBE_CODE = "import sys; from voicegate.device.doctor import probe_main; sys.exit(probe_main(sys.argv[1:]))"
-
-
-def run_probe(model: Path, audio: Path, threads: int, repeats: int,
-              timeout: float = PROBE_TIMEOUT_S) -> tuple[dict, str | None]:
-    """({stage: result}, failure or None) from a child process running :func:`probe`."""
-    cmd = [sys.executable, "-c", PROBE_CODE,
-           json.dumps({"model": str(model), "audio": str(audio), "threads": threads, "repeats": repeats})]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {}, f"the onnxruntime subprocess did not finish within {timeout:g} s"
-    stages, current, error = {}, None, None
-    for line in proc.stdout.splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if d.get("begin"):
-            current = d["stage"]
-        elif "error" in d:
-            error = d["error"]
-        elif "stage" in d:
-            stages[d["stage"]] = d
-            current = None
-    if proc.returncode < 0:
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        return stages, f"crashed with {sig} during {current or 'start-up'} (in a subprocess)"
-    if error or proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        return stages, f"failed during {current or 'start-up'}: {error or tail or f'exit {proc.returncode}'}"
-    return stages, None
-
-
-def probe_checks(stages: dict, failure: str | None, budget_s: float = REALTIME_BUDGET_S) -> list[Check]:
-    imp, load, run, dec = (stages.get(s) for s in ("import", "load", "run", "decision"))
-    out = []
-    if imp and run:
-        ver = imp["onnxruntime"]
-        bad = KNOWN_BAD_ORT.get(ver)
-        msg = f"onnxruntime {ver} (numpy {imp['numpy']}) imports and runs the model: output {run['shape']}"
-        out.append(Check("onnxruntime", FAIL if bad else OK,
-                         f"onnxruntime {ver} {bad}; pip install 'onnxruntime!={ver}'" if bad else msg, imp))
-    else:
-        ver = f" {imp['onnxruntime']}" if imp else ""
-        out.append(Check("onnxruntime", FAIL, f"onnxruntime{ver} {failure or 'did not run'}"))
-    if load:
-        out.append(Check("model contract", OK,
-                         f"{load['kind']} {load['method']} S={load['samples']}, features "
-                         f"{load['feature_version']} match this featurizer, outputs {load['outputs']}", load))
-    elif imp:
-        out.append(Check("model contract", FAIL, failure or "not loaded"))
-    else:
-        out.append(Check("model contract", SKIP, "not checked: onnxruntime did not import"))
-    vad = stages.get("speech")
-    if vad:
-        out.append(Check("speech detector", OK, f"{vad['detector'] or 'none in this build'} loaded "
-                                                f"(sha256 checked) in {vad['ms']:.0f} ms", vad))
-    else:
-        out.append(Check("speech detector", FAIL if run else SKIP,
-                         (failure or "not loaded") if run else "not checked: the model did not run"))
-    if dec:
-        ms = sorted(dec["ms"])
-        med = ms[len(ms) // 2] / 1e3
-        text = (f"warm decision {med * 1e3:.0f} ms median of {len(ms)} ({dec['what']}), "
-                f"budget {budget_s:g} s")
-        out.append(Check("decision time", OK if med < budget_s else FAIL,
-                         text if med < budget_s else text + ": too slow for a door", dec))
-    else:
-        out.append(Check("decision time", SKIP if not load else FAIL,
-                         "not measured: the model did not load" if not load else (failure or "not measured")))
-    return out
-
-
 # --- profiles ---------------------------------------------------------------------------------
 def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Check:
     """The store's files are 0600 in a 0700 folder and load with this encoder (the door's model
@@ -261,7 +87,7 @@ def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Ch
         enc = importlib.import_module(".encoder", __package__)
         profiles = importlib.import_module(".profiles", __package__)
     except ImportError as e:
-        return Check("profiles", SKIP, f"not checked: this build has no profile store ({_first_line(e)})")
+        return Check("profiles", SKIP, f"not checked: this build has no profile store ({first_line(e)})")
     from .contract import ModelError
     from .runtime import read_verified_model
 
@@ -281,7 +107,7 @@ def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Ch
         _, sha = read_verified_model(model if kind == "encoder" and model else enc.resolve_encoder_path())
         store.load_all(encoder_sha256=sha)
     except ModelError as e:
-        return Check("profiles", FAIL, _first_line(e))
+        return Check("profiles", FAIL, first_line(e))
     return Check("profiles", OK, f"{len(names)} profile(s) in {store.root}, 0600, made with encoder {sha[:12]}...")
 
 
@@ -331,7 +157,7 @@ def check_audio(device, seconds: float = MIC_SECONDS, record: bool = True, say=N
         sd.wait()
     except Exception as e:
         return out + [Check("microphone", FAIL, f"cannot record from {dev if dev is not None else 'the default input'} "
-                                                f"at {SAMPLE_RATE} Hz mono ({_first_line(e)})")]
+                                                f"at {SAMPLE_RATE} Hz mono ({first_line(e)})")]
     status, text = classify_level(x)
     return out + [Check("microphone", status, f"{seconds:g} s from {dev if dev is not None else 'default'}: {text}")]
 

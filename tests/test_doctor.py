@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicegate.device import doctor, stream
+from voicegate.device import doctor, doctor_probe, stream
 from voicegate.device.audio import SAMPLE_RATE
 from voicegate.device.contract import META_CONTRACT
 from voicegate.device.runtime import file_sha256, models_dir, write_sidecar
@@ -93,7 +93,7 @@ def test_probe_runs_the_shipped_model_in_a_subprocess():
 def test_a_crash_in_onnxruntime_is_reported_not_fatal(monkeypatch):
     crash = ("import json, os, signal; print(json.dumps({'stage': 'import', 'begin': True}), flush=True); "
              "os.kill(os.getpid(), signal.SIGSEGV)")
-    monkeypatch.setattr(doctor, "PROBE_CODE", crash)
+    monkeypatch.setattr(doctor_probe, "PROBE_CODE", crash)
     stages, failure = doctor.run_probe(SHIPPED, models_dir() / "example.wav", 1, 1)
     assert failure == "crashed with SIGSEGV during import (in a subprocess)"
     checks = doctor.probe_checks(stages, failure)
@@ -240,6 +240,7 @@ def test_verdict():
 
 def test_run_ready_and_not_ready(tmp_path, use_sd, capsys, monkeypatch):
     use_sd(fake_sounddevice(speech_like()))
+    monkeypatch.setattr(doctor, "CHECK_REPEATS", 1)
     assert doctor.run(args_for(tmp_path, no_mic=False)) == doctor.EXIT_READY
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("READY for a door") and len(out) == 11  # 10 checks + verdict
