@@ -127,3 +127,16 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
     assert (out.parent / (out.name + ".sha256")).is_file()
     assert out.name in json.loads((out.parent / "manifest.json").read_text())
+
+
+def test_train_encoder_cli_needs_a_corpus(tmp_path, capsys):
+    import argparse
+
+    from voicegate.train.models import fit_encoder
+
+    p = argparse.ArgumentParser()
+    fit_encoder.add_arguments(p)
+    assert fit_encoder.run(p.parse_args([])) == 2
+    assert fit_encoder.run(p.parse_args(["--corpus", str(tmp_path)])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("voicegate train-encoder:") for line in err)
