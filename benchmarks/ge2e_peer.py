@@ -15,7 +15,8 @@ has no calibration and no thresholds, so only score figures (EER, FRR at FAR 1 %
 minDCF) are given; it never fails an attempt the encoder's featurizer would reject.
 
 Writes ``<out>/<corpus>/eval.{json,md}`` and ``det.png`` per corpus (every channel), and
-``<out>/ge2e_peer.json`` and ``ge2e_peer.md`` (one table, a row per corpus and channel).
+``<out>/ge2e_peer.json`` and ``ge2e_peer.md``: one table, a row per corpus and channel, rebuilt
+from every ``<out>/*/eval.json`` on disk (``--summary-only`` rebuilds it alone).
 The teacher runs on the CPU with ``--threads`` torch threads (default 1). It is a training-side
 tool: the teacher never reaches the device.
 """
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,54 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {row['corpus']} | {row['channel']} | {row['profiles']} | {row['genuine_trials']} / "
                      f"{row['impostor_trials']} | {eer} | {100 * f1['frr']:.2f} [{100 * f1['frr_ci95'][0]:.2f}, "
                      f"{100 * f1['frr_ci95'][1]:.2f}] | {f01} | {row['min_dcf']:.3f} |")
-    lines += ["", f"Command: `{summary['command']}`", ""]
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in summary.get("commands", [summary["command"]])), ""]
     return "\n".join(lines)
+
+
+def rows_of(result: dict, tag: str) -> list:
+    rows = []
+    for ch, r in result["channels"].items():
+        c = r["counts"]
+        rows.append({"corpus": tag, "channel": ch, "profiles": c["profiles"],
+                     "impostor_only_speakers": c["impostor_only_speakers"],
+                     "genuine_trials": c["genuine_trials"], "impostor_trials": c["impostor_trials"],
+                     "failed_attempts": c["failed_attempts"], "eer": r["eer"],
+                     "eer_ci95": r["eer_ci95_speaker_bootstrap"], "frr_at_far_1": r["frr_at_far"]["1%"],
+                     "frr_at_far_0.1": r["frr_at_far"]["0.1%"], "min_dcf": r["min_dcf"]["value"],
+                     "trials_sha256": r.get("trials_sha256")})
+    return rows
+
+
+def write_summary(out: Path, command: str) -> dict:
+    """ge2e_peer.json / .md from every ``<out>/<corpus>/eval.json`` on disk (so runs of single
+    corpora, one after another or side by side, add up to one table)."""
+    rows, channels, seconds, commands = [], [], 0.0, []
+    for path in sorted(out.glob("*/eval.json")):
+        result = json.loads(path.read_text())
+        if result.get("model", {}).get("name") != GE2EEmbedder.name:
+            continue
+        rows += rows_of(result, path.parent.name)
+        channels += [c for c in result["channels"] if c not in channels]
+        seconds += result.get("seconds") or 0.0
+        cmd = result["model"].get("command")
+        if cmd and cmd not in commands:
+            commands.append(cmd)
+    summary = {
+        "peer": PEER_INFO,
+        "note": ("Enrolment protocol of `voicegate eval` (train/eval/enrolment.py): unseen speakers (allowed and "
+                 "held-out roles of each corpus) enrolled from <= 30 s, 3 s attempts, every attempt against every "
+                 "profile; a channel is applied to enrolment and attempts alike (one simulated door per corpus). "
+                 "Score: cosine of resemblyzer d-vectors. Per-corpus details and DET plots beside this file."),
+        "command": command, "commands": commands or [command], "channels": channels, "rows": rows, "seconds": round(seconds, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ge2e_peer.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "ge2e_peer.md").write_text(summary_markdown(summary))
+    return summary
+
+
+PEER_INFO = {"name": GE2EEmbedder.name, "kind": "peer", "package": "resemblyzer", "embedding_dim": 256,
+             "samples": 1, "note": "pretrained GE2E d-vector encoder (Apache-2.0)"}
 
 
 def main(argv=None) -> int:
@@ -90,48 +136,28 @@ def main(argv=None) -> int:
     p.add_argument("--halves", action="store_true",
                    help="single-recording held-out speakers enrol from the first half of their speech "
                         "(voicegate eval --halves); outputs go to <out>/<corpus>-halves")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild the summary table from <out>/*/eval.json")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = "python benchmarks/ge2e_peer.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.summary_only:
+        print(summary_markdown(write_summary(args.out, command)))
+        return 0
 
     from voicegate.train.eval.encoder_eval import channel_names, evaluate_corpus
 
     embedder = GE2EEmbedder(args.threads)
     channels = channel_names(args.channels)
-    rows, t0 = [], time.perf_counter()
-    info = {"name": GE2EEmbedder.name, "kind": "peer", "package": "resemblyzer",
-            "embedding_dim": 256, "samples": 1, "note": "pretrained GE2E d-vector encoder (Apache-2.0)"}
-    summary = {
-        "peer": info,
-        "note": ("Enrolment protocol of `voicegate eval` (train/eval/enrolment.py): unseen speakers (allowed and "
-                 "held-out roles of each corpus) enrolled from <= 30 s, 3 s attempts, every attempt against every "
-                 "profile; channels applied to enrolment and attempts alike. Score: cosine of resemblyzer "
-                 "d-vectors. Per-corpus details and DET plots beside this file."),
-        "command": "python benchmarks/ge2e_peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "channels": channels, "rows": rows, "seconds": None,
-    }
-    stem = "ge2e_peer" + ("_halves" if args.halves else "")
     for name in [c.strip() for c in args.corpora.split(",") if c.strip()]:
         corpus = args.data / name
         if not (corpus / "manifest.csv").is_file():
             print(f"ge2e_peer: corpus {corpus} not found", file=sys.stderr)
             return 1
         tag = name + ("-halves" if args.halves else "")
-        result = evaluate_corpus(embedder, str(corpus), channels, None, str(args.out / tag), info,
-                                 seed=args.seed, n_boot=args.bootstrap, progress=not args.no_progress,
-                                 halves=args.halves)
-        for ch, r in result["channels"].items():
-            c = r["counts"]
-            rows.append({"corpus": tag, "channel": ch, "profiles": c["profiles"],
-                         "impostor_only_speakers": c["impostor_only_speakers"],
-                         "genuine_trials": c["genuine_trials"], "impostor_trials": c["impostor_trials"],
-                         "failed_attempts": c["failed_attempts"], "eer": r["eer"],
-                         "eer_ci95": r["eer_ci95_speaker_bootstrap"], "frr_at_far_1": r["frr_at_far"]["1%"],
-                         "frr_at_far_0.1": r["frr_at_far"]["0.1%"], "min_dcf": r["min_dcf"]["value"]})
-        summary["seconds"] = round(time.perf_counter() - t0, 1)  # rewritten after every corpus
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (args.out / f"{stem}.md").write_text(summary_markdown(summary))
+        evaluate_corpus(embedder, str(corpus), channels, None, str(args.out / tag), {**PEER_INFO, "command": command},
+                        seed=args.seed, n_boot=args.bootstrap, progress=not args.no_progress, halves=args.halves)
+        summary = write_summary(args.out, command)  # after every corpus
     print(summary_markdown(summary))
     return 0
 
