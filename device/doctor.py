@@ -206,8 +206,9 @@ def bench_report(checks: list[Check], model: Path, threads: int) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "exit codes: 0 READY (every check passed or does not apply), 1 NOT READY, 2 usage error"
-    p.add_argument("--model", metavar="PATH", help="the door's model (default: $VOICEGATE_MODEL, else the shipped one)")
-    p.add_argument("--method", choices=("mc", "ensemble"), help="which shipped model (default mc)")
+    p.add_argument("--model", metavar="PATH",
+                   help="the door's model (default: $VOICEGATE_MODEL, else the shipped encoder, else classifier)")
+    p.add_argument("--method", choices=("mc", "ensemble"), help="check the shipped classifier of this method")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads, as the door uses (default 1)")
     p.add_argument("--device", metavar="ID", help="input device to level-check: index or part of its name")
     p.add_argument("--no-mic", action="store_true", help="skip the 2 s microphone level check")
@@ -219,14 +220,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 
 
+def door_model(model: str | None, method: str | None) -> Path:
+    """The model a door would use: ``--model`` > ``$VOICEGATE_MODEL`` > the shipped encoder when
+    this build has one (the default of enroll-check and listen) > the shipped classifier
+    (``--method`` picks which)."""
+    from .runtime import MODEL_ENV, resolve_model_path
+
+    if model or method or os.environ.get(MODEL_ENV):
+        return resolve_model_path(model, method)
+    try:
+        encoder = importlib.import_module(".encoder", __package__).resolve_encoder_path()
+    except ImportError:
+        return resolve_model_path(None, None)
+    return encoder if encoder.is_file() else resolve_model_path(None, None)
+
+
 def run(args: argparse.Namespace) -> int:
-    from .runtime import models_dir, resolve_model_path
+    from .runtime import models_dir
 
     if args.threads < 1:
         print("voicegate doctor: error: --threads must be >= 1", file=sys.stderr)
         return 2
     say = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    model = resolve_model_path(args.model, args.method)
+    model = door_model(args.model, args.method)
     audio = Path(args.audio) if args.audio else models_dir() / "example.wav"
     checks = [check_python()]
     file_check, digest = check_model_file(model)

@@ -29,6 +29,7 @@ import pi_emu  # noqa: E402
 
 EXAMPLE = REPO / "models" / "example.wav"
 CLIPS = [EXAMPLE]  # the shipped examples; the demo household's allowed clip joins when it ships
+CLASSIFIERS = {m: REPO / "models" / f"voicegate-compact-{m}.onnx" for m in ("mc", "ensemble")}
 
 
 def _required() -> bool:
@@ -91,7 +92,7 @@ def test_the_emulated_pi_is_an_aarch64_base_install(pi):
 @pytest.mark.parametrize("method", ["mc", "ensemble"])
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
 def test_enroll_check_matches_x86(pi, clip, method):
-    args = ["enroll-check", clip, "--method", method, "--json"]
+    args = ["enroll-check", clip, "--model", CLASSIFIERS[method], "--json"]
     want, got = x86(args), aarch64(pi, args)
     assert want["decision"] in ("GRANTED", "DENIED", "UNCERTAIN")
     assert pi_emu.compare(want, got) == []
@@ -134,7 +135,7 @@ def granting_gate(path: Path, samples: int = 8) -> Path:
 def test_comparison_fails_when_the_emulated_decision_differs(pi, tmp_path):
     """Feed the emulated Pi a different model (one that grants everyone): the comparison fails."""
     other = granting_gate(tmp_path / "grants.onnx")
-    want = x86(["enroll-check", EXAMPLE, "--json"])
+    want = x86(["enroll-check", EXAMPLE, "--model", CLASSIFIERS["mc"], "--json"])
     got = aarch64(pi, ["enroll-check", EXAMPLE, "--model", other, "--json"])
     assert want["decision"] == "DENIED" and got["decision"] == "GRANTED"
     bad = pi_emu.compare(want, got)

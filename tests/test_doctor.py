@@ -55,7 +55,7 @@ def speech_like(level: float = 0.3, seconds: float = doctor.MIC_SECONDS) -> np.n
 def args_for(tmp_path, **kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     doctor.add_arguments(p)
-    a = p.parse_args(["--no-mic", "--log", str(tmp_path / "log" / "audit.jsonl"),
+    a = p.parse_args(["--no-mic", "--log", str(tmp_path / "log" / "audit.jsonl"), "--model", str(SHIPPED),
                       "--profiles", str(tmp_path / "no-profiles")])
     for k, v in kw.items():
         setattr(a, k, v)
@@ -231,6 +231,18 @@ def test_low_disk_fails(tmp_path, monkeypatch):
 
 
 # --- the command -------------------------------------------------------------------------------
+def test_door_model_is_the_one_a_door_would_use(tmp_path, monkeypatch):
+    monkeypatch.delenv("VOICEGATE_MODEL", raising=False)
+    monkeypatch.setenv("VOICEGATE_ENCODER", str(tmp_path / "none.onnx"))  # a build without an encoder
+    assert doctor.door_model(None, None) == SHIPPED
+    (tmp_path / "enc.onnx").write_bytes(b"x")
+    monkeypatch.setenv("VOICEGATE_ENCODER", str(tmp_path / "enc.onnx"))
+    assert doctor.door_model(None, None) == tmp_path / "enc.onnx"  # enroll-check's default
+    assert doctor.door_model(None, "ensemble").name == "voicegate-compact-ensemble.onnx"
+    monkeypatch.setenv("VOICEGATE_MODEL", str(tmp_path / "m.onnx"))
+    assert doctor.door_model(None, None) == tmp_path / "m.onnx"
+
+
 def test_verdict():
     ok, skip, fail = (doctor.Check(n, s, "m") for n, s in (("a", doctor.OK), ("b", doctor.SKIP), ("c", doctor.FAIL)))
     assert doctor.verdict([ok, skip]) == (0, "READY for a door: 1 checks passed; skipped: b")

@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     worst = 0
     for clip in a.clips:
         for method in a.method or ("mc", "ensemble"):
-            args = ["enroll-check", clip, "--method", method, "--json"]
+            args = ["enroll-check", clip, "--model", REPO / "models" / f"voicegate-compact-{method}.onnx", "--json"]
             x, e = decision_json(x86_voicegate(args), "x86"), decision_json(pi.voicegate(args), "aarch64")
             bad = compare(x, e)
             worst = max(worst, len(bad))
