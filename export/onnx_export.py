@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voicegate.train.data.fingerprint import absolute_paths
+
 log = logging.getLogger(__name__)
 
 METHOD_CHOICES = ("mc", "ensemble", "both")
@@ -280,6 +282,25 @@ def open_corpus(data_config: dict, cache: str | None = None):
     return prepare.prepare_corpus(cfg)
 
 
+def training_corpus(corpus, data_config: dict, roles: dict) -> dict:
+    """The contract's corpus section: the corpus by name, the preparation config without paths,
+    the roles, and the fingerprint (manifest sha256, recording ids per split) of the windows the
+    run saw (the pure non-speech windows are not recordings of the corpus)."""
+    from voicegate.train.data.build import NONSPEECH_ROLE
+    from voicegate.train.data.fingerprint import fingerprint, portable_data_config
+
+    meta = getattr(corpus, "meta", None) or {}
+    root = Path(str(meta.get("corpus") or data_config.get("corpus") or "corpus"))
+    fp = meta.get("fingerprint")
+    if fp is None:  # a cache prepared before fingerprints: the recordings that gave windows
+        index = corpus.index
+        keep = np.asarray(index.role).astype(str) != NONSPEECH_ROLE
+        fp = fingerprint(root, zip(np.asarray(index.recording)[keep], np.asarray(index.split)[keep]))
+    portable = portable_data_config(data_config)
+    return {"name": portable.get("corpus") or root.name, "data_config": portable, "roles": roles,
+            "fingerprint": fp}
+
+
 def _run_members(run_dir: Path) -> tuple[dict, list, list[Path]]:
     from voicegate.train.models.trainer import CHECKPOINT_NAME, load_run
 
@@ -337,6 +358,7 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
     parity_images = np.concatenate([u[2] for u in utterances])[: cfg.parity_windows]
     roles = ckpt.get("roles") or info.get("roles") or {}
     data_config = ckpt.get("data_config") or info.get("data_config") or {}
+    corpus_section = training_corpus(corpus, data_config, roles)
     image_size = int(model_cfg.get("image_size", 224))
 
     written = {}
@@ -379,14 +401,16 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
             labels=list(LABELS),
             architecture=str(model_cfg.get("arch", info.get("arch", ""))),
             dropout_p=dropout_p,
-            corpus={"data_config": data_config, "roles": roles,
-                    "run": run_dir.name, "validation_utterances": len(utterances)},
+            corpus={**corpus_section, "run": run_dir.name, "validation_utterances": len(utterances)},
             metrics={"validation": val_report, "parity": parity, "training": _training_metrics(run_dir)},
             weights_sha256=weights_sha,
             created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             voicegate_version=voicegate.__version__,
             extra={"export_config": cfg.to_dict(), "model_config": model_cfg, "member": cfg.member if method == "mc" else None},
         )
+        leaked = absolute_paths(contract.to_dict())
+        if leaked:
+            raise ExportError(f"the contract would carry this machine's paths: {'; '.join(leaked[:3])}")
         path = paths[method]
         digest = write_model(proto, contract, path)
         gate = Gate.load(path)  # the device must accept what we wrote

@@ -174,7 +174,7 @@ def test_heldout_impostors_only_in_heldout_and_leakage_count():
 
 
 # --- augmentation ----------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["white", "pink", "file"])
+@pytest.mark.parametrize("kind", ["white", "pink", "brown", "file"])
 @pytest.mark.parametrize("snr", [0.0, 10.0, 20.0])
 def test_noise_is_mixed_at_the_requested_snr(tmp_path, kind, snr):
     rng = np.random.default_rng(0)
@@ -197,6 +197,34 @@ def test_pink_noise_falls_with_frequency():
     f = np.fft.rfftfreq(x.size, 1 / SR)
     low, high = spec[(f > 100) & (f < 200)].mean(), spec[(f > 3200) & (f < 6400)].mean()
     assert 10 * np.log10(low / high) > 10  # ~3 dB per octave over 4-5 octaves
+
+
+def test_training_and_eval_use_disjoint_parts_of_each_noise_file(tmp_path):
+    x = np.arange(SR * 10, dtype=np.float32)
+    train, ev = AUG.noise_part(x, "train"), AUG.noise_part(x, "eval")
+    assert train.size + ev.size == x.size and train[-1] < ev[0]
+    assert train.size == pytest.approx(AUG.NOISE_TRAIN_SHARE * x.size, abs=1)
+    write_wav(tmp_path / "n.flac", 0.1 * np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32))
+    assert AUG.load_noises(tmp_path)["n.flac"].size == int(round(AUG.NOISE_TRAIN_SHARE * SR * 2))
+    assert AUG.load_noises(tmp_path, part="eval")["n.flac"].size == SR * 2 - int(round(AUG.NOISE_TRAIN_SHARE * SR * 2))
+
+
+@pytest.mark.parametrize("kind", AUG.NONSPEECH_KINDS)
+def test_nonspeech_clips_have_the_level_asked_for(kind):
+    rng = np.random.default_rng(3)
+    noises = {"tap.flac": 0.2 * np.random.default_rng(1).standard_normal(SR).astype(np.float32)}
+    x, name = AUG.nonspeech_clip(kind, SR * 2, rng, noises, -30.0)
+    assert x.shape == (SR * 2,) and x.dtype == np.float32 and np.all(np.isfinite(x))
+    assert 10 * np.log10(AUG.power(x)) == pytest.approx(-30.0, abs=0.1)
+    assert name == {"noise_file": "tap.flac"}.get(kind, kind)
+
+
+def test_hum_is_mains_and_its_harmonics():
+    x = AUG.hum(SR * 2, np.random.default_rng(0), mains_hz=50.0)
+    spec = np.abs(np.fft.rfft(x))
+    f = np.fft.rfftfreq(x.size, 1 / SR)
+    assert f[np.argmax(spec)] in (50.0, 100.0, 150.0, 250.0, 350.0)
+    assert spec[(f > 1000)].max() < 0.05 * spec.max()
 
 
 def test_pitch_shift_moves_a_tone_and_keeps_length():

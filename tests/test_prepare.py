@@ -18,17 +18,19 @@ from voicegate.train.data.corpus import CorpusError, Roles, load_corpus
 from voicegate.train.data.splits import HELDOUT, count_heldout_violations, count_leakage, split_recordings
 
 SR = 16000
+NONSPEECH = 10  # pure non-speech windows in the module's prepared corpus
+FIXTURE = {"aug_copies": 2, "nonspeech_windows": NONSPEECH}
 
 
 def _cfg(corpus, cache, **kw):
-    kw = {"aug_copies_allowed": 2, "aug_copies_other": 1, "progress": False, **kw}
+    kw = {"aug_copies": 1, "nonspeech_windows": 0, "progress": False, **kw}
     return P.PrepareConfig(corpus=str(corpus), cache_dir=str(cache), **kw)
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_corpus, tmp_path_factory):
     cache = tmp_path_factory.mktemp("prep") / "cache"
-    return P.prepare_corpus(_cfg(tiny_corpus, cache))
+    return P.prepare_corpus(_cfg(tiny_corpus, cache, **FIXTURE))
 
 
 def test_prepared_windows_shapes_labels_and_splits(prepared, tiny_corpus):
@@ -46,10 +48,10 @@ def test_prepared_windows_shapes_labels_and_splits(prepared, tiny_corpus):
     assert not set(idx.speaker[np.isin(idx.split, ["train", "val", "test"])]) & set(roles.heldout_impostors)
     assert count_leakage(zip(idx.recording, idx.split)) == 0
     assert count_heldout_violations(zip(idx.speaker, idx.split), roles) == 0
-    # augmented copies exist only in train, more of them for the allowed class
+    # augmented copies exist only in train, the same number for every class (issue 10)
     assert set(idx.split[idx.aug > 0]) == {"train"}
     assert set(idx.aug[(idx.split == "train") & (idx.label == 1)]) == {0, 1, 2}
-    assert set(idx.aug[(idx.split == "train") & (idx.label == 0)]) == {0, 1}
+    assert set(idx.aug[(idx.split == "train") & (idx.label == 0)]) == {0, 1, 2}
     assert len(pc.indices("train", aug=False)) < len(pc.indices("train"))
     assert set(idx.aug[pc.indices("train", aug=False)]) == {0}
     b = pc.batch(pc.indices("val")[:3])
@@ -59,11 +61,53 @@ def test_prepared_windows_shapes_labels_and_splits(prepared, tiny_corpus):
     assert w[1] * c["allowed"] == pytest.approx(w[0] * c["not_allowed"], rel=1e-5)
 
 
+def test_every_class_gets_the_same_copies_and_the_same_noise(prepared):
+    """No shortcut from noise to "allowed": per training recording, as many augmented windows per
+    clean window in both classes, and both classes drew from the same noise kinds."""
+    import csv as _csv
+
+    idx = prepared.index
+    speech = (idx.split == "train") & (idx.role != "nonspeech")
+    ratio = {}
+    for label in (0, 1):
+        m = speech & (idx.label == label)
+        ratio[label] = (m & (idx.aug > 0)).sum() / (m & (idx.aug == 0)).sum()
+    assert ratio[0] == pytest.approx(ratio[1], rel=0.1) and ratio[1] == pytest.approx(2.0, rel=0.1)
+    with open(prepared.root / "augmentations.csv") as f:
+        rows = list(_csv.DictReader(f))
+    label_of = dict(zip(idx.item, idx.label))
+    copies = {0: {}, 1: {}}
+    for r in rows:
+        copies[int(label_of[r["item"]])][r["item"]] = copies[int(label_of[r["item"]])].get(r["item"], 0) + 1
+    assert set(copies[0].values()) == set(copies[1].values()) == {2}
+
+
+def test_pure_nonspeech_windows_are_not_allowed_train_windows(prepared):
+    from voicegate.train.data.augment import NONSPEECH_KINDS
+
+    idx = prepared.index
+    m = idx.role == "nonspeech"
+    assert int(m.sum()) == NONSPEECH == prepared.report["nonspeech"]["windows"]
+    assert set(idx.split[m]) == {"train"} and set(idx.label[m]) == {0} and set(idx.aug[m]) == {0}
+    names = {str(s).split(":", 1)[1] for s in idx.speaker[m]}
+    assert {"white", "pink", "brown", "hum"} <= names and len(names) >= len(NONSPEECH_KINDS) - 1
+    img = prepared.images[np.flatnonzero(m)].astype(np.float32)
+    assert np.isfinite(img).all() and img.std() > 0.01  # rendered sound, not blank images
+    assert "pure non-speech train windows (not allowed): 10" in (prepared.root / "report.md").read_text()
+
+
+def test_legacy_per_class_copies_are_ignored_when_a_config_is_read():
+    cfg = P.PrepareConfig.from_dict({"corpus": "x", "aug_copies_allowed": 4, "aug_copies_other": 1})
+    assert cfg.aug_copies == P.PrepareConfig(corpus="x").aug_copies
+    assert not hasattr(cfg, "aug_copies_allowed")
+
+
 def test_report_counts_and_files(prepared):
     pc, r = prepared, prepared.report
     assert r["leakage_by_recording"] == 0 and r["heldout_violations"] == 0 and r["augmented_outside_train"] == 0
     assert r["skipped"] == []
     assert sum(s["windows_clean"] + s["windows_augmented"] for s in r["splits"].values()) == len(pc)
+    assert r["augmented_copies"] == {"allowed": 2, "not_allowed": 2}
     assert r["splits"]["heldout"]["allowed_total"] == 0
     for spk, s in r["speakers"].items():
         assert 0 < s["seconds_trimmed"] <= s["seconds_raw"] == pytest.approx(20.0)  # 5 x 4 s
@@ -92,7 +136,7 @@ def test_clean_windows_are_the_device_featurizer(prepared, tiny_corpus):
 def test_second_run_reuses_the_cache_and_a_change_rebuilds(prepared, tiny_corpus, caplog):
     mtime = (prepared.root / "images.npy").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="voicegate.train.data.prepare"):
-        again = P.prepare_corpus(_cfg(tiny_corpus, prepared.root))
+        again = P.prepare_corpus(_cfg(tiny_corpus, prepared.root, **FIXTURE))
     assert again.reused and "reusing the prepared cache" in caplog.text
     assert (prepared.root / "images.npy").stat().st_mtime_ns == mtime
     assert np.array_equal(again.index.split, prepared.index.split)
@@ -155,7 +199,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, caplog):
 
 def test_daps_corpus_prepares_with_versions_in_one_split(tmp_path):
     root = make_daps_corpus(tmp_path / "daps", speakers=("f1", "m1", "m2"), scripts=3, seconds=2.5)
-    pc = P.prepare_corpus(_cfg(root, tmp_path / "cache", aug_copies_allowed=1, aug_copies_other=0, impostors=["m2"]))
+    pc = P.prepare_corpus(_cfg(root, tmp_path / "cache", aug_copies=0, impostors=["m2"]))
     idx = pc.index
     assert pc.meta["layout"] == "daps"
     assert len(set(idx.item)) == 18 and len(set(idx.recording)) == 9
@@ -176,7 +220,7 @@ def test_short_clips_of_one_recording_are_joined(tmp_path):
                 rows.append(f"{rel},{spk},{spk}_r{rnd},{kw},1.0")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "roles.json").write_text(json.dumps({"allowed": ["a"], "not_allowed_train": ["b", "c"]}))
-    pc = P.prepare_corpus(_cfg(tmp_path, tmp_path / "cache", aug_copies_allowed=0, aug_copies_other=0))
+    pc = P.prepare_corpus(_cfg(tmp_path, tmp_path / "cache", aug_copies=0))
     assert pc.report["speakers"]["a"]["seconds_raw"] == pytest.approx(9.0)
     assert pc.report["speakers"]["a"]["recordings"] == 3
     val = pc.indices("val")
@@ -187,7 +231,7 @@ def test_short_clips_of_one_recording_are_joined(tmp_path):
 def test_cli_prepare_prints_a_summary_and_reuses(tiny_corpus, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     P.add_arguments(parser)
-    argv = ["--corpus", str(tiny_corpus), "--cache", str(tmp_path / "c"), "--aug-allowed", "1", "--aug-other", "0",
+    argv = ["--corpus", str(tiny_corpus), "--cache", str(tmp_path / "c"), "--aug-copies", "0",
             "--max-per-speaker", "3", "--no-progress", "--seed", "2"]
     assert P.run(parser.parse_args(argv)) == 0
     out = capsys.readouterr().out
@@ -247,7 +291,7 @@ def test_librispeech_prepares_a_few_real_recordings(librispeech, tmp_path):
             w.writerow({"path": str(librispeech / r["path"]), "speaker": r["speaker"],
                         "recording": r["recording"], "seconds": r["seconds"]})
     shutil.copy(librispeech / "roles.json", sub / "roles.json")
-    pc = P.prepare_corpus(_cfg(sub, tmp_path / "cache", aug_copies_allowed=1, aug_copies_other=1,
+    pc = P.prepare_corpus(_cfg(sub, tmp_path / "cache", aug_copies=1,
                                noise_dir=str(librispeech.parent / "noise")))
     idx = pc.index
     assert pc.report["leakage_by_recording"] == 0 == count_leakage(zip(idx.recording, idx.split))

@@ -131,7 +131,7 @@ def test_cli_end_to_end_on_a_generated_corpus(tiny_corpus, tmp_path, capsys):
 
     out, cache = tmp_path / "runs" / "tiny", tmp_path / "cache"
     # prepared beforehand with a non-default option: training must reuse it as it is
-    assert main(["prepare", "--corpus", str(tiny_corpus), "--cache", str(cache), "--aug-allowed", "2", "--no-progress"]) == 0
+    assert main(["prepare", "--corpus", str(tiny_corpus), "--cache", str(cache), "--aug-copies", "2", "--no-progress"]) == 0
     stamp = (cache / "images.npy").stat().st_mtime_ns
     argv = [
         "train", "--corpus", str(tiny_corpus), "--cache", str(cache), "--out", str(out),
@@ -144,7 +144,7 @@ def test_cli_end_to_end_on_a_generated_corpus(tiny_corpus, tmp_path, capsys):
     assert info["model_config"]["widths"] == [4, 8, 8, 8]
     assert info["roles"]["allowed"] == ["f1", "m1"] and info["roles"]["heldout_impostors"] == ["f3", "m3"]
     assert info["data_config"]["cache_dir"] == str(cache)
-    assert info["data_config"]["aug_copies_allowed"] == 2
+    assert info["data_config"]["aug_copies"] == 2
     assert (cache / "images.npy").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert (out / "ensemble.json").is_file() and (out / "member1" / "best.pt").is_file()
     assert "ensemble of 2 test:" in capsys.readouterr().out

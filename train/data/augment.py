@@ -5,8 +5,13 @@ of the training split (``prepare.py`` enforces that). Every random choice comes 
 generator passed in, so a copy is reproducible from its seed.
 
 * Noise: real recordings (``*.flac`` / ``*.wav`` in a noise folder, a random stretch of one,
-  looped when shorter than the speech) or synthetic white / pink noise, scaled so that the
-  speech-to-noise power ratio over the whole clip is the chosen SNR.
+  looped when shorter than the speech) or synthetic white / pink / brown noise, scaled so that
+  the speech-to-noise power ratio over the whole clip is the chosen SNR. Every class gets the
+  same copies and the same noise (no class may learn "noise means allowed"). Training reads only
+  the first NOISE_TRAIN_SHARE of each noise file; ``voicegate eval`` cuts its non-speech attempts
+  from the rest (:func:`noise_part`).
+* Pure non-speech (:func:`nonspeech_clip`): a stretch of a noise file, coloured noise, or mains
+  hum over near-silence, at a random level: "not allowed" examples for the classifier.
 * Pitch shift: ``librosa.effects.pitch_shift`` by a few tenths of a semitone up to about
   +-1.5 semitones (phase vocoder + soxr resampling; the length is kept).
 * Time shift / random crop: drop a random number of leading samples (less than one window
@@ -30,7 +35,11 @@ from voicegate.device.features import WINDOW_SAMPLES
 log = logging.getLogger(__name__)
 
 NOISE_SUFFIXES = (".flac", ".wav", ".ogg")
-SYNTHETIC_NOISES = ("white", "pink")
+SYNTHETIC_NOISES = ("white", "pink", "brown")
+NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
+NOISE_TRAIN_SHARE = 0.7  # training uses the first 70 % of each noise file, eval the last 30 %
+NONSPEECH_KINDS = ("noise_file", "white", "pink", "brown", "hum")
+NONSPEECH_DBFS = (-50.0, -10.0)  # RMS level range of a pure non-speech clip
 PITCH_RES_TYPE = "soxr_hq"
 MAX_NOISE_SECONDS = 600.0  # a noise file longer than this is read only this far
 
@@ -40,8 +49,19 @@ def power(x: np.ndarray) -> float:
 
 
 # --- noise -----------------------------------------------------------------------------------
-def load_noises(noise_dir: Optional[os.PathLike | str]) -> dict[str, np.ndarray]:
-    """Noise recordings in ``noise_dir`` by file name (16 kHz mono); unreadable ones are skipped."""
+def noise_part(x: np.ndarray, part: str) -> np.ndarray:
+    """The ``"train"`` (first NOISE_TRAIN_SHARE) or ``"eval"`` (the rest) stretch of a noise recording."""
+    cut = int(round(x.size * NOISE_TRAIN_SHARE))
+    if part == "train":
+        return x[:cut]
+    if part == "eval":
+        return x[cut:]
+    raise ValueError(f"noise part must be 'train' or 'eval', got {part!r}")
+
+
+def load_noises(noise_dir: Optional[os.PathLike | str], part: str = "train") -> dict[str, np.ndarray]:
+    """Noise recordings in ``noise_dir`` by file name (16 kHz mono), only their ``part``
+    (:func:`noise_part`); unreadable ones are skipped."""
     out: dict[str, np.ndarray] = {}
     if noise_dir is None:
         return out
@@ -58,21 +78,57 @@ def load_noises(noise_dir: Optional[os.PathLike | str]) -> dict[str, np.ndarray]
         if power(x) <= 0:
             log.warning("noise file skipped: %s: all zeros", p)
             continue
-        out[p.name] = x
+        out[p.name] = noise_part(x, part)
     return out
 
 
-def white_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal(n).astype(np.float32)
+def coloured_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Unit-variance noise whose power falls as 1 / f**exponent (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spec.size, dtype=np.float64)
+    f[0] = 1.0
+    y = np.fft.irfft(spec / f ** (exponent / 2.0), n=n)
+    return (y / (np.std(y) + 1e-12)).astype(np.float32)
 
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """1/f-power noise: white noise shaped by 1/sqrt(f) in the frequency domain."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(spec.size, dtype=np.float64)
-    f[0] = 1.0
-    y = np.fft.irfft(spec / np.sqrt(f), n=n)
-    return (y / (np.std(y) + 1e-12)).astype(np.float32)
+    return coloured_noise(n, rng, 1.0)
+
+
+def hum(n: int, rng: np.random.Generator, mains_hz: Optional[float] = None) -> np.ndarray:
+    """Mains hum (50 or 60 Hz and a few odd harmonics, random phases) over faint white noise, unit RMS."""
+    mains = float(mains_hz or (50.0 if rng.random() < 0.5 else 60.0))
+    t = np.arange(n) / SAMPLE_RATE
+    y = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * k * mains * t + rng.uniform(0, 2 * np.pi))
+            for k in (1, 2, 3, 5, 7))
+    y = y / (np.sqrt(np.mean(y**2)) + 1e-12) + 10.0 ** (rng.uniform(-50, -20) / 20.0) * rng.standard_normal(n)
+    return (y / (np.sqrt(np.mean(y**2)) + 1e-12)).astype(np.float32)
+
+
+def at_dbfs(x: np.ndarray, dbfs: float) -> np.ndarray:
+    """``x`` scaled to an RMS of ``dbfs`` dB re full scale, clipped to [-1, 1]."""
+    rms = np.sqrt(power(x))
+    if rms <= 0:
+        return np.asarray(x, dtype=np.float32)
+    return np.clip(x * (10.0 ** (dbfs / 20.0) / rms), -1.0, 1.0).astype(np.float32)
+
+
+def nonspeech_clip(kind: str, n: int, rng: np.random.Generator, noises: dict, dbfs: float) -> tuple[np.ndarray, str]:
+    """A pure non-speech clip of ``n`` samples at ``dbfs`` RMS and its name.
+
+    ``kind``: ``noise_file`` (a random stretch of a random one of ``noises``; white noise when
+    there are none), a colour of SYNTHETIC_NOISES, or ``hum`` (mains hum over near-silence).
+    """
+    if kind == "noise_file" and noises:
+        name = sorted(noises)[int(rng.integers(len(noises)))]
+        x = noise_segment(noises[name], n, rng)
+    elif kind == "hum":
+        name, x = "hum", hum(n, rng)
+    else:
+        name = kind if kind in NOISE_EXPONENTS else "white"
+        x = coloured_noise(n, rng, NOISE_EXPONENTS[name])
+    return at_dbfs(x, dbfs), name
 
 
 def noise_segment(noise: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +192,7 @@ class Augmenter:
 
     Each copy: pitch shift with probability ``pitch_prob`` (uniform in +-``pitch_semitones``,
     at least ``min_semitones`` away from 0), noise with probability ``noise_prob`` (a real noise
-    file or synthetic white/pink, equally likely, at an SNR uniform in ``snr_db``), and a time
+    file or synthetic white/pink/brown, equally likely, at an SNR uniform in ``snr_db``), and a time
     shift of up to ``max_shift_seconds``.
     """
 
@@ -154,10 +210,8 @@ class Augmenter:
         return [*self.noises, *SYNTHETIC_NOISES]
 
     def make_noise(self, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-        if kind == "white":
-            return white_noise(n, rng)
-        if kind == "pink":
-            return pink_noise(n, rng)
+        if kind in NOISE_EXPONENTS:
+            return coloured_noise(n, rng, NOISE_EXPONENTS[kind])
         return noise_segment(self.noises[kind], n, rng)
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:

@@ -1,5 +1,7 @@
-"""Building a prepared cache: load and trim each recording, cut and render its windows, augment
-the training recordings, and write the images, the window index and the report.
+"""Building a prepared cache: load each recording, keep the frames the device's speech detector
+selects (:func:`voicegate.device.speech.speech_only`, exactly what the gate scores), cut and
+render its windows, augment the training recordings (the same copies for every class), add the
+pure non-speech "not allowed" windows, and write the images, the window index and the report.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from typing import Optional
 
 import numpy as np
 
-from voicegate.device.audio import SAMPLE_RATE, AudioError, load_audio, trim_silence
+from voicegate.device.audio import SAMPLE_RATE, AudioError, load_audio
+from voicegate.device.speech import speech_only
 from voicegate.device.features import WINDOW_SAMPLES, feature_contract, frame_windows, spectrogram
 
 from voicegate.train.data.cache import CACHE_FORMAT, IMAGES_DTYPE, INDEX_COLUMNS, ImageWriter, WindowIndex, rel_path
 from voicegate.train.data.config import PREPARE_VERSION, PrepareConfig
 from voicegate.train.data.corpus import Corpus, CorpusError, Recording
+from voicegate.train.data.fingerprint import fingerprint
 from voicegate.train.data.splits import TRAIN, keyed_rng, split_recordings
 
 log = logging.getLogger(__name__)
 
 RENDER_CHUNK = 64  # windows rendered at once (bounds memory on long recordings)
+NONSPEECH_ROLE = "nonspeech"  # index role of the pure non-speech windows (label 0, train split)
 
 
 def limit_recordings(recordings: list[Recording], per_speaker: Optional[int]) -> list[Recording]:
@@ -127,8 +132,8 @@ def build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: st
                 if x is None:
                     continue
                 try:
-                    speech = trim_silence(x)
-                except AudioError as e:
+                    speech = speech_only(x)
+                except AudioError as e:  # NoSpeechError too: the device would not decide it
                     files = ", ".join(rel_path(p, corpus.root) for p in rec.paths)
                     log.warning("skipped %s: %s", files, e)
                     skipped.append({"file": files, "recording": rec.item, "reason": str(e)})
@@ -148,8 +153,7 @@ def build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: st
                 st.add_windows(split, 0, len(images))
                 if split != TRAIN:
                     continue
-                copies = cfg.aug_copies_allowed if label == 1 else cfg.aug_copies_other
-                for k in range(1, copies + 1):
+                for k in range(1, cfg.aug_copies + 1):
                     t = time.perf_counter()
                     y, params = augmenter(speech, keyed_rng(cfg.seed, "augment", rec.item, k))
                     timing["augment"] += time.perf_counter() - t
@@ -161,6 +165,9 @@ def build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: st
                     rows.extend((*base, k, float(s) + shift) for s in starts)
                     st.add_windows(split, k, len(images))
                     aug_rows.append({"item": rec.item, "aug": k, **params})
+        t = time.perf_counter()
+        nonspeech = add_nonspeech(cfg, augmenter.noises, writer, rows)
+        timing["nonspeech"] = time.perf_counter() - t
     finally:
         writer.close()
     if not rows:
@@ -174,6 +181,7 @@ def build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: st
     from voicegate.train.data.split_report import build_report, report_markdown
 
     report = build_report(corpus, index, stats, skipped, cfg, timing)
+    report["nonspeech"] = nonspeech
     meta = {
         "format": CACHE_FORMAT,
         "key": key,
@@ -186,6 +194,8 @@ def build(cfg: PrepareConfig, corpus: Corpus, noise_dir: Optional[Path], key: st
         "roles": roles.to_dict(),
         "noise_dir": None if noise_dir is None else str(noise_dir),
         "noise_kinds": augmenter.noise_kinds(),
+        # every recording's split, kept or skipped: what eval compares its own split against
+        "fingerprint": fingerprint(corpus.root, ((r.recording, assignment[r.recording]) for r in corpus.recordings)),
         "n_windows": len(index),
         "image_dtype": IMAGES_DTYPE.name,
         "index_columns": list(INDEX_COLUMNS),
@@ -201,3 +211,25 @@ def _write_augmentations(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
+
+
+def add_nonspeech(cfg: PrepareConfig, noises: dict, writer: ImageWriter, rows: list) -> dict:
+    """Write ``cfg.nonspeech_windows`` pure non-speech train windows (label 0) -> {name: windows}.
+
+    The kinds take turns (:data:`~voicegate.train.data.augment.NONSPEECH_KINDS`: a stretch of a
+    noise file, white / pink / brown noise, mains hum over near-silence), each at a random level.
+    They are rendered without the speech detector: they stand for whatever sound gets past it.
+    """
+    from voicegate.train.data.augment import NONSPEECH_DBFS, NONSPEECH_KINDS, nonspeech_clip
+
+    counts: dict[str, int] = {}
+    for i in range(cfg.nonspeech_windows):
+        rng = keyed_rng(cfg.seed, "nonspeech", str(i))
+        kind = NONSPEECH_KINDS[i % len(NONSPEECH_KINDS)]
+        clip, name = nonspeech_clip(kind, WINDOW_SAMPLES, rng, noises, float(rng.uniform(*NONSPEECH_DBFS)))
+        images, _ = render(clip, cfg.train_hop_seconds)
+        writer.write(images)
+        speaker = f"{NONSPEECH_ROLE}:{name}"
+        rows.extend((speaker, f"{speaker}:{i}", f"{speaker}:{i}", TRAIN, 0, NONSPEECH_ROLE, 0, 0.0) for _ in images)
+        counts[name] = counts.get(name, 0) + len(images)
+    return {"windows": int(sum(counts.values())), "per_kind": counts}

@@ -6,6 +6,7 @@ Nothing heavy is imported here: this module builds the CLI's ``--help``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,8 +16,13 @@ from voicegate.device.features import INFER_HOP_SECONDS, TRAIN_HOP_SECONDS
 
 from voicegate.train.data.splits import DEFAULT_FRACTIONS
 
-PREPARE_VERSION = 1  # bump when preparation changes what it writes for the same inputs
+PREPARE_VERSION = 2  # bump when preparation changes what it writes for the same inputs
 CACHE_ENV = "VOICEGATE_CACHE"
+# fields of older configs: per-class copies (4 for the allowed class, 1 for the others) taught the
+# model that noise means "allowed" (issue 10); every class now gets ``aug_copies``
+LEGACY_FIELDS = ("aug_copies_allowed", "aug_copies_other")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,8 +37,8 @@ class PrepareConfig:
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     train_hop_seconds: float = TRAIN_HOP_SECONDS
     eval_hop_seconds: float = INFER_HOP_SECONDS
-    aug_copies_allowed: int = 4
-    aug_copies_other: int = 1
+    aug_copies: int = 2  # augmented copies per training recording, the same for every class
+    nonspeech_windows: int = 480  # pure non-speech "not allowed" training windows (0: none)
     snr_db: tuple[float, float] = (5.0, 20.0)
     pitch_semitones: float = 1.5
     pitch_prob: float = 0.5
@@ -49,8 +55,8 @@ class PrepareConfig:
     def __post_init__(self):
         self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]
         self.snr_db = tuple(float(f) for f in self.snr_db)  # type: ignore[assignment]
-        if self.aug_copies_allowed < 0 or self.aug_copies_other < 0:
-            raise ValueError("augmented copies must be >= 0")
+        if self.aug_copies < 0 or self.nonspeech_windows < 0:
+            raise ValueError("augmented copies and non-speech windows must be >= 0")
         if self.train_hop_seconds <= 0 or self.eval_hop_seconds <= 0:
             raise ValueError("window hops must be > 0 seconds")
         if len(self.snr_db) != 2 or self.snr_db[0] > self.snr_db[1]:
@@ -64,6 +70,12 @@ class PrepareConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrepareConfig":
+        d = dict(d)
+        legacy = [k for k in LEGACY_FIELDS if k in d]
+        if legacy:  # models trained before every class got the same copies; their split is the same
+            log.info("PrepareConfig: ignoring the legacy fields %s (now one aug_copies for every class)", legacy)
+            for k in legacy:
+                d.pop(k)
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -108,8 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impostors", type=_csv_list, help="held-out impostor speakers, comma separated (overrides roles.json)")
     parser.add_argument("--versions", type=_csv_list, help="DAPS versions to use, comma separated (default: all found)")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--aug-allowed", type=int, default=d.aug_copies_allowed, help="augmented copies per allowed train recording")
-    parser.add_argument("--aug-other", type=int, default=d.aug_copies_other, help="augmented copies per other train recording")
+    parser.add_argument("--aug-copies", type=int, default=d.aug_copies,
+                        help="augmented copies per train recording, the same for every class (default %(default)s)")
+    parser.add_argument("--nonspeech-windows", type=int, default=d.nonspeech_windows,
+                        help="pure non-speech 'not allowed' train windows: noise files, coloured noise, hum (default %(default)s)")
     parser.add_argument("--snr", type=_pair, default=d.snr_db, metavar="LOW,HIGH", help="noise SNR range in dB")
     parser.add_argument("--pitch", type=float, default=d.pitch_semitones, help="largest pitch shift in semitones (0: none)")
     parser.add_argument("--pitch-prob", type=float, default=d.pitch_prob, help="share of augmented copies that are pitch shifted")
@@ -128,8 +142,8 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         impostors=args.impostors,
         versions=args.versions,
         seed=args.seed,
-        aug_copies_allowed=args.aug_allowed,
-        aug_copies_other=args.aug_other,
+        aug_copies=args.aug_copies,
+        nonspeech_windows=args.nonspeech_windows,
         snr_db=args.snr,
         pitch_semitones=args.pitch,
         pitch_prob=args.pitch_prob,

@@ -68,7 +68,7 @@ def build_report(
         "feature_version": FEATURE_VERSION,
         "n_windows": len(index),
         "hops_seconds": {"train": cfg.train_hop_seconds, "val/test/heldout": cfg.eval_hop_seconds},
-        "augmented_copies": {"allowed": cfg.aug_copies_allowed, "not_allowed": cfg.aug_copies_other},
+        "augmented_copies": {"allowed": cfg.aug_copies, "not_allowed": cfg.aug_copies},
         "roles": {r: len(getattr(roles, r)) for r in ROLE_NAMES},
         "splits": splits,
         "per_role": per_role,
@@ -112,6 +112,8 @@ def report_markdown(report: dict) -> str:
         f"- held-out violations: {report['heldout_violations']} (held-out impostor windows outside `heldout`, "
         "or others inside it); augmented windows outside train: "
         f"{report['augmented_outside_train']}",
+        f"- pure non-speech train windows (not allowed): {(report.get('nonspeech') or {}).get('windows', 0)} "
+        f"{(report.get('nonspeech') or {}).get('per_kind', {})}",
         f"- skipped files: {len(report['skipped'])}",
         "",
         "## Windows per split (allowed / not allowed include augmented copies)",
