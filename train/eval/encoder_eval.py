@@ -23,22 +23,14 @@ log = logging.getLogger(__name__)
 PROTOCOL_TEXT = (
     "Enrolled: the corpus's allowed speakers (from their train-split recordings) and held-out "
     "impostors (from the first half of their recordings), none of them seen by the encoder, each "
-    "from at most {enrol:g} s of trimmed speech. Genuine trials: the speaker's other recordings, "
-    "cut into {attempt:g} s attempts, against its own profile. Impostor trials: every other enrolled "
-    "speaker's attempts, and every attempt of the single-recording held-out speakers "
-    "(impostor-only), against each profile. No attempt comes from a recording its profile was "
-    "enrolled from. With a channel, enrolment and attempts go through the same simulated channel."
+    "from at most {enrol:g} s of speech (the device's speech detector selects it). Genuine trials: "
+    "the speaker's other recordings, cut into {attempt:g} s attempts, against its own profile. "
+    "Impostor trials: every other enrolled speaker's attempts, and every attempt of the "
+    "single-recording held-out speakers (impostor-only), against each profile. No attempt comes "
+    "from a recording its profile was enrolled from. With a channel, enrolment and attempts go "
+    "through the same simulated channel (one door: the same room for the whole corpus, fresh "
+    "noise per recording)."
 )
-
-
-def channel_names(spec: str) -> list[str]:
-    """``clean``, ``all`` (clean + every channel of train.data.channel) or a comma list."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if names == ["all"]:
-        from voicegate.train.data.channel import CHANNELS
-
-        return [CLEAN, *CHANNELS]
-    return names
 
 
 HALVES_TEXT = (
