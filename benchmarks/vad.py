@@ -19,7 +19,10 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
   the seconds the detector keeps (padded segments) against what the energy trimmer
   (``audio.voiced_intervals``) keeps: ``recall`` = both keep / trimmer keeps, ``ratio`` =
   detector keeps / trimmer keeps, ``loud_recall`` = the same recall on the trimmer's frames
-  within 25 dB of the file's loudest (its voiced core), and the files with no decidable speech.
+  within 25 dB of the file's loudest (its voiced core), the trimmer's seconds the detector drops
+  before its first / after its last segment (``lost_at_edges_share``: leading and trailing room
+  noise the 40 dB rule keeps) and between them (``lost_inside_share``), and the files with no
+  decidable speech.
 * ``snr5``: utterances of the allowed LibriSpeech speakers mixed with each shared noise file at
   5 dB SNR (RMS over the whole utterance), decided in-process by each shipped model: how many
   were decided on (not exit 4), and the decisions.
@@ -86,27 +89,32 @@ def kept_against_trimmer(x: np.ndarray, segments) -> dict:
     trim = _mask(x.size, voiced_intervals(x))
     loud = _mask(x.size, voiced_intervals(x, top_db=LOUD_TOP_DB))
     det = _mask(x.size, segments)
+    lost = trim & ~det
+    inside = int(lost[segments[0][0] : segments[-1][1]].sum()) if segments else 0
     return {"trimmer": int(trim.sum()), "detector": int(det.sum()), "both": int((trim & det).sum()),
-            "loud": int(loud.sum()), "loud_both": int((loud & det).sum())}
+            "loud": int(loud.sum()), "loud_both": int((loud & det).sum()),
+            "lost_inside": inside, "lost_at_edges": int(lost.sum()) - inside}
 
 
 def kept(corpus: str, k: int) -> dict:
     det = speech.default_detector()
-    tot = {"trimmer": 0, "detector": 0, "both": 0, "loud": 0, "loud_both": 0}
+    tot: dict = {}
     undecidable = []
     files = corpus_files(corpus, k)
     for path in files:
         x = load_audio(path)
         s = det.select(x)
         for key, v in kept_against_trimmer(x, s.segments).items():
-            tot[key] += v
+            tot[key] = tot.get(key, 0) + v
         if not s.decidable:
             undecidable.append(f"{path.relative_to(SHARED / corpus)}: {s.reason()}")
     return {
         "corpus": corpus, "files": len(files), "sample": f"random.Random(0).shuffle(manifest rows)[:{k}]",
         "trimmer_seconds": round(tot["trimmer"] / SR, 1), "detector_seconds": round(tot["detector"] / SR, 1),
         "recall": round(tot["both"] / tot["trimmer"], 4), "ratio": round(tot["detector"] / tot["trimmer"], 4),
-        "loud_recall": round(tot["loud_both"] / tot["loud"], 4), "undecidable": undecidable,
+        "loud_recall": round(tot["loud_both"] / tot["loud"], 4),
+        "lost_at_edges_share": round(tot["lost_at_edges"] / tot["trimmer"], 4),
+        "lost_inside_share": round(tot["lost_inside"] / tot["trimmer"], 4), "undecidable": undecidable,
     }
 
 
@@ -137,7 +145,8 @@ def long_speech(seconds: float) -> np.ndarray:
 
 def cost(repeats: int, seconds: float) -> dict:
     from voicegate.device.runtime import Gate
-    from voicegate.device.stream import ArraySource, Endpointer
+    from voicegate.device.endpoint import Endpointer
+    from voicegate.device.stream import ArraySource
 
     det = speech.default_detector()
     x = long_speech(seconds)
@@ -319,7 +328,7 @@ def nonspeech_counts(listen: bool) -> dict:
     from voicegate.device.runtime import Gate
 
     clips = list(nonspeech.suite(SHARED / "noise" if (SHARED / "noise").is_dir() else None))
-    out = {"suite_clips": len(clips), "in_process": [], "listen": []}
+    out = {"suite_clips": len(clips), "in_process": [], "listen": [], "encoders_not_measured": shipped_encoders()}
     models = shipped_gate_models()
     for model in models:
         gate = Gate.load(model)
@@ -355,9 +364,19 @@ def nonspeech_counts(listen: bool) -> dict:
 
 
 def shipped_gate_models() -> list[Path]:
+    """The shipped classifier models (an encoder model decides against enrolled profiles,
+    which these benchmarks do not build; the JSON lists it under ``encoders_not_measured``)."""
+    from test_nonspeech import model_kind
     from test_nonspeech import shipped_gate_models as gate_models
 
-    return gate_models()
+    return [p for p in gate_models() if model_kind(p) == "classifier"]
+
+
+def shipped_encoders() -> list[str]:
+    from test_nonspeech import model_kind
+    from test_nonspeech import shipped_gate_models as gate_models
+
+    return [p.name for p in gate_models() if model_kind(p) == "encoder"]
 
 
 def main(argv=None) -> int:
@@ -382,7 +401,8 @@ def main(argv=None) -> int:
     result = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
               "detector": speech.speech_contract(speech.default_detector()),
-              "rule": speech.default_detector().config.to_dict(), "smoke": args.smoke}
+              "rule": speech.default_detector().config.to_dict(), "smoke": args.smoke,
+              "encoders_not_measured": shipped_encoders()}
     result["cost"] = cost(args.repeats, 10.0 if args.smoke else 60.0)
     print("cost", json.dumps(result["cost"]), flush=True)
     if (SHARED / "librispeech" / "manifest.csv").is_file():

@@ -201,7 +201,8 @@ def test_listen_from_file_never_grants_on_the_hardest_clips(model, tmp_path, noi
 
 def test_listen_endpointer_finds_nothing_in_pure_noise(generated_clips):
     """No utterance (so no decision) from a minute of the generated sounds back to back."""
-    from voicegate.device.stream import ArraySource, Endpointer
+    from voicegate.device.endpoint import Endpointer
+    from voicegate.device.stream import ArraySource
 
     audio = nonspeech.concatenation([x for _, x in generated_clips], gap_seconds=0.5)
     ep = Endpointer()
@@ -212,7 +213,8 @@ def test_listen_endpointer_finds_nothing_in_pure_noise(generated_clips):
 def test_a_voice_still_opens_the_endpointer_after_the_noise(generated_clips):
     """The same stream with real speech after it: the speech is found (the test above is not vacuous)."""
     from voicegate.device.audio import load_audio
-    from voicegate.device.stream import ArraySource, Endpointer
+    from voicegate.device.endpoint import Endpointer
+    from voicegate.device.stream import ArraySource
 
     voice = load_audio(MODELS / "example.wav")
     noise = nonspeech.concatenation([x for _, x in generated_clips[:9]])
