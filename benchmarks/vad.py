@@ -25,7 +25,8 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
   decidable speech.
 * ``snr5``: utterances of the allowed LibriSpeech speakers mixed with each shared noise file at
   5 dB SNR (RMS over the whole utterance), decided in-process by each shipped model: how many
-  were decided on (not exit 4), and the decisions.
+  were decided on (not exit 4), the decisions, and in how many the listen Endpointer opens an
+  utterance (the mixture with 1 s of the same noise, at the same level, before and after).
 * ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
   in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`).
 * ``listen_cpu``: process CPU seconds of ``voicegate listen --from-file`` per second of audio,
@@ -237,10 +238,16 @@ def _kept_and_false(speech_audio, noise, mask_fn, false_fn) -> dict:
 
 
 # --- 5 dB SNR --------------------------------------------------------------------------------
+def noise_gain(x: np.ndarray, n: np.ndarray, snr_db: float) -> float:
+    """The gain that puts noise ``n`` ``snr_db`` dB under the RMS of ``x``."""
+    px, pn = np.mean(x.astype(np.float64) ** 2), np.mean(n.astype(np.float64) ** 2)
+    return float(np.sqrt(px / (pn * 10 ** (snr_db / 10))))
+
+
 def mix(x: np.ndarray, n: np.ndarray, snr_db: float, offset: int) -> np.ndarray:
-    n = np.resize(np.roll(n, -offset), x.size).astype(np.float64)
-    px, pn = np.mean(x.astype(np.float64) ** 2), np.mean(n**2)
-    return (x + n * np.sqrt(px / (pn * 10 ** (snr_db / 10)))).astype(np.float32)
+    """``x`` plus the noise ``n`` (looped from ``offset``) at ``snr_db`` dB SNR."""
+    n = np.resize(np.roll(n, -offset), x.size)
+    return (x + noise_gain(x, n, snr_db) * n).astype(np.float32)
 
 
 def noise_files() -> list[Path]:
@@ -248,26 +255,36 @@ def noise_files() -> list[Path]:
 
 
 def snr5(k: int, snr_db: float = 5.0) -> dict:
+    from voicegate.device.endpoint import Endpointer
     from voicegate.device.features import featurize
     from voicegate.device.runtime import Gate
+    from voicegate.device.stream import ArraySource
 
     roles = json.loads((SHARED / "librispeech" / "roles.json").read_text())
     files = corpus_files("librispeech", k, seed=2, speakers=set(roles["allowed"]))
     noises = [load_audio(p) for p in noise_files()]
     rng = np.random.default_rng(0)
-    mixes = []
+    mixes, sources = [], []
     for i, path in enumerate(files):
         x = load_audio(path)[: 10 * SR]
         n = noises[i % len(noises)]
-        mixes.append((path.name, noise_files()[i % len(noises)].stem, mix(x, n, snr_db, int(rng.integers(0, n.size)))))
+        offset = int(rng.integers(0, n.size))
+        mixes.append((path.name, noise_files()[i % len(noises)].stem, mix(x, n, snr_db, offset)))
+        sources.append((x, np.resize(np.roll(n, -offset), x.size)))
     images = []
     for name, nname, y in mixes:
         try:
             images.append(featurize(y))
         except AudioError:
             images.append(None)
+    heard = 0  # listen: the endpointer opens on the speech inside 1 s of the same noise each side
+    for (_, _, y), (x, n) in zip(mixes, sources):
+        pad = (noise_gain(x, n, snr_db) * np.resize(n, SR)).astype(np.float32)
+        ep = Endpointer()
+        utts = [u for chunk in ArraySource(np.concatenate([pad, y, pad]), 1600) for u in ep.feed(chunk)]
+        heard += bool(utts + ep.flush())
     out = {"snr_db": snr_db, "utterances": len(mixes), "corpus": "librispeech allowed speakers " + ",".join(roles["allowed"]),
-           "decided": sum(i is not None for i in images),
+           "decided": sum(i is not None for i in images), "listen_endpointer_found_speech": heard,
            "not_decided": [f"{a} + {b}" for (a, b, _), i in zip(mixes, images) if i is None], "models": []}
     for model in shipped_gate_models():
         gate = Gate.load(model)

@@ -213,3 +213,20 @@ def test_allowed_speech_in_noise_at_5db_snr_is_still_decided(librispeech, noise_
         except NoSpeechError as e:
             refused.append(f"{path.name} + {npath.stem}: {e}")
     assert refused == []
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_the_vad_benchmark_runs(librispeech, noise_dir, tmp_path):
+    """`python benchmarks/vad.py --smoke` end to end: valid JSON, every section filled (no figure checked)."""
+    import json
+
+    import vad
+
+    out = tmp_path / "vad.json"
+    assert vad.main(["--smoke", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert {"cost", "compare", "kept", "snr5", "detector", "rule"} <= set(d)
+    assert d["cost"]["offline_cpu_ms_per_s"] > 0 and d["cost"]["decision"]
+    assert [k["corpus"] for k in d["kept"]][:1] == ["librispeech"]
+    assert d["snr5"]["utterances"] == 3
