@@ -34,8 +34,11 @@ HEAVY_MODULES = ("torch", "torchvision", "torchaudio", "librosa", "sklearn", "ma
 
 
 def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
+    from .identify import add_profile_arguments
+
     p.add_argument("file", metavar="FILE", help="an audio file holding one utterance")
     add_model_arguments(p)
+    add_profile_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
 
 
@@ -54,6 +57,7 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         from .audio import AudioError
         from .contract import ModelError
         from .policy import ThresholdError
+        from .profiles import ProfileError
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
     try:
@@ -63,6 +67,8 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_USAGE, "bad thresholds", str(e))
     except AudioError as e:
         return _fail(args, EXIT_AUDIO, "unusable audio", str(e))
+    except ProfileError as e:  # no one enrolled, a corrupt profile, one from another encoder
+        return _fail(args, EXIT_MODEL, "profiles", str(e))
     except ModelError as e:
         return _fail(args, EXIT_MODEL, "model error", str(e))
     except Exception as e:  # anything else: internal error, still no access
@@ -73,10 +79,14 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
 
         print(json.dumps(d.to_dict()))
     else:
+        from .identify import describe
+
+        head, scores = describe(d)  # "GRANTED as NAME", every profile's score (encoder kind)
         print(
-            f"{d.decision}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
+            f"{head}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
             f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
             f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
+            + scores
         )
     return d.exit_code
 

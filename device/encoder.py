@@ -23,8 +23,15 @@ import numpy as np
 
 from .audio import PathLike
 from .contract import EMBEDDINGS_NAME, INPUT_NAME, ModelContract, ModelError
-from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, frame_windows, spectrogram
-from .runtime import as_model_input, make_session, models_dir, read_verified_model
+from .features import INFER_HOP_SECONDS, feature_contract, frame_windows, spectrogram
+from .policy import check_loosening
+from .runtime import (
+    as_model_input,
+    check_samples_differ,
+    models_dir,
+    open_model,
+    probe_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +49,6 @@ def resolve_encoder_path(model_path: PathLike | None = None) -> Path:
     if env:
         return Path(env)
     return models_dir() / DEFAULT_ENCODER_NAME
-
-
-def open_model(path: Path, threads: int = 1, seed: int | None = None):
-    """(onnxruntime session, contract, sha256) for a verified model of either kind."""
-    data, digest = read_verified_model(path)
-    try:
-        import onnxruntime as ort
-
-        if seed is not None:
-            ort.set_seed(int(seed))
-        session = make_session(data, threads)
-    except Exception as e:  # onnxruntime raises its own types for invalid graphs
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
-    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
-    contract.check_features(feature_contract())
-    return session, contract, digest
 
 
 def model_kind(model_path: PathLike) -> str:
@@ -83,12 +73,14 @@ def check_calibration(calibration, where: str = "model") -> tuple[float, float]:
 class Encoder:
     """A loaded, verified encoder plus its calibration and thresholds (one run at a time)."""
 
-    def __init__(self, session, contract: ModelContract, path: Path, sha256: str, thresholds):
+    def __init__(self, session, contract: ModelContract, path: Path, sha256: str, thresholds,
+                 thresholds_loosened: list | None = None):
         self.session = session
         self.contract = contract
         self.path = path
         self.sha256 = sha256
         self.thresholds = thresholds
+        self.thresholds_loosened = list(thresholds_loosened or [])  # recorded in every decision
         self.measure = contract.uncertainty_measure
         self.calibration = check_calibration(contract.calibration, str(path))
 
@@ -105,8 +97,14 @@ class Encoder:
         deny: float | None = None,
         threads: int = 1,
         seed: int | None = None,
+        unsafe_thresholds: bool = False,
     ) -> "Encoder":
-        """Resolve, verify and open an encoder; apply threshold overrides (ThresholdError)."""
+        """Resolve, verify, open and probe an encoder; apply threshold overrides.
+
+        Overrides that loosen the validated thresholds beyond policy's bounds raise
+        ThresholdError unless ``unsafe_thresholds``; samples that cannot disagree (collapsed MC
+        dropout) are refused, as for the classifier gate.
+        """
         path = resolve_encoder_path(model_path)
         session, contract, digest = open_model(path, threads, seed)
         if contract.kind != "encoder":
@@ -124,9 +122,13 @@ class Encoder:
                 f"want [{INPUT_NAME!r}] -> [{EMBEDDINGS_NAME!r}]"
             )
         thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)
-        log.info("encoder %s (%s, S=%d, D=%d, sha256 %s...), thresholds %s", path, contract.method,
-                 contract.samples, contract.embedding_dim, digest[:12], thresholds.to_dict())
-        return cls(session, contract, path, digest, thresholds)
+        loosened = check_loosening(contract.thresholds, thresholds, unsafe_thresholds)
+        encoder = cls(session, contract, path, digest, thresholds, loosened)
+        check_samples_differ(encoder._run(as_model_input(probe_images())), contract.method, path)
+        log.info("encoder %s (%s, S=%d, D=%d, sha256 %s...), thresholds %s%s", path, contract.method,
+                 contract.samples, contract.embedding_dim, digest[:12], thresholds.to_dict(),
+                 f" LOOSENED: {'; '.join(loosened)}" if loosened else "")
+        return encoder
 
     # -- inference --------------------------------------------------------------------------
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -162,6 +164,5 @@ class Encoder:
         return self.embed(spectrogram(frame_windows(speech, hop_seconds)), batch=batch)
 
     def warmup(self) -> None:
-        """Run the encoder once on a blank window, so the first real decision is warm."""
-        noise = np.random.default_rng(0).random((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-        self._run(as_model_input(noise))
+        """Run the encoder once, so the first real decision is warm."""
+        self._run(as_model_input(probe_images(1)))

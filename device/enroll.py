@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audio import TRIM_HOP, AudioError, frame_rms_db, load_audio
-from .contract import EXIT_AUDIO, EXIT_MODEL, EXIT_USAGE, ModelError
+from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE, ModelError
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
@@ -55,7 +55,8 @@ exit codes:
   0  enrolled (the profile was written)
   {EXIT_USAGE}  usage error (bad command line, bad name)
   {EXIT_AUDIO}  refused: a recording is unusable, too little speech, or a warning without --force
-  {EXIT_MODEL}  the encoder model or the profile store cannot be used"""
+  {EXIT_MODEL}  the encoder model or the profile store cannot be used
+  {EXIT_DEVICE}  --mic: the audio device is unavailable"""
 
 
 class EnrolmentRefused(AudioError):
@@ -250,7 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", metavar="FILE", nargs="*", help="recordings of NAME's voice")
     parser.add_argument("--mic", action="store_true", help="record from the microphone, guided")
     parser.add_argument("--seconds", type=_min_speech, metavar="S",
-                        help=f"--mic: seconds of speech to collect (default {MIN_SPEECH_SECONDS * 2:.0f})")
+                        help="--mic: seconds of speech to collect (default 20, at least --min-speech)")
     parser.add_argument("--device", metavar="ID", help="--mic: input device, index or part of its name")
     parser.add_argument("--profiles", metavar="DIR",
                         help="the profile store (default: $VOICEGATE_PROFILES, else "
@@ -286,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.mic and (args.seconds or args.device):
         return _fail(args, EXIT_USAGE, "--seconds and --device go with --mic")
     store = ProfileStore(args.profiles)
+    from .stream import AudioDeviceError
+
     try:
         from .encoder import Encoder
 
@@ -306,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_AUDIO, f"not enrolled: {e}")
     except ModelError as e:  # the encoder, or the profile store (ProfileError)
         return _fail(args, EXIT_MODEL, f"not enrolled: {e}")
+    except AudioDeviceError as e:
+        return _fail(args, EXIT_DEVICE, f"not enrolled: {e}")
     for w in warnings:
         print(f"voicegate enroll: {w} (--force: enrolled anyway)", file=sys.stderr)
     result = {"enrolled": True, "name": profile.name, "speech_seconds": round(session.speech_seconds, 2),

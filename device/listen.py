@@ -31,6 +31,8 @@ from .contract import (
     LISTEN_EXIT_CODES_HELP,
 )
 from .listener import DECISIONS, EXIT_OK, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
+from .door import add_door_arguments, door_from_args
+from .identify import add_profile_arguments
 from .options import add_model_arguments, load_gate
 from .policy import ThresholdError
 from .stream import (
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = LISTEN_EXIT_CODES_HELP
     add_model_arguments(parser)
+    add_profile_arguments(parser)  # encoder kind: --profiles DIR / --demo (see identify.py)
+    add_door_arguments(parser)  # --on-grant / --on-deny / --hook-timeout / --lockout-* (door.py)
     parser.add_argument("--device", metavar="ID", help="input device: index or part of its name")
     parser.add_argument("--list-devices", action="store_true", help="print the input devices and exit")
     parser.add_argument(
@@ -178,6 +182,11 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
     except Exception as e:  # ModelError, or anything else while loading: no model, no gate
         _error(str(e) or type(e).__name__)
         return EXIT_MODEL
+    try:  # decision ids and the lockout on every decision; the hooks after each record
+        gate, hooks = door_from_args(gate, args)
+    except ValueError as e:
+        _error(str(e))
+        return EXIT_USAGE
     open_source = (source_factory or default_source_factory)(args)
     try:
         first = open_source()
@@ -192,6 +201,7 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
         if record.get("type") != "decision":
             return
         print(json.dumps(record) if args.json else format_line(record), flush=True)
+        hooks.fire(record)  # background thread; never blocks the loop
 
     listener = Listener(
         gate,

@@ -4,7 +4,7 @@ A source (microphone, or a file replayed through the same streaming path) yields
 chunks; the :class:`~voicegate.device.stream.Endpointer` cuts utterances; the gate decides each
 one; every decision is appended to the audit log (flushed and fsync'd) before it is emitted. It
 fails closed: an utterance the gate cannot decide (unusable audio, any error) is DENIED with the
-reason, and an utterance cut short by a failing device is DENIED too. So is an utterance with
+reason (one in which the featurizer finds no speech gets no decision, only a ``no_speech`` event), and an utterance cut short by a failing device is DENIED too. So is an utterance with
 audio lost in it (the microphone queue overflowed, or PortAudio flagged a block): its record
 says ``audio_lost: true`` and why, and the gate never sees the gapped audio. A device that fails
 mid-stream is reopened with exponential back-off (unless ``exit_on_error``).
@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio import SAMPLE_RATE, AudioError, NoSpeechError
 from .audit import AuditLog, stamped
 from .contract import EXIT_AUDIO, EXIT_DEVICE
 from .policy import DENIED, GRANTED, UNCERTAIN
@@ -176,6 +176,11 @@ class Listener:
                 record = decision_record(self.gate.decide_audio(utt.audio))
         except (KeyboardInterrupt, SystemExit):
             raise
+        except NoSpeechError as e:  # not speech after all: no decision (nothing opens), an event
+            log.info("no decision on %.2f-%.2f s: %s", utt.start_s, utt.end_s, e)
+            self._event("no_speech", utt_start_s=round(utt.start_s, 3), utt_end_s=round(utt.end_s, 3),
+                        reason=str(e))
+            return False
         except AudioError as e:
             record = denied_record(f"unusable audio: {e}", gate=self.gate)
         except Exception as e:  # fail closed on anything the gate throws
@@ -345,8 +350,9 @@ def format_line(record: dict) -> str:
         v = record.get(key)
         return "-" if v is None else format(v, fmt)
 
+    who = f"{record['decision']} as {record['speaker']}" if record.get("speaker") else record["decision"]
     line = (
-        f"[{num('utt_start_s', '.2f')}-{num('utt_end_s', '.2f')}s] {record['decision']:<9} "
+        f"[{num('utt_start_s', '.2f')}-{num('utt_end_s', '.2f')}s] {who:<9} "
         f"p_allow={num('p_allow', '.3f')} uncertainty={num('uncertainty', '.3f')} "
         f"windows={record.get('windows', '-')} latency={num('latency_ms', '.0f')} ms"
     )

@@ -60,10 +60,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def load_gate(args: argparse.Namespace, warmup: bool = False):
     """The gate the command line's model options name (raises ModelError, ThresholdError, ...).
 
-    Overrides that loosen the model's validated thresholds are said on stderr (one line).
+    Overrides that loosen the model's validated thresholds are said on stderr (one line). An
+    encoder-kind model decides by name against the enrolled profiles (``identify``).
     """
+    from .identify import load_profile_gate, wants_encoder
     from .runtime import Gate
 
+    if wants_encoder(args):
+        gate = load_profile_gate(args, warmup)
+        warn_loosened(gate.encoder)
+        return gate
     gate = Gate.load(
         args.model,
         method=args.method,

@@ -210,7 +210,12 @@ class ProfileStore:
         return sorted(n for n in out if NAME_PATTERN.fullmatch(n))
 
     def signature(self) -> tuple:
-        """Changes whenever a profile is added, removed, renamed or rewritten (for reloads)."""
+        """Changes whenever a profile is added, removed, renamed or rewritten (for reloads).
+
+        From the directory listing and each file's inode, size and mtime: an atomic rewrite
+        (a new inode) is always seen; an in-place edit within the same mtime tick (a few ms)
+        of the previous write is not, until the next change.
+        """
         sig = []
         for n in self.names():
             try:

@@ -179,7 +179,9 @@ class ProfileGate:
             mutual_info=best.mutual_info, windows=int(emb.shape[0]), samples=int(emb.shape[1]),
             method=self.method, model_sha256=self.sha256,
             latency_ms=(time.perf_counter() - t0) * 1000.0, reason=reason,
-            thresholds=self.encoder.thresholds.to_dict(), speaker=speaker,
+            thresholds=self.encoder.thresholds.to_dict(),
+            model_thresholds=self.encoder.contract.thresholds.to_dict(),
+            thresholds_loosened=list(self.encoder.thresholds_loosened), speaker=speaker,
             candidate=scores[0].name, scores={s.name: round(s.p_allow, 4) for s in scores},
             profiles=len(scores),
         )

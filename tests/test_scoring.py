@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,7 +176,10 @@ def test_gate_reloads_the_store_and_fails_closed_on_a_bad_profile(encoder, tmp_p
     enrol(encoder, store, "alice", synthetic_recordings("f1"), min_speech=8)  # no restart
     d = gate.decide_images(images)
     assert (d.decision, d.speaker) == (GRANTED, "alice")
-    store.path("alice").write_text(store.path("alice").read_text().replace('"alice"', '"alicf"', 1))
+    path = store.path("alice")
+    st = path.stat()
+    path.write_text(path.read_text().replace('"alice"', '"alicf"', 1))  # same size, same inode
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a later edit would (mtime ticks are coarse)
     with pytest.raises(ProfileError):
         gate.decide_images(images)
     with pytest.raises(ProfileError):  # and stays refused: no fallback to the old profiles

@@ -1,0 +1,203 @@
+"""Enrolment and decision-by-name speed and memory (issue 12), as JSON.
+
+    python benchmarks/enroll.py [--model ENCODER.onnx] [--out benchmarks/enroll.json] [--smoke]
+
+On this machine, 1 onnxruntime thread:
+
+* ``enrol_30s``: the time to enrol 30 s of speech already in memory (speech detector, quality
+  checks, spectrograms, encoder, profile write), best and median of ``--repeats``; target < 1 s.
+* ``decision``: warm decision time for one 3 s utterance against 1, 10 and 100 profiles: the
+  whole decision (speech detector + spectrogram + encoder + scoring + policy) and the scoring
+  part alone (embeddings -> scores for every profile -> decision); target < 10 ms for 10
+  profiles, which the JSON compares with both.
+* ``listen_rss_10_profiles``: peak RSS of a ``voicegate listen --from-file`` process deciding
+  against 10 profiles (ru_maxrss of the child); target < 150 MB.
+
+The encoder: ``--model``, else the shipped ``models/voicegate-encoder-mc.onnx``, else the tiny
+test encoder (``tests/tiny_encoder.py``, needs onnx): the JSON names it, and with the tiny one
+the timings are of a much smaller network than the real one. The speech: the shared LibriSpeech
+corpus's speaker 1998 (test-other) when ``../shared/data`` is there, else generated audio.
+Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+SHARED = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TARGETS = {"enrol_30s_s": 1.0, "decision_10_profiles_ms": 10.0, "listen_rss_mb": 150.0}
+
+
+def encoder_path(arg: str | None, tmp: Path) -> tuple[Path, str]:
+    from voicegate.device.encoder import resolve_encoder_path
+
+    if arg:
+        return Path(arg), "named"
+    shipped = resolve_encoder_path()
+    if shipped.is_file():
+        return shipped, "shipped"
+    from tiny_encoder import write_encoder_model
+
+    return write_encoder_model(tmp / "tiny-encoder.onnx"), "tiny test encoder (NOT the real network)"
+
+
+def speech_audio(seconds: float) -> tuple[np.ndarray, str]:
+    """About ``seconds`` of speech (detector-measured) at 16 kHz, and where it came from."""
+    from voicegate.device.speech import select_speech
+
+    files = sorted((SHARED / "librispeech" / "test-other" / "1998").glob("*.flac"))
+    if files:
+        parts, got = [], 0.0
+        for f in files:
+            x, sr = sf.read(f, dtype="float32")
+            assert sr == 16000
+            parts.append(x)
+            got += select_speech(x).speech_seconds
+            if got >= seconds:
+                break
+        return np.concatenate(parts), f"librispeech 1998 test-other, {len(parts)} files"
+    from synth import synth_voice
+
+    return synth_voice("f1", seconds * 1.3, seed=0), "generated (tests/synth.py f1)"
+
+
+def timed(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"best_s": min(times), "median_s": statistics.median(times), "repeats": repeats}
+
+
+def bench_enrol(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
+    from voicegate.device.enroll import analyse, enrol
+    from voicegate.device.profiles import ProfileStore
+
+    store = ProfileStore(tmp / "enrol-bench")
+    info = {}
+
+    def once():
+        rec = analyse("bench", audio)
+        _, sess, _ = enrol(encoder, store, "bench", [rec], replace=True, force=True)
+        info.update(speech_seconds=sess.speech_seconds, windows=int(sess.embeddings.shape[0]))
+
+    once()  # warm: the speech detector and the encoder are loaded
+    return {**timed(once, repeats), **info}
+
+
+def make_store(encoder, root: Path, n: int, base: np.ndarray) -> "object":
+    """n profiles: the real voice's embeddings plus per-profile noise (distinct centroids)."""
+    from voicegate.device.profiles import ProfileStore, Session
+
+    store = ProfileStore(root)
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        e = base + 0.5 * rng.standard_normal(base.shape).astype(np.float32)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        store.add_session(f"person{i:03d}", encoder.sha256, encoder.dim, Session(e, 30.0, ["bench"]))
+    return store
+
+
+def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
+    from voicegate.device.features import INFER_HOP_SECONDS, featurize
+    from voicegate.device.scoring import ProfileGate, decide_by_name, score_profiles, window_embeddings
+
+    utt = audio[: 3 * 16000]
+    base = window_embeddings(encoder.embed_speech(audio[: 20 * 16000]))
+    emb = encoder.embed(featurize(utt, hop_seconds=INFER_HOP_SECONDS))
+    out = {}
+    for n in (1, 10, 100):
+        gate = ProfileGate(encoder, make_store(encoder, tmp / f"p{n}", n, base))
+        gate.decide_audio(utt)  # warm
+        whole = timed(lambda: gate.decide_audio(utt), repeats)
+
+        def scoring():
+            s = score_profiles(emb, gate._names, gate._centroids, encoder.calibration, encoder.measure)
+            decide_by_name(s, encoder.thresholds, encoder.measure)
+
+        part = timed(scoring, repeats * 5)
+        reload = timed(gate.store.signature, repeats)  # the per-decision check for a changed store
+        out[str(n)] = {"whole_decision_ms": round(whole["median_s"] * 1e3, 2),
+                       "whole_decision_best_ms": round(whole["best_s"] * 1e3, 2),
+                       "scoring_ms": round(part["median_s"] * 1e3, 3),
+                       "store_change_check_ms": round(reload["median_s"] * 1e3, 3)}
+    return out
+
+
+def bench_listen_rss(model: Path, audio: np.ndarray, tmp: Path, encoder) -> dict:
+    """Peak RSS of `voicegate listen --from-file` against 10 profiles (the first child we wait for)."""
+    from voicegate.device.scoring import window_embeddings
+
+    store = make_store(encoder, tmp / "rss10", 10, window_embeddings(encoder.embed_speech(audio[: 20 * 16000])))
+    wav = tmp / "door.wav"
+    sf.write(wav, audio[: 30 * 16000], 16000)
+    cmd = [sys.executable, "-m", "voicegate.device.cli", "listen", "--from-file", str(wav),
+           "--profiles", str(store.root), "--model", str(model), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    return {"peak_rss_mb": round(peak_kb / 1024, 1), "exit_code": r.returncode, "decisions": len(lines),
+            "speakers": sorted({str(x.get("speaker")) for x in lines}),
+            "valid": before < peak_kb and r.returncode == 0, "stderr_tail": r.stderr[-300:]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="encoder (default: the shipped one, else the tiny test encoder)")
+    ap.add_argument("--out", help="write the JSON here (default: stdout only)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--smoke", action="store_true", help="one repeat, 12 s of speech: checks it runs")
+    args = ap.parse_args(argv)
+    from voicegate.device.encoder import Encoder
+
+    repeats = 1 if args.smoke else args.repeats
+    with tempfile.TemporaryDirectory(prefix="vg-enrol-bench-") as d:
+        tmp = Path(d)
+        model, which = encoder_path(args.model, tmp)
+        encoder = Encoder.load(model, threads=1)
+        audio, source = speech_audio(12.0 if args.smoke else 30.0)
+        result = {
+            "benchmark": "enrol", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "encoder": {"path": str(model), "which": which, "sha256": encoder.sha256,
+                        "method": encoder.method, "samples": encoder.samples, "dim": encoder.dim},
+            "speech": source, "smoke": args.smoke, "threads": 1, "targets": TARGETS,
+            "enrol_30s": bench_enrol(encoder, audio, tmp, repeats),
+            "decision": bench_decisions(encoder, audio, tmp, repeats),
+            "listen_rss_10_profiles": bench_listen_rss(model, audio, tmp, encoder),
+        }
+    d10 = result["decision"]["10"]
+    result["met"] = {
+        "enrol_30s": result["enrol_30s"]["median_s"] < TARGETS["enrol_30s_s"],
+        "decision_10_profiles_whole": d10["whole_decision_ms"] < TARGETS["decision_10_profiles_ms"],
+        "decision_10_profiles_scoring": d10["scoring_ms"] < TARGETS["decision_10_profiles_ms"],
+        "listen_rss": result["listen_rss_10_profiles"]["peak_rss_mb"] < TARGETS["listen_rss_mb"],
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

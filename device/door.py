@@ -1,0 +1,271 @@
+"""What ``listen`` does at the door after a decision: the lockout, and the grant/deny hooks.
+
+**Lockout** (:class:`Lockout`): after ``max_failures`` DENIED or UNCERTAIN decisions within
+``window_s`` seconds (default :data:`LOCKOUT_FAILURES` = 5 in :data:`LOCKOUT_WINDOW_S` = 120 s),
+``listen`` stops granting for ``cooloff_s`` (default :data:`LOCKOUT_COOLOFF_S` = 300 s): a
+voice that would be GRANTED meanwhile is DENIED with the reason, and the lockout is logged and
+recorded in the audit log (``lockout_started``, ``locked_out``). A GRANTED decision outside a
+lockout clears the count. Only real
+decisions count (not "no speech" noise, which is DENIED without being scored). The state is a
+small JSON file beside the audit log (``AUDIT.lockout.json``, written atomically), so it
+survives a restart of the service; without ``--log`` it lives in memory only. An unreadable
+state file means a full cool-off (fail closed). ``--lockout-after 0`` turns it off.
+
+**Hooks** (:class:`Hooks`): ``--on-grant CMD`` runs CMD when access is granted, ``--on-deny CMD``
+when a voice is DENIED or UNCERTAIN (a bell, a notification). CMD is split with ``shlex.split``
+and run without a shell (no interpolation of anything); the decision reaches it through the
+environment: ``VOICEGATE_DECISION``, ``VOICEGATE_SPEAKER`` (empty unless granted),
+``VOICEGATE_SCORE`` (p_allow), ``VOICEGATE_UNCERTAINTY``, ``VOICEGATE_DECISION_ID`` (also in the
+audit log), ``VOICEGATE_TS``. It runs in a background thread with a timeout (default
+:data:`HOOK_TIMEOUT_S`), its failure or timeout is logged, and it never blocks the audio loop:
+while one run of a hook is still going, a new event for it is skipped (logged), never queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+from .policy import DENIED, GRANTED, UNCERTAIN
+
+log = logging.getLogger(__name__)
+
+LOCKOUT_FAILURES = 5
+LOCKOUT_WINDOW_S = 120.0
+LOCKOUT_COOLOFF_S = 300.0
+HOOK_TIMEOUT_S = 10.0
+LOCKOUT_SUFFIX = ".lockout.json"
+
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Lockout:
+    """Counts denied/uncertain decisions; locks granting for a cool-off (see the module doc)."""
+
+    def __init__(self, path: Optional[Path] = None, max_failures: int = LOCKOUT_FAILURES,
+                 window_s: float = LOCKOUT_WINDOW_S, cooloff_s: float = LOCKOUT_COOLOFF_S,
+                 clock: Callable[[], float] = time.time):
+        if max_failures < 1 or window_s <= 0 or cooloff_s < 0:
+            raise ValueError("lockout needs max_failures >= 1, window_s > 0 and cooloff_s >= 0")
+        self.path = Path(path) if path else None
+        self.max_failures, self.window_s, self.cooloff_s = int(max_failures), float(window_s), float(cooloff_s)
+        self.clock = clock
+        self.failures: list[float] = []  # wall-clock times of recent denied/uncertain decisions
+        self.locked_until = 0.0
+        self._load()
+
+    @classmethod
+    def beside(cls, audit_path, **kw) -> "Lockout":
+        p = Path(audit_path)
+        return cls(p.with_name(p.name + LOCKOUT_SUFFIX), **kw)
+
+    def remaining(self) -> float:
+        """Seconds left in the current lockout (0 when not locked)."""
+        return max(0.0, self.locked_until - self.clock())
+
+    def apply(self, record: dict) -> Optional[dict]:
+        """Update with one decision record (changed in place); return a lockout event or None."""
+        now = self.clock()
+        decision = record.get("decision")
+        if self.remaining() > 0:
+            if decision == GRANTED:
+                record.update(decision=DENIED, speaker=None, locked_out=True,
+                              reason=f"locked out for {self.remaining():.0f} s more after "
+                                     f"{self.max_failures} denied/uncertain in {self.window_s:.0f} s "
+                                     f"(would have granted: {record.get('reason', '')})")
+            return None
+        if decision == GRANTED:
+            if self.failures:
+                self.failures = []
+                self._save()
+            return None
+        if decision not in (DENIED, UNCERTAIN):
+            return None
+        self.failures = [t for t in self.failures if now - t < self.window_s] + [now]
+        event = None
+        if len(self.failures) >= self.max_failures:
+            self.locked_until = now + self.cooloff_s
+            self.failures = []
+            event = {"type": "event", "event": "lockout", "cooloff_s": self.cooloff_s,
+                     "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s"}
+            log.warning("lockout: %d denied/uncertain within %.0f s; no access for %.0f s",
+                        self.max_failures, self.window_s, self.cooloff_s)
+        self._save()
+        return event
+
+    # -- persistence --------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            d = json.loads(self.path.read_text())
+            self.failures = [float(t) for t in d.get("failures", [])]
+            self.locked_until = float(d.get("locked_until", 0.0))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            # unreadable state: fail closed, a full cool-off from now
+            log.warning("%s: unreadable lockout state (%s): locking out for %.0f s", self.path, e, self.cooloff_s)
+            self.failures, self.locked_until = [], self.clock() + self.cooloff_s
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = json.dumps({"failures": self.failures, "locked_until": self.locked_until,
+                           "max_failures": self.max_failures, "window_s": self.window_s,
+                           "cooloff_s": self.cooloff_s})
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".lockout.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.error("%s: cannot save the lockout state: %s", self.path, e)
+
+
+def hook_env(record: dict) -> dict:
+    """The environment a hook runs with: this process's plus the VOICEGATE_* decision fields."""
+    def text(v) -> str:
+        return "" if v is None else str(v)
+
+    env = dict(os.environ)
+    env.update(
+        VOICEGATE_DECISION=text(record.get("decision")),
+        VOICEGATE_SPEAKER=text(record.get("speaker")),
+        VOICEGATE_SCORE=text(record.get("p_allow")),
+        VOICEGATE_UNCERTAINTY=text(record.get("uncertainty")),
+        VOICEGATE_DECISION_ID=text(record.get("decision_id")),
+        VOICEGATE_TS=text(record.get("ts")),
+    )
+    return env
+
+
+class Hooks:
+    """Run --on-grant / --on-deny commands in background threads (see the module doc)."""
+
+    def __init__(self, on_grant: Optional[str] = None, on_deny: Optional[str] = None,
+                 timeout: float = HOOK_TIMEOUT_S):
+        self.commands = {GRANTED: parse_command(on_grant, "--on-grant"),
+                         DENIED: parse_command(on_deny, "--on-deny")}
+        self.commands[UNCERTAIN] = self.commands[DENIED]
+        self.timeout = float(timeout)
+        self._running: dict[str, threading.Thread] = {}
+        self.threads: list[threading.Thread] = []  # every hook thread started (tests join them)
+
+    def __bool__(self) -> bool:
+        return any(self.commands.values())
+
+    def fire(self, record: dict) -> Optional[threading.Thread]:
+        """Start the hook for this decision record, if any; never blocks, never raises."""
+        decision = record.get("decision")
+        argv = self.commands.get(decision)
+        if not argv or not record.get("decision_id"):  # only scored decisions, not noise
+            return None
+        kind = "grant" if decision == GRANTED else "deny"
+        busy = self._running.get(kind)
+        if busy is not None and busy.is_alive():
+            log.warning("on-%s hook still running: skipping it for decision %s", kind, record["decision_id"])
+            return None
+        t = threading.Thread(target=self._run, args=(kind, argv, hook_env(record)),
+                             name=f"voicegate-on-{kind}", daemon=True)
+        self._running[kind] = t
+        self.threads.append(t)
+        t.start()
+        return t
+
+    def _run(self, kind: str, argv: list, env: dict) -> None:
+        try:
+            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=self.timeout, shell=False)
+        except subprocess.TimeoutExpired:
+            log.error("on-%s hook %s timed out after %.1f s (killed)", kind, argv[0], self.timeout)
+            return
+        except OSError as e:
+            log.error("on-%s hook %s could not run: %s", kind, argv[0], e)
+            return
+        if r.returncode != 0:
+            tail = (r.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            log.error("on-%s hook %s failed (exit %d) %s", kind, argv[0], r.returncode, tail[0][:200])
+        else:
+            log.info("on-%s hook %s done", kind, argv[0])
+
+
+def parse_command(cmd: Optional[str], flag: str) -> Optional[list]:
+    """``shlex.split`` of a hook command (ValueError with the flag's name if it cannot be split)."""
+    if not cmd:
+        return None
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as e:
+        raise ValueError(f"{flag}: cannot split {cmd!r} ({e})") from None
+    if not argv:
+        raise ValueError(f"{flag}: empty command")
+    return argv
+
+
+class DoorGate:
+    """A gate plus the door's rules: every scored decision gets a ``decision_id`` and passes the
+    lockout. ``decide_audio`` returns the decision as a record (dict); anything else is the
+    wrapped gate's (``method``, ``sha256``, ...)."""
+
+    def __init__(self, gate, lockout: Optional[Lockout] = None):
+        self.gate = gate
+        self.lockout = lockout
+
+    def __getattr__(self, name):
+        return getattr(self.gate, name)
+
+    def decide_audio(self, audio, *a, **kw) -> dict:
+        d = self.gate.decide_audio(audio, *a, **kw)
+        record = dict(d.to_dict()) if hasattr(d, "to_dict") else dict(d)
+        record["decision_id"] = new_decision_id()
+        if self.lockout is not None:
+            event = self.lockout.apply(record)
+            if event is not None:
+                record["lockout_started"] = True
+                record["lockout_cooloff_s"] = event["cooloff_s"]
+                print(f"voicegate listen: lockout: {event['reason']}; no access for "
+                      f"{event['cooloff_s']:.0f} s", file=sys.stderr, flush=True)
+        return record
+
+
+def add_door_arguments(p) -> None:
+    """listen's --on-grant / --on-deny / --hook-timeout and lockout options."""
+    p.add_argument("--on-grant", metavar="CMD",
+                   help="run CMD (no shell) when access is granted; the decision is in VOICEGATE_* "
+                        "environment variables (VOICEGATE_SPEAKER, VOICEGATE_SCORE, VOICEGATE_DECISION_ID, ...)")
+    p.add_argument("--on-deny", metavar="CMD", help="run CMD (no shell) when a voice is DENIED or UNCERTAIN")
+    p.add_argument("--hook-timeout", type=float, default=HOOK_TIMEOUT_S, metavar="S",
+                   help=f"kill a hook after S seconds (default {HOOK_TIMEOUT_S:.0f})")
+    p.add_argument("--lockout-after", type=int, default=LOCKOUT_FAILURES, metavar="N",
+                   help=f"stop granting after N denied/uncertain decisions within --lockout-window "
+                        f"(default {LOCKOUT_FAILURES}; 0 turns the lockout off)")
+    p.add_argument("--lockout-window", type=float, default=LOCKOUT_WINDOW_S, metavar="S",
+                   help=f"the lockout's counting window (default {LOCKOUT_WINDOW_S:.0f} s)")
+    p.add_argument("--lockout-cooloff", type=float, default=LOCKOUT_COOLOFF_S, metavar="S",
+                   help=f"how long a lockout lasts (default {LOCKOUT_COOLOFF_S:.0f} s)")
+
+
+def door_from_args(gate, args) -> tuple[DoorGate, Hooks]:
+    """(the gate wrapped with the lockout, the hooks) that listen's options ask for (ValueError)."""
+    if args.hook_timeout <= 0 or args.lockout_after < 0 or args.lockout_window <= 0 or args.lockout_cooloff < 0:
+        raise ValueError("--hook-timeout and --lockout-window must be > 0, --lockout-after and "
+                         "--lockout-cooloff >= 0")
+    hooks = Hooks(args.on_grant, args.on_deny, timeout=args.hook_timeout)
+    lockout = None
+    if args.lockout_after > 0:
+        kw = dict(max_failures=args.lockout_after, window_s=args.lockout_window, cooloff_s=args.lockout_cooloff)
+        lockout = Lockout.beside(args.log, **kw) if getattr(args, "log", None) else Lockout(None, **kw)
+    return DoorGate(gate, lockout), hooks

@@ -1,0 +1,129 @@
+"""Build the shipped demo household: ``models/demo-profiles/`` and ``models/example-<name>.flac``.
+
+    python models/make_demo.py [--corpus ../shared/data/librispeech] [--model ENCODER.onnx]
+                               [--out models] [--clip-speaker 2414] [--clip-seconds 5]
+
+Rebuild it whenever the encoder changes: a profile names the sha256 of the encoder it was made
+with, and the device refuses profiles of another encoder.
+
+* One profile per **allowed** speaker of the corpus's default roles (LibriSpeech: 1998, 3331,
+  2414), named ``librispeech-<id>``, enrolled from that speaker's **train-split** recordings
+  (split by recording, seed 0, as training and evaluation split them) with the device's own
+  enrolment (``voicegate.device.enroll``: speech detector, checks, encoder).
+* The example clip: the first ``--clip-seconds`` of each **test-split** recording of
+  ``--clip-speaker`` (never used for enrolment) is decided against the demo household; the first
+  one GRANTED as that speaker is written to ``example-librispeech-<id>.flac``. How many of the
+  speaker's test clips were granted is printed and written to ``demo-household.json``, so the
+  choice is not hidden. ``models/example.wav`` (espeak-ng, nobody's voice) is decided too.
+
+Needs the training extra (it reads the corpus with voicegate.train) and the shared corpus.
+LibriSpeech is CC BY 4.0 (Panayotov et al., 2015); see models/README.md for the attribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("make_demo")
+
+DEMO_DIR = "demo-profiles"
+NAME_PREFIX = "librispeech-"
+BUILD_REPORT = "demo-household.json"  # beside demo-profiles/ (a .json inside would read as a profile)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "data" / "librispeech"))
+    ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-mc.onnx)")
+    ap.add_argument("--out", default=str(HERE), help="where demo-profiles/ and the clip go (default: models/)")
+    ap.add_argument("--clip-speaker", default="2414")
+    ap.add_argument("--clip-seconds", type=float, default=5.0)
+    ap.add_argument("--force", action="store_true", help="enrol despite enrolment warnings")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from voicegate.device.audio import load_audio
+    from voicegate.device.encoder import Encoder
+    from voicegate.device.enroll import EnrolmentRefused, enrol, read_recording
+    from voicegate.device.profiles import ProfileStore
+    from voicegate.device.scoring import ProfileGate
+    from voicegate.train.data.corpus import load_corpus
+    from voicegate.train.data.splits import TEST, TRAIN, split_recordings
+
+    encoder = Encoder.load(args.model)
+    corpus = load_corpus(args.corpus)
+    splits = split_recordings(corpus.recordings, corpus.roles, seed=0)
+    allowed = sorted(corpus.roles.allowed)
+    out = Path(args.out)
+    build = {"corpus": str(Path(args.corpus).name), "encoder": str(encoder.path), "encoder_sha256": encoder.sha256,
+             "split": "by recording, seed 0", "profiles": {}, "clips": {}}
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-profiles.", dir=out))
+    try:
+        store = ProfileStore(tmp)
+        for spk in allowed:
+            recs = [r for r in corpus.recordings if r.speaker == spk and splits[r.recording] == TRAIN]
+            files = [str(p) for r in sorted(recs, key=lambda r: r.item) for p in r.paths]
+            try:
+                prof, sess, warnings = enrol(encoder, store, NAME_PREFIX + spk, [read_recording(f) for f in files],
+                                             force=args.force, sources=[Path(f).name for f in files])
+            except EnrolmentRefused as e:
+                print(f"make_demo: {spk}: " + "; ".join(map(str, e.problems)), file=sys.stderr)
+                return 1
+            build["profiles"][prof.name] = {"recordings": len(files), "speech_seconds": round(sess.speech_seconds, 1),
+                                            "warnings": [str(w) for w in warnings]}
+            print(f"enrolled {prof.name}: {len(files)} train-split recordings, {sess.speech_seconds:.1f} s of speech")
+        gate = ProfileGate(encoder, store)
+        name = NAME_PREFIX + args.clip_speaker
+        tests = sorted((r for r in corpus.recordings if r.speaker == args.clip_speaker and splits[r.recording] == TEST),
+                       key=lambda r: r.item)
+        chosen, results = None, []
+        for r in tests:
+            clip = load_audio(r.path, max_seconds=args.clip_seconds)
+            d = gate.decide_audio(clip)
+            results.append({"recording": r.recording, "decision": d.decision, "speaker": d.speaker,
+                            "scores": d.scores})
+            print(f"test clip {r.recording} ({clip.size / 16000:.1f} s): {d.decision} {d.speaker or ''} {d.scores}")
+            if chosen is None and d.speaker == name:
+                chosen = (r, clip)
+        build["clips"]["test_split_candidates"] = results
+        build["clips"]["granted"] = f"{sum(x['speaker'] == name for x in results)} of {len(results)}"
+        synthetic = gate.decide_file(HERE / "example.wav")
+        build["clips"]["example.wav"] = {"decision": synthetic.decision, "scores": synthetic.scores}
+        print(f"models/example.wav (espeak-ng): {synthetic.decision} {synthetic.scores}")
+        if chosen is None:
+            print(f"make_demo: no test-split clip of {args.clip_speaker} is GRANTED as {name}; no example clip",
+                  file=sys.stderr)
+            return 1
+        rec, clip = chosen
+        clip_path = out / f"example-{name}.flac"
+        sf.write(clip_path, np.asarray(clip, np.float32), 16000, subtype="PCM_16")
+        build["clips"]["example"] = {"file": clip_path.name, "from": rec.recording, "seconds": clip.size / 16000}
+        final = out / DEMO_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        (final / ".lock").unlink(missing_ok=True)
+        for p in final.iterdir():
+            p.chmod(0o644)  # shipped read-only data (the store itself needs no 0600 here)
+        final.chmod(0o755)
+        (out / BUILD_REPORT).write_text(json.dumps(build, indent=1) + "\n")
+        print(f"wrote {final}/ ({', '.join(sorted(build['profiles']))}) and {clip_path} "
+              f"(from {rec.recording}; {build['clips']['granted']} test clips granted)")
+        return 0
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""At the door: the lockout (persisted), the --on-grant/--on-deny hooks, the guided --mic session."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+from synth import synth_voice
+
+from voicegate.device.door import Hooks, Lockout, new_decision_id
+from voicegate.device.enroll import EnrolmentRefused
+from voicegate.device.enroll_mic import record_session
+from voicegate.device.stream import ArraySource
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rec(decision: str) -> dict:
+    return {"decision": decision, "speaker": "alice" if decision == "GRANTED" else None,
+            "reason": "r", "decision_id": new_decision_id()}
+
+
+# --- lockout ---------------------------------------------------------------------------------------
+def test_lockout_after_n_failures_in_the_window_then_cool_off(tmp_path):
+    clock = Clock()
+    lock = Lockout(tmp_path / "audit.jsonl.lockout.json", max_failures=3, window_s=60, cooloff_s=100, clock=clock)
+    assert lock.apply(rec("DENIED")) is None
+    clock.t += 70  # the first failure leaves the window
+    assert lock.apply(rec("UNCERTAIN")) is None and lock.apply(rec("DENIED")) is None
+    event = lock.apply(rec("DENIED"))
+    assert event["event"] == "lockout" and lock.remaining() == pytest.approx(100)
+    r = rec("GRANTED")
+    lock.apply(r)
+    assert r["decision"] == "DENIED" and r["speaker"] is None and r["locked_out"]
+    assert "locked out for 100 s more" in r["reason"]
+    clock.t += 101
+    r = rec("GRANTED")
+    assert lock.apply(r) is None and r["decision"] == "GRANTED"
+
+
+def test_lockout_survives_a_restart_and_fails_closed_on_a_broken_state(tmp_path):
+    clock = Clock()
+    path = tmp_path / "audit.jsonl.lockout.json"
+    lock = Lockout(path, max_failures=2, window_s=60, cooloff_s=100, clock=clock)
+    lock.apply(rec("DENIED"))
+    again = Lockout(path, max_failures=2, window_s=60, cooloff_s=100, clock=clock)  # a restart
+    assert again.apply(rec("DENIED"))["event"] == "lockout"
+    clock.t += 10
+    assert Lockout(path, clock=clock).remaining() == pytest.approx(90)  # still locked after a restart
+    path.write_text("{broken")
+    assert Lockout(path, cooloff_s=100, clock=clock).remaining() == pytest.approx(100)
+
+
+def test_a_grant_clears_the_count_and_noise_does_not_count():
+    lock = Lockout(None, max_failures=2, window_s=60, cooloff_s=100, clock=Clock())
+    lock.apply(rec("DENIED"))
+    lock.apply(rec("GRANTED"))
+    assert lock.apply(rec("DENIED")) is None  # the count started again
+    assert lock.failures and len(lock.failures) == 1
+    assert lock.apply({"decision": None}) is None and len(lock.failures) == 1
+
+
+# --- hooks -----------------------------------------------------------------------------------------
+HOOK = """import json, os, sys, time
+out = sys.argv[1]
+time.sleep(float(os.environ.get("HOOK_SLEEP", "0")))
+env = {k: v for k, v in os.environ.items() if k.startswith("VOICEGATE_")}
+json.dump({"argv": sys.argv[2:], "env": env}, open(out, "w"))
+sys.exit(int(os.environ.get("HOOK_EXIT", "0")))
+"""
+
+
+@pytest.fixture()
+def hook(tmp_path):
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK)
+    return script
+
+
+def test_on_grant_gets_the_decision_in_its_environment_without_a_shell(tmp_path, hook):
+    out, marker = tmp_path / "out.json", tmp_path / "pwned"
+    hooks = Hooks(on_grant=f"{sys.executable} {hook} {out} ; touch {marker} $(touch {marker})")
+    r = {**rec("GRANTED"), "p_allow": 0.93, "uncertainty": 0.01, "ts": "2026-01-01T00:00:00Z"}
+    t = hooks.fire(r)
+    t.join(10)
+    got = json.loads(out.read_text())
+    assert got["env"]["VOICEGATE_SPEAKER"] == "alice" and got["env"]["VOICEGATE_DECISION"] == "GRANTED"
+    assert got["env"]["VOICEGATE_SCORE"] == "0.93" and got["env"]["VOICEGATE_DECISION_ID"] == r["decision_id"]
+    assert got["argv"] == [";", "touch", str(marker), "$(touch", f"{marker})"]  # literal, no shell
+    assert not marker.exists()
+    assert hooks.fire(rec("DENIED")) is None  # no --on-deny
+
+
+def test_hooks_never_block_and_their_failures_are_logged(tmp_path, hook, monkeypatch, caplog):
+    monkeypatch.setenv("HOOK_SLEEP", "5")
+    hooks = Hooks(on_deny=f"{sys.executable} {hook} {tmp_path / 'o.json'}", timeout=0.5)
+    t0 = time.perf_counter()
+    t = hooks.fire(rec("UNCERTAIN"))
+    assert time.perf_counter() - t0 < 0.5  # the audio loop goes on at once
+    assert hooks.fire(rec("DENIED")) is None  # still running: skipped, not queued
+    t.join(10)
+    assert "timed out" in caplog.text
+    monkeypatch.setenv("HOOK_SLEEP", "0")
+    monkeypatch.setenv("HOOK_EXIT", "3")
+    Hooks(on_deny=f"{sys.executable} {hook} {tmp_path / 'o.json'}", timeout=30).fire(rec("DENIED")).join(30)
+    assert "failed (exit 3)" in caplog.text
+    Hooks(on_grant=str(tmp_path / "missing-program")).fire(rec("GRANTED")).join(10)
+    assert "could not run" in caplog.text
+    assert Hooks(on_grant="x").fire({"decision": "GRANTED"}) is None  # unscored (noise): no hook
+    with pytest.raises(ValueError, match="--on-grant"):
+        Hooks(on_grant="'unclosed")
+
+
+# --- the guided microphone session --------------------------------------------------------------
+def phrases(*voices: str, gap: float = 1.0) -> np.ndarray:
+    parts = []
+    for i, v in enumerate(voices):
+        parts += [synth_voice(v, 4.0, seed=i, pauses=False), np.zeros(int(gap * 16000), np.float32)]
+    return np.concatenate(parts)
+
+
+def test_mic_session_prompts_shows_progress_and_stops_when_enough(capsys):
+    args = argparse.Namespace(name="alice", seconds=8.0, min_speech=8.0, device=None)
+    src = ArraySource(phrases(*["f1"] * 6))
+    recs = record_session(args, source=src, out=sys.stdout)
+    total = sum(r.speech_seconds for r in recs)
+    assert total >= 8.0 and len(recs) < 6  # stopped before the audio ran out
+    out = capsys.readouterr().out
+    assert "say:" in out and "enough, thank you" in out and "/ 8 s of speech" in out
+
+
+def test_mic_session_gives_up_with_one_line_when_nobody_speaks():
+    args = argparse.Namespace(name="alice", seconds=8.0, min_speech=8.0, device=None)
+    quiet = ArraySource(np.zeros(16000 * 5, np.float32))
+    with pytest.raises(EnrolmentRefused, match="too little speech: 0.0 s heard"):
+        record_session(args, source=quiet, out=sys.stdout)

@@ -1,0 +1,197 @@
+"""Decisions by name in `voicegate enroll-check` and `voicegate listen`, with the tiny encoder:
+names in the JSON and the audit log, the empty store, the demo rule, hooks and the lockout."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from synth import synth_voice, write_wav
+from tiny_encoder import model  # noqa: F401 (fixture)
+
+from voicegate.device import identify
+from voicegate.device.audit import read_audit_log
+from voicegate.device.cli import main
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Enrolment recordings (two per voice) and door utterances of generated voices."""
+    d = tmp_path_factory.mktemp("clips")
+    out = {}
+    for v in ("f1", "m1", "m2"):
+        out[v] = [str(write_wav(d / f"{v}-{s}.wav", synth_voice(v, 8.0, seed=s))) for s in (0, 1)]
+        out[v + "-door"] = str(write_wav(d / f"{v}-door.wav", synth_voice(v, 4.0, seed=7, pauses=False)))
+    gap = np.zeros(int(1.5 * SR), np.float32)
+    stream = [gap]
+    for v in ("f1", "m2", "m1"):
+        stream += [synth_voice(v, 3.5, seed=8, pauses=False), gap]
+    out["stream"] = str(write_wav(d / "door-stream.wav", np.concatenate(stream)))
+    impostors = [gap]
+    for _ in range(3):
+        impostors += [synth_voice("m2", 3.0, seed=9, pauses=False), gap]
+    out["impostors-then-f1"] = str(write_wav(d / "impostors.wav", np.concatenate(
+        impostors + [synth_voice("f1", 3.5, seed=10, pauses=False), gap])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def household(tmp_path_factory, clips, model):  # noqa: F811
+    root = tmp_path_factory.mktemp("home") / "profiles"
+    for name, v in (("alice", "f1"), ("bob", "m1")):
+        assert main(["enroll", name, *clips[v], "--profiles", str(root), "--model", str(model)]) == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_stray_stores(tmp_path, monkeypatch):
+    """No test here may read or create the real per-user store or take the shipped models."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    for var in ("VOICEGATE_PROFILES", "VOICEGATE_MODEL", "VOICEGATE_ENCODER"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run_json(capsys, argv):
+    code = main(argv)
+    cap = capsys.readouterr()
+    lines = [json.loads(x) for x in cap.out.splitlines() if x.startswith("{")]
+    return code, lines, cap.err
+
+
+# --- enroll-check ----------------------------------------------------------------------------------
+def test_enroll_check_decides_by_name(capsys, clips, household, model):  # noqa: F811
+    base = ["--profiles", str(household), "--model", str(model)]
+    code, (d,), _ = run_json(capsys, ["enroll-check", clips["f1-door"], *base, "--json"])
+    assert (code, d["decision"], d["speaker"]) == (0, "GRANTED", "alice")
+    assert set(d["scores"]) == {"alice", "bob"} and d["scores"]["alice"] == pytest.approx(d["p_allow"], abs=1e-3)
+    for key in ("p_allow", "uncertainty", "windows", "reason", "exit_code", "model_sha256", "thresholds"):
+        assert key in d
+    code, (d,), _ = run_json(capsys, ["enroll-check", clips["m2-door"], *base, "--json"])
+    assert (code, d["decision"], d["speaker"]) == (1, "DENIED", None)
+    assert main(["enroll-check", clips["m1-door"], *base]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("GRANTED as bob") and "scores: " in out and "alice=" in out
+
+
+def test_empty_store_is_an_error_never_an_open_door(capsys, clips, tmp_path, model):  # noqa: F811
+    (tmp_path / "empty").mkdir()
+    for store in (tmp_path / "empty", tmp_path / "missing"):
+        code, (d,), err = run_json(capsys, ["enroll-check", clips["f1-door"], "--profiles", str(store),
+                                            "--model", str(model), "--json"])
+        assert code == 5 and d["decision"] is None and "no one is enrolled" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_classifier_models_still_decide_as_before(capsys, clips, tmp_path, household):
+    from tiny_gate import write_gate_model
+
+    gate = write_gate_model(tmp_path / "gate.onnx")
+    code, (d,), _ = run_json(capsys, ["enroll-check", clips["f1-door"], "--model", str(gate), "--json"])
+    assert d["decision"] in ("GRANTED", "DENIED", "UNCERTAIN") and "speaker" not in d
+    assert code == d["exit_code"]
+    code, _, err = run_json(capsys, ["enroll-check", clips["f1-door"], "--model", str(gate),
+                                     "--profiles", str(household)])
+    assert code == 5 and "need an encoder-kind model" in err
+
+
+# --- the demo rule -------------------------------------------------------------------------------
+def test_demo_household_only_until_someone_enrols(capsys, clips, household, tmp_path, monkeypatch, model):  # noqa: F811
+    monkeypatch.setattr(identify, "demo_dir", lambda: household)  # alice and bob play the demo people
+    door = [clips["f1-door"], "--model", str(model), "--json"]
+    code, (d,), err = run_json(capsys, ["enroll-check", *door])  # no store on this machine yet
+    assert (code, d["speaker"]) == (0, "alice") and "demo household" in err
+    code, (d,), _ = run_json(capsys, ["enroll-check", *door, "--demo"])
+    assert (code, d["speaker"]) == (0, "alice")
+    (tmp_path / "own").mkdir()
+    code, _, err = run_json(capsys, ["enroll-check", *door, "--profiles", str(tmp_path / "own")])
+    assert code == 5 and "no one is enrolled" in err  # a named store: never the demo people
+    assert main(["enroll", "carol", *clips["m2"], "--model", str(model)]) == 0  # the per-user store
+    capsys.readouterr()
+    code, (d,), err = run_json(capsys, ["enroll-check", *door])
+    assert (code, d["decision"], set(d["scores"])) == (1, "DENIED", {"carol"}) and "demo" not in err
+    assert main(["profiles", "remove", "carol"]) == 0
+    capsys.readouterr()
+    code, _, err = run_json(capsys, ["enroll-check", *door])  # store exists, empty: an error
+    assert code == 5 and "no one is enrolled" in err
+
+
+# --- listen ------------------------------------------------------------------------------------------
+def test_listen_decides_by_name_into_the_audit_log(capsys, clips, household, tmp_path, model):  # noqa: F811
+    audit = tmp_path / "audit.jsonl"
+    code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["stream"], "--profiles", str(household),
+                                       "--model", str(model), "--json", "--log", str(audit)])
+    assert code == 0
+    assert [(x["decision"], x["speaker"]) for x in lines] == [
+        ("GRANTED", "alice"), ("DENIED", None), ("GRANTED", "bob")]
+    logged = [r for r in read_audit_log(audit) if r.get("type") == "decision"]
+    assert [r["speaker"] for r in logged] == ["alice", None, "bob"]
+    assert all(set(r["scores"]) == {"alice", "bob"} and len(r["decision_id"]) == 32 for r in logged)
+    assert main(["listen", "--from-file", clips["stream"], "--profiles", str(household), "--model", str(model)]) == 0
+    assert "GRANTED as alice" in capsys.readouterr().out
+
+
+def test_listen_with_an_empty_store_exits_5(capsys, clips, tmp_path, model):  # noqa: F811
+    (tmp_path / "empty").mkdir()
+    code = main(["listen", "--from-file", clips["stream"], "--profiles", str(tmp_path / "empty"),
+                 "--model", str(model)])
+    err = capsys.readouterr().err
+    assert code == 5 and "no one is enrolled" in err
+
+
+HOOK = "import json, os, sys; json.dump({k: v for k, v in os.environ.items() if k.startswith('VOICEGATE_')}, open(sys.argv[1], 'w'))"
+
+
+def test_on_grant_runs_with_the_name_and_the_decision_id(capsys, clips, household, tmp_path, model):  # noqa: F811
+    import sys
+
+    out = tmp_path / "granted.json"
+    audit = tmp_path / "audit.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK)
+    code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["f1-door"], "--profiles", str(household),
+                                       "--model", str(model), "--json", "--log", str(audit),
+                                       "--on-grant", f"{sys.executable} {script} {out}"])
+    assert code == 0 and lines[0]["speaker"] == "alice"
+    deadline = time.monotonic() + 20
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    env = json.loads(out.read_text())
+    assert env["VOICEGATE_SPEAKER"] == "alice" and env["VOICEGATE_DECISION"] == "GRANTED"
+    assert env["VOICEGATE_DECISION_ID"] == lines[0]["decision_id"]
+
+
+def test_lockout_stops_granting_and_survives_a_restart(capsys, clips, household, tmp_path, model):  # noqa: F811
+    audit = tmp_path / "audit.jsonl"
+    argv = ["listen", "--from-file", clips["impostors-then-f1"], "--profiles", str(household), "--model",
+            str(model), "--json", "--log", str(audit), "--lockout-after", "3", "--lockout-window", "600",
+            "--lockout-cooloff", "600"]
+    code, lines, err = run_json(capsys, argv)
+    assert code == 0 and [x["decision"] for x in lines] == ["DENIED"] * 4
+    assert lines[2].get("lockout_started") and lines[3].get("locked_out") and "lockout" in err
+    assert "would have granted" in lines[3]["reason"]
+    assert (tmp_path / "audit.jsonl.lockout.json").is_file()
+    code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["f1-door"], *argv[3:]])  # a restart
+    assert [(x["decision"], x.get("locked_out")) for x in lines] == [("DENIED", True)]
+
+
+# --- the shipped demo household ----------------------------------------------------------------------
+def test_the_shipped_demo_household_matches_the_shipped_encoder(capsys, monkeypatch):
+    from voicegate.device.encoder import resolve_encoder_path
+    from voicegate.device.profiles import ProfileStore
+    from voicegate.device.runtime import file_sha256, models_dir
+
+    clips = sorted(models_dir().glob("example-*.flac"))
+    if not (resolve_encoder_path().is_file() and identify.demo_dir().is_dir() and clips):
+        pytest.skip("this build ships no encoder + demo household + example clip (models/make_demo.py)")
+    sha = file_sha256(resolve_encoder_path())
+    profiles = ProfileStore(identify.demo_dir()).load_all(sha)  # refuses a stale demo household
+    assert len(profiles) >= 1
+    name = clips[0].stem[len("example-"):]
+    code, (d,), _ = run_json(capsys, ["enroll-check", str(clips[0]), "--demo", "--json"])
+    assert (code, d["speaker"]) == (0, name)
+    code, (d,), _ = run_json(capsys, ["enroll-check", str(models_dir() / "example.wav"), "--demo", "--json"])
+    assert code != 0 and d["speaker"] is None  # the espeak-ng voice is nobody's

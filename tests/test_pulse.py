@@ -1,0 +1,121 @@
+"""`voicegate listen` through the real audio stack: PulseAudio null sink -> PortAudio -> listen.
+
+A null sink's monitor is the default source, ``paplay --device=SINK FILE`` plays into it, and
+``voicegate listen`` (microphone path, sounddevice/PortAudio) hears it. Needs the Debian packages
+pulseaudio, pulseaudio-utils, libportaudio2 and libasound2-plugins (.ci/run installs them); the
+tests skip with the reason when any is missing. A PulseAudio started here is stopped again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synth import synth_voice, write_wav
+from tiny_encoder import model  # noqa: F401 (fixture)
+
+SINK = "voicegate_door"
+
+
+def _missing() -> str | None:
+    for tool in ("pulseaudio", "pactl", "paplay"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install pulseaudio pulseaudio-utils)"
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as e:
+        return f"PortAudio unavailable ({e}; apt-get install libportaudio2 libasound2-plugins)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=check)
+
+
+@pytest.fixture(scope="module")
+def door_sink():
+    """A null sink whose monitor is the default source, on a running PulseAudio."""
+    started = _run("pulseaudio", "--check", check=False).returncode != 0
+    if started:
+        _run("pulseaudio", "-D", "--exit-idle-time=-1", check=False)
+        deadline = time.monotonic() + 10
+        while _run("pulseaudio", "--check", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                pytest.skip("pulseaudio -D did not start")
+            time.sleep(0.2)
+    module = _run("pactl", "load-module", "module-null-sink", f"sink_name={SINK}").stdout.strip()
+    before = _run("pactl", "get-default-source", check=False).stdout.strip()
+    _run("pactl", "set-default-source", f"{SINK}.monitor")
+    try:
+        yield SINK
+    finally:
+        if before and before != f"{SINK}.monitor":
+            _run("pactl", "set-default-source", before, check=False)
+        _run("pactl", "unload-module", module, check=False)
+        if started:
+            _run("pulseaudio", "--kill", check=False)
+
+
+def listen_to(door: str, play: Path, argv: list[str], tmp_path: Path) -> list[dict]:
+    """Start `voicegate listen`, play ``play`` into the door sink until a decision comes out."""
+    audit = tmp_path / "audit.jsonl"
+    cmd = [sys.executable, "-m", "voicegate.device.cli", "listen", "--json", "--max-utterances", "1",
+           "--log", str(audit), *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    try:
+        time.sleep(4.0)  # model load and microphone open
+        for _ in range(3):
+            if proc.poll() is not None:
+                break
+            _run("paplay", f"--device={door}", str(play))
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                continue
+        out, err = proc.communicate(timeout=30) if proc.poll() is not None else ("", "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert lines, f"no decision came out; stderr: {err[-2000:]}"
+    return lines
+
+
+def test_listen_hears_the_door_through_pulseaudio_and_names_the_speaker(door_sink, tmp_path, model):  # noqa: F811
+    from voicegate.device.cli import main
+
+    profiles = tmp_path / "profiles"
+    enrol = [str(write_wav(tmp_path / f"f1-{s}.wav", synth_voice("f1", 8.0, seed=s))) for s in (0, 1)]
+    assert main(["enroll", "alice", *enrol, "--profiles", str(profiles), "--model", str(model)]) == 0
+    gap = np.zeros(16000, np.float32)
+    door = write_wav(tmp_path / "door.wav", np.concatenate([gap, synth_voice("f1", 4.0, seed=7, pauses=False), gap, gap]))
+    (d,) = listen_to(door_sink, door, ["--profiles", str(profiles), "--model", str(model)], tmp_path)
+    assert d["decision"] == "GRANTED" and d["speaker"] == "alice", json.dumps(d)
+    assert set(d["scores"]) == {"alice"}
+    logged = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert any(r.get("speaker") == "alice" for r in logged)
+
+
+def test_the_shipped_demo_household_grants_its_example_clip(door_sink, tmp_path):
+    from voicegate.device.encoder import resolve_encoder_path
+    from voicegate.device.identify import demo_dir
+
+    clips = sorted(demo_dir().parent.glob("example-*.flac"))
+    if not resolve_encoder_path().is_file() or not demo_dir().is_dir() or not clips:
+        pytest.skip("no shipped encoder + demo household + example clip in models/ in this build")
+    name = clips[0].stem[len("example-"):]
+    (d,) = listen_to(door_sink, clips[0], ["--demo"], tmp_path)
+    assert (d["decision"], d["speaker"]) == ("GRANTED", name), d
