@@ -79,18 +79,16 @@ def stamped(record: dict) -> dict:
 
 
 def jsonable(value):
-    """A JSON-safe version of ``value``: numpy scalars unwrapped, NaN and infinities as null."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            value = str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """A JSON-safe version of ``value``: numpy arrays and scalars as Python values, NaN and
+    infinities as null, anything else that JSON has no type for (a Path, ...) as a string."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array or scalar
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)

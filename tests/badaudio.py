@@ -6,8 +6,9 @@ must do with it:
 - ``exit4``: the audio cannot be used. Exit code 4 with a one-line reason naming the file
   (``reason`` is a lowercase fragment that reason must contain). Never a decision.
 - ``decision``: odd but usable audio. One of GRANTED / DENIED / UNCERTAIN (exit 0, 1 or 3).
-  ``junk=True`` marks inputs with no voice at all (noise, a tone, DC) that still reach the model:
-  what the model says about them is its own judgement, which the report shows.
+
+``junk=True`` marks inputs with no voice at all (noise, a tone, DC): the speech detector
+(device/speech.py) finds no speech in them, so they never reach the model (exit 4, "no speech").
 
 Speech is synthetic (``synth.synth_voice``) from a voice no test model is trained to allow.
 
@@ -326,12 +327,14 @@ def _(d):
     return _write(d, "dc_offset.wav", _speech() + np.float32(0.3))
 
 
-@_kind("quiet_speech_-45dBFS", DECISION, "speech at a -45 dBFS peak (float WAV)")
+@_kind("quiet_speech_-45dBFS", EXIT4, "speech at a -45 dBFS peak (float WAV): most of it under the "
+       "silence floor, too little speech left to decide", reason="no speech")
 def _(d):
     return _write(d, "quiet.wav", _speech() * np.float32(10 ** (-45 / 20) / 0.5), subtype="FLOAT")
 
 
-@_kind("speech_0.5s", DECISION, "0.5 s of speech (short: tiled to one window)")
+@_kind("speech_0.5s", EXIT4, "0.5 s of speech: under the speech detector's 0.5 s minimum once its "
+       "edges are trimmed", reason="no speech")
 def _(d):
     return _write(d, "speech_0.5s.wav", _speech(0.5, seed=11, pauses=False))
 
@@ -397,19 +400,19 @@ def _(d):
     return _write(d, "porte d'entrée ✓ é.wav", _speech())
 
 
-@_kind("white_noise_-20dBFS", DECISION, "3 s of white noise at -20 dBFS: no voice", junk=True)
+@_kind("white_noise_-20dBFS", EXIT4, "3 s of white noise at -20 dBFS: no voice", reason="no speech", junk=True)
 def _(d):
     x = 0.1 * np.random.default_rng(5).standard_normal(int(SPEECH_SECONDS * SR))
     return _write(d, "white_noise.wav", x.astype(np.float32))
 
 
-@_kind("sine_1kHz", DECISION, "3 s of a 1 kHz tone: no voice", junk=True)
+@_kind("sine_1kHz", EXIT4, "3 s of a 1 kHz tone: no voice", reason="no speech", junk=True)
 def _(d):
     t = np.arange(int(SPEECH_SECONDS * SR)) / SR
     return _write(d, "sine.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
 
 
-@_kind("dc_only", DECISION, "3 s of a constant +0.5: no voice", junk=True)
+@_kind("dc_only", EXIT4, "3 s of a constant +0.5: no voice", reason="no speech", junk=True)
 def _(d):
     return _write(d, "dc_only.wav", np.full(int(SPEECH_SECONDS * SR), 0.5, np.float32))
 
@@ -501,14 +504,17 @@ def run_cli_table(cases: list[Case], model: Path | None) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    out = ["| kind | expected | exit | outcome / stderr | ok |", "|---|---|---|---|---|"]
-    for r in rows:
-        detail = r["outcome"] if r["exit"] in DECISIONS else r["stderr"]
-        detail = detail.replace("|", "\\|")
-        ok = {True: "yes", False: "**NO**", None: "skipped"}[r["ok"]]
-        out.append(f"| {r['kind']} | {r['expect']} | {r['exit']} | {detail} | {ok} |")
-    return "\n".join(out)
+def results_table(rows: list[dict]) -> str:
+    """The --cli rows as a Markdown table (the training side's one table helper)."""
+    from voicegate.train.reports.report import markdown_table
+
+    ok = {True: "yes", False: "**NO**", None: "skipped"}
+    return markdown_table(
+        ["kind", "expected", "exit", "outcome / stderr", "ok"],
+        [[r["kind"], r["expect"], r["exit"],
+          (r["outcome"] if r["exit"] in DECISIONS else r["stderr"]).replace("|", "\\|"), ok[r["ok"]]]
+         for r in rows],
+    )
 
 
 def main(argv=None) -> int:
@@ -525,7 +531,7 @@ def main(argv=None) -> int:
                 print(f"{c.name:28s} {c.expect:9s} {c.path}")
             return 0
         rows = run_cli_table(cases, args.model)
-        print(markdown_table(rows))
+        print(results_table(rows))
         return 0 if all(r["ok"] in (True, None) for r in rows) else 1
     finally:
         cleanup(cases)

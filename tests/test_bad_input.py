@@ -24,6 +24,7 @@ import badaudio
 from badaudio import DECISION, EXIT4, KINDS
 from voicegate.device import audio as A
 from voicegate.device import cli
+from voicegate.device.audit import read_audit_log
 from voicegate.device.features import IMAGE_SIZE, featurize
 
 NAMES = [k.name for k in KINDS]
@@ -42,11 +43,14 @@ def suite(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grant_model(tmp_path_factory):
-    """An MC model whose every sample says p(allowed) ~ 1: it grants whatever reaches it."""
+    """An MC model whose every sample says p(allowed) ~ 1: it grants whatever reaches it.
+
+    (Not so saturated that float32 makes its samples identical: that model would be refused.)
+    """
     from tiny_gate import TinyNet, write_gate_model
 
     return write_gate_model(tmp_path_factory.mktemp("grant") / "grant.onnx",
-                            models=[TinyNet(bias=(-10.0, 10.0))])
+                            models=[TinyNet(bias=(-6.0, 6.0))])
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,15 @@ def test_memory_stays_bounded_on_huge_inputs(suite):
         assert peak < base + 256, (name, peak, base)
 
 
+def test_the_cli_table_uses_the_one_markdown_helper():
+    rows = [{"kind": "k", "expect": EXIT4, "exit": 4, "outcome": "exit 4", "stderr": "a | b", "ok": True},
+            {"kind": "d", "expect": DECISION, "exit": 1, "outcome": "DENIED", "stderr": "", "ok": None}]
+    assert badaudio.results_table(rows).splitlines() == [
+        "| kind | expected | exit | outcome / stderr | ok |", "|---|---|---|---|---|",
+        "| k | exit4 | 4 | a \\| b | yes |", "| d | decision | 1 | DENIED | skipped |"]
+    assert not hasattr(badaudio, "markdown_table")
+
+
 # --- (b) the enroll-check CLI -------------------------------------------------------------------
 def _check_cli_result(case, code: int, out: str, err: str, granting: bool) -> None:
     assert "Traceback" not in err and "Traceback" not in out
@@ -175,6 +188,8 @@ def _check_cli_result(case, code: int, out: str, err: str, granting: bool) -> No
     else:
         assert err.strip() == "", err  # nothing on stderr, not even a decoder's chatter
         assert code in (0, 1, 3), (code, out, err)
+        decided = json.loads(out)["decision"] if out.startswith("{") else out.split()[0]
+        assert decided == {0: "GRANTED", 1: "DENIED", 3: "UNCERTAIN"}[code], out  # a decision was made
         if granting:
             assert code == 0 and out.startswith("GRANTED"), out
 
@@ -241,8 +256,10 @@ def test_listen_from_file_outcome(suite, grant_model, name, capfd, tmp_path):
     out, err = capfd.readouterr()
     decisions = [json.loads(line).get("decision") for line in out.splitlines() if line.startswith("{")]
     assert "Traceback" not in err and "Traceback" not in out
-    if case.expect == DECISION:
+    if case.expect == DECISION:  # decided: at least one utterance, and the model grants them all
         assert code == 0, err
+        assert decisions and set(decisions) == {"GRANTED"}, (out, err)
+        assert [r["decision"] for r in read_audit_log(log) if r["type"] == "decision"] == decisions
     elif case.kind.reason == "no speech":  # a stream of silence holds no utterance
         assert code == 0 and decisions == [] and err.strip() == "", (code, out, err)
     else:
@@ -271,7 +288,7 @@ def test_corpus_preparation_skips_every_bad_file(suite, tmp_path):
             shutil.copy(c.path, root / "m1" / f"{c.name}.wav")
     assert len(bad) >= 15
     cfg = P.PrepareConfig(corpus=str(root), cache_dir=str(tmp_path / "cache"), allowed=["f1"],
-                          noise_dir=None, aug_copies_allowed=0, aug_copies_other=0, progress=False)
+                          noise_dir=None, aug_copies=0, progress=False)
     pc = P.prepare_corpus(cfg)
     skipped = {s["file"]: s["reason"] for s in pc.report["skipped"]}
     assert set(skipped) == set(bad)

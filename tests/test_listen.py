@@ -53,7 +53,7 @@ def decisions(records):
 
 
 def stable(record):
-    return {k: v for k, v in record.items() if k not in ("ts", "latency_ms")}
+    return {k: v for k, v in record.items() if k not in ("ts", "latency_ms", "decision_id")}
 
 
 def listener(gate, sources, **kw):
@@ -289,7 +289,7 @@ def test_from_file_gives_one_decision_per_utterance(tmp_path, stream, capsys):
     assert [stable(o) for o in objs] == [stable(r) for r in records[:3]]
 
 
-def test_gate_errors_fail_closed(stream):
+def test_gate_errors_fail_closed(stream, tmp_path):
     audio, _ = stream
 
     class BadGate(FakeGate):
@@ -303,13 +303,18 @@ def test_gate_errors_fail_closed(stream):
                 return {"decision": "OPEN", "p_allow": 1.0}
             return super().decide_audio(a)
 
-    lst, records = listener(BadGate(), [ArraySource(audio)])
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    lst, records = listener(BadGate(), [ArraySource(audio)], audit=audit)
     assert lst.run() == 0
-    assert [r["decision"] for r in records[:3]] == ["DENIED"] * 3
-    assert "no speech found" in records[0]["reason"]
-    assert "onnxruntime exploded" in records[1]["reason"]
-    assert "invalid decision" in records[2]["reason"]
-    assert len(records) == 4
+    audit.close()
+    # no speech after all: no decision (nothing opens), only an event in the audit log
+    assert [r["decision"] for r in records[:2]] == ["DENIED"] * 2
+    assert "onnxruntime exploded" in records[0]["reason"]
+    assert "invalid decision" in records[1]["reason"]
+    assert len(records) == 3
+    logged = read_audit_log(tmp_path / "audit.jsonl")
+    assert logged[0]["type"] == "event" and logged[0]["event"] == "no_speech"
+    assert "no speech found" in logged[0]["reason"] and decisions(logged) == records
 
 
 def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
@@ -554,7 +559,7 @@ def test_sigterm_stops_cleanly_with_exit_0(tmp_path, stream):
     )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not log_path.exists() or log_path.stat().st_size < 2000):
+        while time.monotonic() < deadline and (not log_path.exists() or log_path.read_bytes().count(b"\n") < 7):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)

@@ -32,7 +32,7 @@ def tiny_run(tiny_corpus, tmp_path_factory):
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("tiny_run")
     cfg = PrepareConfig(corpus=str(tiny_corpus), cache_dir=str(base / "cache"), progress=False,
-                        aug_copies_allowed=1, aug_copies_other=0)
+                        aug_copies=1, nonspeech_windows=0)
     prepared = prepare_corpus(cfg)
     tcfg = TrainConfig(epochs=EPOCHS, batch_size=16, lr=3e-3, patience=0, seed=0, ensemble=MEMBERS,
                        device="cpu", threads=1, save_every_epoch=True)
@@ -88,6 +88,49 @@ def test_eda(tiny_run, tmp_path):
     assert "tiny" in (tmp_path / "summary.md").read_text()
 
 
+def implied_verdict(metric: str, row: dict) -> str:
+    """What MC is, from a comparison row's numbers (the rule in uncertainty.compare's docstring)."""
+    from voicegate.train.reports import uncertainty as U
+
+    a, b = row["mc"], row["ensemble"]
+    relative = metric in ("nll", "brier", "aurc")
+    margin = max(U.REL_MARGIN * abs(b), U.REL_FLOOR) if relative else U.ABS_MARGIN
+    ci = row.get("ci95_ensemble_minus_mc")
+    if abs(a - b) <= margin:
+        return "comparable"
+    if ci and ci[0] <= 0 <= ci[1]:
+        return "not distinguishable"
+    higher_better = metric in U.HIGHER_BETTER
+    return "better" if (a > b) == higher_better else "worse"
+
+
+def test_reports_use_the_one_jsonable():
+    from voicegate.device import audit
+
+    assert report.jsonable is audit.jsonable
+    payload = {"a": np.float32(0.5), "b": np.arange(3), "c": [float("nan"), np.inf], "p": Path("x/y")}
+    assert audit.jsonable(payload) == {"a": 0.5, "b": [0, 1, 2], "c": [None, None], "p": "x/y"}
+
+
+def test_mc_vs_ensemble_verdicts_on_known_numbers():
+    from voicegate.train.reports import uncertainty as U
+
+    def compare(mc: dict, ens: dict, boot=None) -> dict:  # the other metrics absent (None)
+        blank = dict.fromkeys((*U.HIGHER_BETTER, *U.LOWER_BETTER))
+        return U.compare({**blank, **mc}, {**blank, **ens}, boot)
+
+    def one(mc_acc, ens_acc, ci=None):
+        boot = {"accuracy": {"low": ci[0], "high": ci[1], "resamples": 50}} if ci else None
+        return compare({"accuracy": mc_acc}, {"accuracy": ens_acc}, boot)["accuracy"]["mc_is"]
+
+    assert one(0.90, 0.905) == "comparable"  # within the 0.01 margin
+    assert one(0.90, 0.95) == "worse" and one(0.95, 0.90) == "better"
+    assert one(0.90, 0.95, ci=(-0.01, 0.08)) == "not distinguishable"  # the interval holds 0
+    assert one(0.90, 0.95, ci=(0.02, 0.08)) == "worse"
+    brier = compare({"brier": 0.100}, {"brier": 0.105})["brier"]["mc_is"]  # relative: 10 % of 0.105
+    assert brier == "comparable" and compare({"brier": 0.08}, {"brier": 0.10})["brier"]["mc_is"] == "better"
+
+
 def test_uncertainty(tiny_run, tmp_path):
     corpus, prepared, run_dir = tiny_run
     s = run_report(["uncertainty", "--corpus", str(corpus), "--run", str(run_dir), "--out", str(tmp_path),
@@ -112,7 +155,9 @@ def test_uncertainty(tiny_run, tmp_path):
     assert set(s["winners"]) >= {"accuracy", "ece", "nll", "brier"}
     cmp = s["mc_vs_ensemble"]
     assert cmp["accuracy"]["mc"] == methods["MC-50"]["accuracy"]
-    assert cmp["accuracy"]["mc_is"] in ("comparable", "not distinguishable", "better", "worse")
+    assert set(cmp) >= {"accuracy", "ece", "nll", "brier"}
+    for metric, row in cmp.items():  # each verdict is the one this run's own numbers imply
+        assert row["mc_is"] == implied_verdict(metric, row), (metric, row)
     low, high = cmp["brier"]["ci95_ensemble_minus_mc"]
     assert low <= high
     # the door setting: the test windows and the held-out impostors together

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from voicegate.device.audit import jsonable  # the one jsonable (issue 14)
+
 log = logging.getLogger(__name__)
 
 # report name -> (module under voicegate.train.reports, one-line help)
@@ -133,25 +135,6 @@ class Report:
         payload = {"report": self.name, "corpus": self.corpus, "figures": list(self.figures), **self.data}
         (self.out / "summary.json").write_text(json.dumps(jsonable(payload), indent=1, allow_nan=False))
         return self.out / "summary.md"
-
-
-def jsonable(x):
-    """Plain JSON values: numpy scalars/arrays -> Python; NaN and inf -> None."""
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def fmt(x, digits: int = 3) -> str:

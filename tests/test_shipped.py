@@ -1,0 +1,112 @@
+"""The shipped artefacts in models/: every file the manifest lists is intact, every gate model in
+it loads, and the README's first command gives its documented answer (DENIED, exit 1) with each.
+
+The models are found through models/manifest.json (so retrained, re-exported or newly added
+models, classifier or encoder kind, are checked without editing this file). A manifest entry
+without a voicegate contract (the vendored speech detector) is checked for integrity only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voicegate.device.contract import EXIT_DENIED, ModelContract, ModelError
+from voicegate.device.runtime import file_sha256, make_session, sidecar_path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+EXAMPLE = "models/example.wav"
+FIRST_COMMAND = f"voicegate enroll-check {EXAMPLE}"
+
+
+def manifest() -> dict:
+    return json.loads((MODELS / "manifest.json").read_text())
+
+
+def contract_of(path: Path) -> ModelContract | None:
+    """The model's voicegate contract, or None for an ONNX file that carries none."""
+    meta = make_session(str(path)).get_modelmeta().custom_metadata_map
+    try:
+        return ModelContract.from_metadata(meta)
+    except ModelError:
+        return None
+
+
+def gate_models() -> list[str]:
+    return sorted(name for name in manifest() if name.endswith(".onnx") and contract_of(MODELS / name))
+
+
+def clean_env(tmp_path: Path) -> dict:
+    """No model or profile chosen by the environment, and no personal profiles on this machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "share"))
+    return env
+
+
+def run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=clean_env(tmp_path), timeout=120)
+
+
+def test_every_manifest_entry_is_intact():
+    entries = manifest()
+    assert entries, "models/manifest.json lists nothing"
+    for name, digest in entries.items():
+        path = MODELS / name
+        assert path.is_file(), f"{name} is in the manifest but not in models/"
+        assert file_sha256(path) == digest, f"{name}: sha256 differs from the manifest"
+        side = sidecar_path(path)
+        if side.is_file():
+            assert side.read_text().split()[0] == digest, f"{side.name} disagrees with the manifest"
+
+
+def test_there_are_shipped_gate_models_of_both_methods():
+    methods = {contract_of(MODELS / name).method for name in gate_models()}
+    assert methods >= {"mc", "ensemble"}, methods
+
+
+@pytest.mark.parametrize("name", gate_models())
+def test_each_shipped_model_loads_and_denies_the_example(name, tmp_path):
+    kind = contract_of(MODELS / name).kind
+    if kind == "classifier":
+        from voicegate.device.runtime import Gate
+
+        gate = Gate.load(MODELS / name)  # verified, probed: its samples disagree
+        assert gate.thresholds_loosened == []
+    else:
+        from voicegate.device.encoder import Encoder
+
+        Encoder.load(MODELS / name)
+    r = run([sys.executable, "-m", "voicegate.device", "enroll-check", EXAMPLE, "--model", f"models/{name}",
+             "--json"], tmp_path)
+    assert r.returncode == EXIT_DENIED, f"{name}: exit {r.returncode}\n{r.stdout}{r.stderr}"
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["decision"] == "DENIED" and d["exit_code"] == EXIT_DENIED
+    assert d["model_sha256"] == manifest()[name]
+
+
+def test_the_readme_first_command_says_denied(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"^.*\b{re.escape(FIRST_COMMAND)}\s*$", readme, re.M), "README's first command changed"
+    exe = shutil.which("voicegate")
+    argv = [exe] if exe else [sys.executable, "-m", "voicegate.device"]
+    r = run(argv + FIRST_COMMAND.split()[1:], tmp_path)
+    assert r.returncode == EXIT_DENIED, r.stdout + r.stderr
+    assert r.stdout.startswith("DENIED")
+
+
+def test_the_readme_names_the_seed_baseline_as_the_benchmark_results_do():
+    results = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    for name in ("seed_torch", "seed_onnx_mc"):
+        seed = results["models"][name]
+        assert seed["untrained"] is True and "untrained (random weights)" in seed["source"], seed
+        assert seed["source"].split(":")[0] in readme, seed["source"]
+    assert "study model" not in readme  # the random-weight baseline is not the study's trained model
