@@ -36,7 +36,7 @@ CLIP_LEVEL = 0.999  # |sample| at or above this is full scale
 MAX_CLIPPED_FRACTION = 1e-3  # more full-scale samples than this: the capture gain is too high
 QUIET_MARGIN_DB = 20.0  # speech should reach this far above the gate's no-speech floor
 MIN_FREE_BYTES = 64 * 1024 * 1024  # audit log: about 100,000 decisions at ~600 bytes each
-DEFAULT_LOG = Path("~/voicegate/audit.jsonl")  # the README's Pi deployment
+DEFAULT_LOG = Path("~/.local/state/voicegate/audit.jsonl")  # the README's Pi deployment
 BENCH_REPEATS, CHECK_REPEATS = 20, 3
 
 

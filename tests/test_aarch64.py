@@ -141,3 +141,37 @@ def test_comparison_fails_when_the_emulated_decision_differs(pi, tmp_path):
     bad = pi_emu.compare(want, got)
     assert "decision: x86 'DENIED', aarch64 'GRANTED'" in bad
     assert any(b.startswith("p_allow") for b in bad) and any(b.startswith("model_sha256") for b in bad)
+
+
+# --- the enrolment flow -------------------------------------------------------------------------
+ENCODER = REPO / "models" / "voicegate-encoder-mc.onnx"
+ENROL = ["367-130732-0001", "367-130732-0004", "367-130732-0008"]  # 14.6 s of one held-out voice
+SAME, OTHER = "367-130732-0009", "3005-163389-0002"  # 3.8 s of the same voice, 3.6 s of another
+CENTROID_MIN_COSINE = 0.99  # the two enrolments differ only by MC masks and float rounding
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_enrolment_flow_matches_x86(pi, librispeech, tmp_path):
+    """enroll, then enroll-check the same voice and another, on both machines: same outcome."""
+    import csv
+
+    import numpy as np
+
+    from voicegate.device.profiles import ProfileStore
+
+    paths = {r["recording"]: librispeech / r["path"] for r in csv.DictReader(open(librispeech / "manifest.csv"))}
+    out = {}
+    for side, run in (("x86", pi_emu.x86_voicegate), ("aarch64", pi.voicegate)):
+        store = tmp_path / side
+        common = ["--profiles", store, "--model", ENCODER, "--json"]
+        enrolled = pi_emu.decision_json(run(["enroll", "alice", *(paths[r] for r in ENROL), *common]), side)
+        assert enrolled.get("enrolled") is True, enrolled
+        checks = [pi_emu.decision_json(run(["enroll-check", paths[r], *common]), side) for r in (SAME, OTHER)]
+        out[side] = enrolled, checks, ProfileStore(store).load("alice").centroid()
+    (ex, cx, kx), (ee, ce, ke) = out["x86"], out["aarch64"]
+    assert (ex["windows"], ex["speech_seconds"]) == (ee["windows"], ee["speech_seconds"])
+    assert float(np.dot(kx, ke)) >= CENTROID_MIN_COSINE
+    for want, got in zip(cx, ce):
+        assert want["decision"] in ("GRANTED", "DENIED", "UNCERTAIN"), want
+        assert pi_emu.compare(want, got) == []

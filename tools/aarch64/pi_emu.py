@@ -214,7 +214,7 @@ def tolerance(x86: dict, emu: dict, key: str) -> float:
 def compare(x86: dict, emu: dict) -> list[str]:
     """Every way the emulated decision differs from the x86 one ([] when they agree)."""
     bad = []
-    for key in ("decision", "exit_code", "error", "method", "samples", "windows", "model_sha256"):
+    for key in ("decision", "exit_code", "error", "method", "samples", "windows", "model_sha256", "speaker"):
         if x86.get(key) != emu.get(key):
             bad.append(f"{key}: x86 {x86.get(key)!r}, aarch64 {emu.get(key)!r}")
     for key in ("p_allow", "uncertainty"):
