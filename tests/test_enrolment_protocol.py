@@ -236,3 +236,10 @@ def test_a_classifier_and_an_encoder_are_scored_on_the_same_attempts(corpus, enc
     assert old["n_genuine"] == new["n_genuine"] > 0 and old["n_impostor"] == new["n_impostor"] > 0
     household = result["models"][names[1]]
     assert household["decisions"]["allowed"]["n"] == result["counts"]["allowed"]["attempts"]
+
+
+def test_channel_names():
+    from voicegate.train.data.channel import CHANNELS
+
+    assert EE.channel_names("all") == ["clean", *CHANNELS]
+    assert EE.channel_names("clean, telephone") == ["clean", "telephone"]

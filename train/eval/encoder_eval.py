@@ -33,6 +33,16 @@ PROTOCOL_TEXT = (
 )
 
 
+def channel_names(spec: str) -> list[str]:
+    """``clean``, ``all`` (clean + every channel of train.data.channel) or a comma list."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        from voicegate.train.data.channel import CHANNELS
+
+        return [CLEAN, *CHANNELS]
+    return names
+
+
 HALVES_TEXT = (
     " Opt-in (--halves): each held-out speaker with a single recording also enrols, from the first "
     "half of that recording's speech, and attempts with its second half; those genuine trials share "
@@ -62,7 +72,7 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
     """Run the protocol on ``corpus`` for every channel; write eval.json / eval.md / det.png to ``out``.
     ``peer``: another run's eval.json (benchmarks/ge2e_peer.py) to set beside it, channel by channel."""
     from .enrolment import run_protocol
-    from .enrolment_report import channel_report, det_plot, markdown
+    from .enrolment_report import channel_report
 
     t0 = time.perf_counter()
     corpus_obj, plans, unseen = load_plans(Path(corpus), split_seed, split_fractions, contract, halves)
@@ -81,7 +91,8 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
         },
         "channels": {},
     }
-    for ch in channels:
+    peer_result = json.loads(Path(peer).read_text()) if peer else None
+    for i, ch in enumerate(channels):
         cfg = ProtocolConfig(corpus=str(corpus_obj.root), enrol_seconds=enrol_seconds, attempt_seconds=attempt_seconds,
                              split_seed=split_seed, split_fractions=tuple(split_fractions), channel=ch, seed=seed,
                              progress=progress)
@@ -91,23 +102,30 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
         log.info("%s [%s]: EER %.2f %%, FRR@FAR1%% %.2f %% (%d genuine / %d impostor trials)", corpus_obj.root.name,
                  ch, 100 * r["eer"], 100 * r["frr_at_far"]["1%"]["frr"], r["counts"]["genuine_trials"],
                  r["counts"]["impostor_trials"])
-    if peer:
-        from .enrolment_report import compare_with_peer
+        if peer_result is not None:
+            from .enrolment_report import compare_with_peer
 
-        result["peer_comparison"] = compare_with_peer(result, json.loads(Path(peer).read_text()))
-        result["peer_comparison"]["file"] = str(peer)
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    if out:
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        result["files"] = {"json": str(d / "eval.json"), "markdown": str(d / "eval.md"),
-                           "det": str(det_plot(result, d / "det.png"))}
-        (d / "eval.md").write_text(markdown(result))
+            result["peer_comparison"] = {**compare_with_peer(result, peer_result), "file": str(peer)}
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["complete"] = i == len(channels) - 1
+        if out:  # after every channel, so a long run leaves its finished channels on disk
+            write_outputs(result, Path(out))
     for r in result["channels"].values():
         r.pop("_curve", None)
-    if out:
-        (Path(out) / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def write_outputs(result: dict, d: Path) -> None:
+    """eval.json (without the DET scores), eval.md and det.png of the channels so far."""
+    from .enrolment_report import det_plot, markdown
+
+    d.mkdir(parents=True, exist_ok=True)
+    result["files"] = {"json": str(d / "eval.json"), "markdown": str(d / "eval.md"),
+                       "det": str(det_plot(result, d / "det.png"))}
+    (d / "eval.md").write_text(markdown(result))
+    plain = {**result, "channels": {k: {kk: vv for kk, vv in v.items() if kk != "_curve"}
+                                    for k, v in result["channels"].items()}}
+    (d / "eval.json").write_text(json.dumps(plain, indent=1) + "\n")
 
 
 # --- the `voicegate eval` branch -------------------------------------------------------------
