@@ -2,8 +2,9 @@
 the enrolled profiles; and which profiles (the demo rule).
 
 The model: ``--model`` > ``$VOICEGATE_MODEL`` decide by their contract's kind (a classifier
-decides allowed/not as it always did; an encoder decides by name). With neither, the shipped
-encoder is used when this build has one, else the shipped classifier.
+decides allowed/not as it always did; an encoder decides by name). With neither, ``--method``
+picks a shipped classifier as before; otherwise the shipped encoder is used when this build has
+one, else the shipped classifier.
 
 The profiles (encoder only), **the demo rule**:
 
@@ -79,6 +80,8 @@ def wants_encoder(args) -> bool:
         return kind == "encoder"
     if _asked_for_profiles(args):
         return True
+    if getattr(args, "method", None):  # --method picks a shipped classifier (mc | ensemble)
+        return False
     return resolve_encoder_path().is_file()
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -233,10 +234,13 @@ class ProfileStore:
         elif not self.root.is_dir():
             yield
             return
+        flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY  # readers create nothing
         try:
-            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            fd = os.open(self.root / LOCK_NAME, flags, FILE_MODE)
         except OSError as e:
-            if exclusive or e.errno not in (13, 30):  # a read-only store can still be read
+            # a store nobody has written through (no lock file), or a read-only one: read it as is
+            # (every file in it is whole: writes are atomic renames)
+            if exclusive or e.errno not in (errno.ENOENT, errno.EACCES, errno.EROFS):
                 raise ProfileError(f"{self.root}: cannot open the lock file ({e.strerror or e})") from None
             yield
             return

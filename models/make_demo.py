@@ -39,6 +39,23 @@ log = logging.getLogger("make_demo")
 DEMO_DIR = "demo-profiles"
 NAME_PREFIX = "librispeech-"
 BUILD_REPORT = "demo-household.json"  # beside demo-profiles/ (a .json inside would read as a profile)
+LICENSE_NAME = "demo-household.LICENSE"
+LICENSE_TEXT = """\
+The demo household (demo-profiles/*.json: voice embeddings) and {clip}
+(the first {seconds:.0f} s of LibriSpeech test-other {recording}) are derived from:
+
+LibriSpeech (c) 2014 by Vassil Panayotov
+
+LibriSpeech ASR corpus is licensed under a
+Creative Commons Attribution 4.0 International License.
+
+See <http://creativecommons.org/licenses/by/4.0/>.
+
+V. Panayotov, G. Chen, D. Povey and S. Khudanpur, "LibriSpeech: an ASR corpus based on public
+domain audio books", ICASSP 2015. The recordings are LibriVox readings of public-domain books.
+Changes: the clip is cut to its first {seconds:.0f} s and written as 16-bit FLAC; the profiles
+hold embeddings computed from speakers {speakers}'s train-split recordings (models/make_demo.py).
+"""
 
 
 def main(argv=None) -> int:
@@ -117,6 +134,9 @@ def main(argv=None) -> int:
             p.chmod(0o644)  # shipped read-only data (the store itself needs no 0600 here)
         final.chmod(0o755)
         (out / BUILD_REPORT).write_text(json.dumps(build, indent=1) + "\n")
+        (out / LICENSE_NAME).write_text(LICENSE_TEXT.format(
+            clip=clip_path.name, seconds=clip.size / 16000, recording=rec.recording,
+            speakers=", ".join(allowed)))
         print(f"wrote {final}/ ({', '.join(sorted(build['profiles']))}) and {clip_path} "
               f"(from {rec.recording}; {build['clips']['granted']} test clips granted)")
         return 0
