@@ -185,6 +185,10 @@ def test_voicegate_eval_dispatches_an_encoder_to_the_protocol(corpus, encoder, t
     assert {"eer", "frr_at_far", "min_dcf", "operating_point"} <= set(r)
     assert (tmp_path / "out" / "det.png").stat().st_size > 0
     assert "| clean |" in (tmp_path / "out" / "eval.md").read_text()
+    # a peer's run of the same trials, attached afterwards: the comparison says "same trials"
+    again = EE.attach_peer(str(tmp_path / "out"), str(tmp_path / "out" / "eval.json"))
+    assert again["peer_comparison"]["channels"]["clean"]["same_trials"]
+    assert "| clean | yes |" in (tmp_path / "out" / "eval.md").read_text()
 
 
 # --- figures on hand-made scores ---------------------------------------------------------------

@@ -91,7 +91,6 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
         },
         "channels": {},
     }
-    peer_result = json.loads(Path(peer).read_text()) if peer else None
     for i, ch in enumerate(channels):
         cfg = ProtocolConfig(corpus=str(corpus_obj.root), enrol_seconds=enrol_seconds, attempt_seconds=attempt_seconds,
                              split_seed=split_seed, split_fractions=tuple(split_fractions), channel=ch, seed=seed,
@@ -102,16 +101,29 @@ def evaluate_corpus(embedder, corpus: str, channels: Sequence[str] = (CLEAN,), c
         log.info("%s [%s]: EER %.2f %%, FRR@FAR1%% %.2f %% (%d genuine / %d impostor trials)", corpus_obj.root.name,
                  ch, 100 * r["eer"], 100 * r["frr_at_far"]["1%"]["frr"], r["counts"]["genuine_trials"],
                  r["counts"]["impostor_trials"])
-        if peer_result is not None:
+        if peer and Path(peer).is_file():  # re-read: the peer may still be running
             from .enrolment_report import compare_with_peer
 
-            result["peer_comparison"] = {**compare_with_peer(result, peer_result), "file": str(peer)}
+            result["peer_comparison"] = {**compare_with_peer(result, json.loads(Path(peer).read_text())),
+                                         "file": str(peer)}
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["complete"] = i == len(channels) - 1
         if out:  # after every channel, so a long run leaves its finished channels on disk
             write_outputs(result, Path(out))
     for r in result["channels"].values():
         r.pop("_curve", None)
+    return result
+
+
+def attach_peer(out: str, peer: str) -> dict:
+    """Add (or refresh) the peer comparison of a finished run in ``out`` (eval.json, eval.md)."""
+    from .enrolment_report import compare_with_peer, markdown
+
+    d = Path(out)
+    result = json.loads((d / "eval.json").read_text())
+    result["peer_comparison"] = {**compare_with_peer(result, json.loads(Path(peer).read_text())), "file": str(peer)}
+    (d / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    (d / "eval.md").write_text(markdown(result))
     return result
 
 
