@@ -88,6 +88,8 @@ def probe(model: str, audio: str, threads: int, repeats: int, emit) -> None:
 
     decide = Gate.load(model, threads=threads).decide_file if contract.kind == "classifier" else None
     ms, feat_ms, result = [], [], None
+    if decide is not None:
+        decide(audio)  # warm-up: the first decision builds caches (the speech detector, ...)
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
         if decide is not None:
@@ -156,7 +158,8 @@ def run_probe(model: Path, audio: Path, threads: int, repeats: int,
     return stages, None
 
 
-def probe_checks(stages: dict, failure: str | None, budget_s: float = REALTIME_BUDGET_S) -> list[Check]:
+def probe_checks(stages: dict, failure: str | None, budget_s: float | None = None) -> list[Check]:
+    budget_s = REALTIME_BUDGET_S if budget_s is None else budget_s
     imp, load, run, dec = (stages.get(s) for s in ("import", "load", "run", "decision"))
     out = []
     if imp and run:
