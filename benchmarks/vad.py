@@ -28,7 +28,8 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
   were decided on (not exit 4), the decisions, and in how many the listen Endpointer opens an
   utterance (the mixture with 1 s of the same noise, at the same level, before and after).
 * ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
-  in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`).
+  in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`); an encoder
+  model decides against the shipped demo household.
 * ``listen_cpu``: process CPU seconds of ``voicegate listen --from-file`` per second of audio,
   from the difference between a 10 s and a 70 s file of the same sound (startup cancels out),
   for digital silence, -50 dBFS room noise and the shared washing machine at -26 dBFS. A live
@@ -100,11 +101,12 @@ def kept_against_trimmer(x: np.ndarray, segments) -> dict:
 def kept(corpus: str, k: int) -> dict:
     det = speech.default_detector()
     tot: dict = {}
-    undecidable = []
+    undecidable, shares = [], []
     files = corpus_files(corpus, k)
     for path in files:
         x = load_audio(path)
         s = det.select(x)
+        shares.append(s.share)
         for key, v in kept_against_trimmer(x, s.segments).items():
             tot[key] = tot.get(key, 0) + v
         if not s.decidable:
@@ -116,6 +118,7 @@ def kept(corpus: str, k: int) -> dict:
         "loud_recall": round(tot["loud_both"] / tot["loud"], 4),
         "lost_at_edges_share": round(tot["lost_at_edges"] / tot["trimmer"], 4),
         "lost_inside_share": round(tot["lost_inside"] / tot["trimmer"], 4), "undecidable": undecidable,
+        "speech_share_p5_median": [round(float(np.percentile(shares, q)), 3) for q in (5, 50)],
     }
 
 
@@ -342,13 +345,22 @@ def nonspeech_counts(listen: bool) -> dict:
     import soundfile as sf
 
     import nonspeech
-    from voicegate.device.runtime import Gate
+    from test_nonspeech import open_decider
+    from test_nonspeech import shipped_gate_models as gate_models
+    from voicegate.device.runtime import file_sha256
 
     clips = list(nonspeech.suite(SHARED / "noise" if (SHARED / "noise").is_dir() else None))
-    out = {"suite_clips": len(clips), "in_process": [], "listen": [], "encoders_not_measured": shipped_encoders()}
-    models = shipped_gate_models()
-    for model in models:
-        gate = Gate.load(model)
+    out = {"suite_clips": len(clips), "in_process": [], "listen": [],
+           "encoders": "decide against the shipped demo household (--demo)"}
+    det = speech.default_detector()
+    found = [(name, det.select(x)) for name, x in clips]
+    out["detector"] = {  # the clips the detector finds any speech in, against the rule
+        "rule": {"min_speech_s": det.config.min_speech_s, "min_share": det.config.min_share},
+        "clips_with_speech": sorted(((name, round(f.speech_seconds, 2), round(f.share, 3), f.decidable)
+                                     for name, f in found if f.speech_seconds > 0), key=lambda r: -r[1]),
+        "decidable": sum(f.decidable for _, f in found)}
+    models = [(m, *open_decider(m)) for m in gate_models()]
+    for model, gate, _ in models:
         counts: dict = {}
         granted = []
         for name, x in clips:
@@ -360,16 +372,16 @@ def nonspeech_counts(listen: bool) -> dict:
             counts[d.decision] = counts.get(d.decision, 0) + 1
             if d.decision == "GRANTED":
                 granted.append((name, round(d.p_allow, 3), round(d.std, 3)))
-        out["in_process"].append({"model": model.name, "sha256": gate.sha256, "outcomes": counts,
+        out["in_process"].append({"model": model.name, "sha256": file_sha256(model), "outcomes": counts,
                                   "granted": len(granted), "granted_clips": granted})
         print(f"{model.name}: GRANTED {len(granted)} of {len(clips)} ({counts})", flush=True)
     if listen:
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "nonspeech.wav"
             sf.write(str(wav), nonspeech.concatenation([x for _, x in clips]), SR, subtype="FLOAT")
-            for model in models:
+            for model, _, extra in models:
                 r = subprocess.run([sys.executable, "-m", "voicegate.device", "listen", "--from-file", str(wav),
-                                    "--model", str(model), "--json"], capture_output=True, text=True)
+                                    "--model", str(model), "--json", *extra], capture_output=True, text=True)
                 records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
                 counts = {}
                 for rec in records:

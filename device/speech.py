@@ -12,8 +12,9 @@ CONTEXT_SAMPLES = 64 samples of the frame before it (zeros before the first); th
 the state are carried in numpy, so a stream fed in any chunk sizes gives the same frame
 probabilities as the whole recording (:class:`VadStream`). numpy + onnxruntime only.
 
-The rule (:class:`SpeechConfig`; the defaults are the device's, recorded in every model's
-feature contract under ``speech_detector``):
+The rule (:class:`SpeechConfig`; the defaults are the device's; the frame-selection settings,
+FRAME_SELECTION_KEYS, are recorded in every exported model's feature contract under
+``speech_detector``, the two decision settings are not, so they can change without a re-export):
 
 - a frame *starts* speech when its probability is >= ``threshold`` (0.5) and speech *goes on*
   while frames stay >= ``neg_threshold`` (0.35); it ends after ``min_silence_s`` (0.25 s) of
@@ -32,7 +33,10 @@ API (also used by train/ to select the same frames in training, and by enrolment
 ``.share``, ``.speech_seconds``, ``.segments``), ``speech_only(x, where) -> np.ndarray``
 (raises NoSpeechError; the drop-in for ``audio.trim_silence``), ``default_detector()``,
 :class:`SpeechDetector`, :class:`VadStream` (streaming probabilities) and
-:class:`Hysteresis` (the per-frame state machine the endpointer in stream.py also uses).
+:class:`Hysteresis` (the per-frame state machine the endpointer in endpoint.py also uses).
+
+In ``listen`` the same detector endpoints the stream (device/endpoint.py): a sound the detector
+does not call speech never opens an utterance, and one that fails the rule gives no decision.
 """
 
 from __future__ import annotations

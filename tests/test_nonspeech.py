@@ -7,9 +7,8 @@ that carries a voicegate contract, so re-exported and encoder models are picked 
 of it in-process, through the same path as ``enroll-check`` (featurize -> model -> policy);
 the CLI ``enroll-check`` and ``listen --from-file`` run on a few clips and on a concatenation.
 
-Encoder models decide against enrolled profiles: :func:`open_decider` is the hook where an
-enrolled profile is built for them (issue 12); until it is, encoder models are skipped with
-that reason.
+Encoder models decide against enrolled profiles: :func:`open_decider` gives them the shipped
+demo household (issue 12; the hook for any other enrolled store).
 """
 
 from __future__ import annotations
@@ -65,19 +64,26 @@ MODEL_PATHS = shipped_gate_models()
 MODEL_IDS = [p.name for p in MODEL_PATHS]
 
 
-def open_decider(path: Path, tmp_path_factory=None):
+def open_decider(path: Path):
     """(decider with ``decide_images(images)``, extra CLI arguments) for a shipped gate model.
 
-    Classifier models need nothing else. HOOK (issue 12): an encoder model decides against
-    enrolled profiles; build a profile store here (enrol an allowed speaker) and return the
-    profile gate and the CLI arguments that point at the store.
+    Classifier models need nothing else. An encoder model decides against enrolled profiles:
+    here the shipped demo household (models/demo-profiles: allowed LibriSpeech speakers
+    enrolled from real speech), ``--demo`` on the command line. HOOK: to test against another
+    enrolled store, build it here and return ``["--profiles", DIR]``.
     """
     from voicegate.device.runtime import Gate
 
-    kind = model_kind(path)
-    if kind == "encoder":
-        pytest.skip(f"{path.name}: encoder model; the non-speech suite needs an enrolled profile (hook: open_decider)")
-    return Gate.load(path), []
+    if model_kind(path) != "encoder":
+        return Gate.load(path), []
+    from voicegate.device.encoder import Encoder
+    from voicegate.device.identify import demo_dir
+    from voicegate.device.profiles import ProfileStore
+    from voicegate.device.scoring import ProfileGate
+
+    if not demo_dir().is_dir():
+        pytest.skip(f"{path.name}: encoder model and no demo household in {demo_dir()} to decide against")
+    return ProfileGate(Encoder.load(path), ProfileStore(demo_dir())), ["--demo"]
 
 
 @pytest.fixture(scope="module")
