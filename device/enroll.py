@@ -182,10 +182,14 @@ def agreement_problems(embs: np.ndarray, stretches: list, encoder) -> list[Probl
     return out
 
 
-def rival_problems(embs: np.ndarray, name: str, store, encoder) -> list[Problem]:
-    """The new voice already matches another enrolled person (both would be UNCERTAIN)."""
+def rival_problems(embs: np.ndarray, stretches: list, name: str, store, encoder) -> list[Problem]:
+    """The new voice already matches another enrolled person (both would be UNCERTAIN).
+
+    Scored as the door would: each stretch of the new speech against the other profile's
+    centroid; a warning when the median stretch reaches the accept threshold.
+    """
     out = []
-    c = centroid(embs)
+    seg = np.stack([centroid(embs[idx]) for _, idx in stretches])
     for other in store.names():
         if other == name:
             continue
@@ -193,7 +197,7 @@ def rival_problems(embs: np.ndarray, name: str, store, encoder) -> list[Problem]
             prof = store.load(other, encoder.sha256)
         except ProfileError:
             continue  # a stale or broken profile is reported by listen / profiles list
-        p = float(calibrate(c @ prof.centroid(), encoder.calibration))
+        p = float(np.median(calibrate(seg @ prof.centroid(), encoder.calibration)))
         if p >= encoder.thresholds.accept:
             out.append(Problem("warning", f"this voice already matches {other} (p {p:.2f}): "
                                "at the door both would be UNCERTAIN; same person twice?"))
@@ -223,8 +227,9 @@ def enrol(encoder, store: ProfileStore, name: str, recordings: list, replace: bo
         embs.append(window_embeddings(encoder.embed(spectrogram(windows), batch=32)))
         counts.append(windows.shape[0])
     embs = np.concatenate(embs)
-    problems += agreement_problems(embs, segments(usable, counts), encoder)
-    problems += rival_problems(embs, name, store, encoder)
+    stretches = segments(usable, counts)
+    problems += agreement_problems(embs, stretches, encoder)
+    problems += rival_problems(embs, stretches, name, store, encoder)
     if problems and not force:
         raise EnrolmentRefused(problems + [Problem("hint", "--force enrols despite warnings")])
     session = Session(normalise(embs).astype(np.float32), total,

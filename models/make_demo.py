@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     splits = split_recordings(corpus.recordings, corpus.roles, seed=0)
     allowed = sorted(corpus.roles.allowed)
     out = Path(args.out)
-    build = {"corpus": str(Path(args.corpus).name), "encoder": str(encoder.path), "encoder_sha256": encoder.sha256,
+    build = {"corpus": str(Path(args.corpus).name), "encoder": encoder.path.name, "encoder_sha256": encoder.sha256,
              "split": "by recording, seed 0", "profiles": {}, "clips": {}}
     tmp = Path(tempfile.mkdtemp(prefix=".demo-profiles.", dir=out))
     try:
