@@ -249,7 +249,7 @@ def test_microphone_source_reports_a_missing_device(monkeypatch):
 
 def test_missing_portaudio_is_one_line_exit_6(tmp_path, monkeypatch, capsys):
     (tmp_path / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])  # (not syspath_prepend: it needs a real pkg_resources)
     monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
     assert listen.run(parse(), gate_factory=lambda a: FakeGate()) == listen.EXIT_DEVICE
     assert listen.run(parse("--list-devices")) == listen.EXIT_DEVICE
