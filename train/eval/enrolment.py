@@ -303,6 +303,15 @@ def recording_speech(rec, cfg: ProtocolConfig, channel_fn: Optional[ChannelFn], 
     return speech[:mid] if half == 0 else speech[mid:]
 
 
+def device_accepts(speech: np.ndarray, detector=None) -> bool:
+    """Whether the device's speech detector would decide on this audio (enough speech, enough of
+    it speech). Checked by the protocol itself, so a peer embedder fails and skips exactly what
+    the device featurizer would, and every embedder gets the very same trials."""
+    from voicegate.device.speech import select_speech
+
+    return bool(select_speech(speech, detector).decidable)
+
+
 # --- enrolment --------------------------------------------------------------------------------------
 def enrol_speaker(plan: SpeakerPlan, embedder, cfg: ProtocolConfig, channel_fn: Optional[ChannelFn] = None,
                   skipped: Optional[list] = None, detector=None) -> Optional[dict]:
@@ -321,6 +330,8 @@ def enrol_speaker(plan: SpeakerPlan, embedder, cfg: ProtocolConfig, channel_fn: 
         if speech is None or speech.size == 0:
             continue
         speech = speech[: n_max - have]
+        if not device_accepts(speech, detector):  # e.g. a short remnant: left out for every embedder
+            continue
         try:
             parts.append(np.asarray(embedder.enrol(speech), np.float64))
         except AudioError:
@@ -388,6 +399,8 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
                        "enrolled": plan.enrolled, "failed": False}
                 t0 = time.perf_counter()
                 try:
+                    if not device_accepts(chunk, detector):  # failed for every embedder alike
+                        raise AudioError("no speech found")
                     e = embedder.embed(chunk)
                     embed_ms.append(1000.0 * (time.perf_counter() - t0))
                 except AudioError:

@@ -131,6 +131,16 @@ def trials_digest(emb) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def attempts_digest(emb) -> str:
+    """sha256 of the attempt table alone (speaker, recording, failed) and the profiles' speakers."""
+    import hashlib
+    import json
+
+    key = {"profiles": [p["speaker"] for p in emb.profiles],
+           "attempts": [[a["speaker"], a["recording"], bool(a["failed"])] for a in emb.attempts]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def compare_with_peer(result: dict, peer: dict) -> dict:
     """Per channel present in both: the peer's EER and FRR at FAR 1 % beside the model's, and
     whether both scored the same trials (equal :func:`trials_digest`)."""
@@ -140,6 +150,7 @@ def compare_with_peer(result: dict, peer: dict) -> dict:
         if q is None:
             continue
         out[name] = {"same_trials": q.get("trials_sha256") == r["trials_sha256"],
+                     "same_attempts": q.get("attempts_sha256") == r.get("attempts_sha256"),
                      "peer_eer": q["eer"], "peer_eer_ci95": q.get("eer_ci95_speaker_bootstrap"),
                      "peer_frr_at_far_1": q["frr_at_far"]["1%"]["frr"], "eer": r["eer"],
                      "eer_below_peer": r["eer"] < q["eer"]}
@@ -165,7 +176,8 @@ def channel_report(emb, contract=None, n_boot: int = BOOTSTRAP, seed: int = 0) -
         "impostor_trials": int((~t.genuine).sum()),
         "genuine_speakers": len(set(attempt_spk[t.attempt[t.genuine]])),
     }
-    out = {"channel": emb.info["channel"], "counts": counts, "trials_sha256": trials_digest(emb), **score_figures(score, t.genuine, t.profile, n_boot, seed),
+    out = {"channel": emb.info["channel"], "counts": counts, "trials_sha256": trials_digest(emb),
+           "attempts_sha256": attempts_digest(emb), **score_figures(score, t.genuine, t.profile, n_boot, seed),
            "data": {k: v for k, v in emb.info.items() if k != "channel"}}
     if contract is not None and (contract.calibration or {}).get("type"):
         groups = [f"{s}|{p}" for s, p in zip(attempt_spk[t.attempt], profile_spk[t.profile])]
@@ -218,7 +230,8 @@ def markdown(result: dict) -> str:
                   "|---|---|---:|---:|---:|---:|"]
         for name, c in cmp["channels"].items():
             r = result["channels"][name]
-            lines.append(f"| {name} | {'yes' if c['same_trials'] else 'NO'} | {_pct(c['eer'])} | "
+            same = "yes" if c["same_trials"] else "attempts only" if c.get("same_attempts") else "NO"
+            lines.append(f"| {name} | {same} | {_pct(c['eer'])} | "
                          f"{_pct(c['peer_eer'])}{_ci(c['peer_eer_ci95'])} | {_pct(r['frr_at_far']['1%']['frr'])} | "
                          f"{_pct(c['peer_frr_at_far_1'])} |")
     lines += ["", "EER interval: 95 % bootstrap over enrolled speakers; other intervals: 95 % Wilson. "
