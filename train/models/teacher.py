@@ -9,8 +9,8 @@ Installing it: ``pip install webrtcvad-wheels && pip install --no-deps resemblyz
 ``webrtcvad`` requirement is an sdist that needs a compiler). Both ``webrtcvad`` builds import
 ``pkg_resources`` (the sdist always, the wheel on old Pythons), which recent setuptools no
 longer ships: :func:`ensure_pkg_resources` installs a tiny stand-in module (only
-``get_distribution(name).version``, backed by ``importlib.metadata``) before resemblyzer is
-imported, and only when the real one is missing. resemblyzer's VAD trimming is not used here
+``get_distribution(name).version``, backed by ``importlib.metadata``) while resemblyzer is
+imported, only when the real one is missing, and removes it again afterwards. resemblyzer's VAD trimming is not used here
 (the windows come from the device's own speech selection), so when ``webrtcvad`` is absent
 altogether a stub module takes its place.
 """
@@ -40,10 +40,11 @@ class TeacherUnavailable(RuntimeError):
     """resemblyzer cannot be imported (not installed); says how to install it."""
 
 
-def ensure_pkg_resources() -> None:
-    """Make ``import pkg_resources`` work for webrtcvad when setuptools no longer has it."""
+def ensure_pkg_resources() -> bool:
+    """Make ``import pkg_resources`` work for webrtcvad when setuptools no longer has it; True
+    when the stand-in was installed (the caller removes it again: see import_resemblyzer)."""
     if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
-        return
+        return False
     from importlib import metadata
 
     shim = types.ModuleType("pkg_resources")
@@ -61,6 +62,7 @@ def ensure_pkg_resources() -> None:
     shim.__doc__ = "voicegate stand-in for setuptools' pkg_resources (get_distribution only)"
     sys.modules["pkg_resources"] = shim
     log.debug("pkg_resources missing: installed a get_distribution-only stand-in")
+    return True
 
 
 def _ensure_webrtcvad() -> None:
@@ -79,15 +81,18 @@ def _ensure_webrtcvad() -> None:
 
 def import_resemblyzer():
     """``(resemblyzer.VoiceEncoder, resemblyzer.audio)``; raises TeacherUnavailable."""
-    ensure_pkg_resources()
-    _ensure_webrtcvad()
+    shimmed = ensure_pkg_resources()
     try:
+        _ensure_webrtcvad()
         from resemblyzer import VoiceEncoder, audio
     except ImportError as e:
         raise TeacherUnavailable(
             f"the GE2E teacher needs resemblyzer ({e}); install it with "
             "'pip install webrtcvad-wheels && pip install --no-deps resemblyzer'"
         ) from None
+    finally:
+        if shimmed:  # only webrtcvad's import needs it; tools that probe pkg_resources must not see it
+            sys.modules.pop("pkg_resources", None)
     return VoiceEncoder, audio
 
 
