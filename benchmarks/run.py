@@ -115,7 +115,7 @@ def seed_model(args):
         return model, f"trained run {args.seed_run}"
     torch.manual_seed(0)
     cfg = SMOKE_SEED if args.smoke else {}
-    return build_seed(cfg.get("widths"), cfg.get("embed_dim")), "untrained (random weights)"
+    return build_seed(cfg.get("widths"), cfg.get("embed_dim")), "the study's seed architecture, untrained (random weights): speed and size only"
 
 
 def setup_models(args, work: Path) -> dict:
@@ -149,7 +149,8 @@ def setup_models(args, work: Path) -> dict:
                 export_mc(build_model(compact_cfg), args.samples, path, "compact")
             else:
                 export_ensemble([build_model(compact_cfg) for _ in range(args.members)], path, "compact")
-            out[name] = {"path": path, "source": "untrained (random weights)", "untrained": True}
+            out[name] = {"path": path, "untrained": True,
+                         "source": "the compact architecture, untrained (random weights): speed and size only"}
     for name in VARIANTS[1:]:
         out[name]["size_bytes"] = Path(out[name]["path"]).stat().st_size
     return out

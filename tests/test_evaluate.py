@@ -105,12 +105,15 @@ def test_plain_report_known_answers():
 
 
 # --- end to end -------------------------------------------------------------------------------
-def write_tiny(path, corpus, method: str, bias=None, accept: float = 0.5):
-    """A tiny exported model whose contract names ``corpus`` as its training corpus (split seed 0)."""
+def write_tiny(path, corpus, method: str, bias=None, accept: float = 0.5, corpus_ref=None, fingerprint=None):
+    """A tiny exported model whose contract names ``corpus`` as its training corpus (split seed 0);
+    ``corpus_ref`` replaces the stored path (e.g. a name), ``fingerprint`` is stored as given."""
     contract = make_contract(method, 4 if method == "mc" else 3,
                              Thresholds(accept=accept, uncertainty_limit=0.1, deny=0.3))
     roles = json.loads((corpus / "roles.json").read_text())
-    contract.corpus = {"data_config": {"corpus": str(corpus), "seed": 0}, "roles": roles}
+    contract.corpus = {"data_config": {"corpus": corpus_ref or str(corpus), "seed": 0}, "roles": roles}
+    if fingerprint is not None:
+        contract.corpus["fingerprint"] = fingerprint
     if method == "mc":
         proto = graphs.export_mc(TinyNet(bias=bias).eval(), contract.samples)
     else:
@@ -164,6 +167,57 @@ def test_eval_end_to_end_with_known_answers(tiny_corpus, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / "eval.json").read_text())["counts"] == result["counts"]
     assert "| yes-mc |" in (out / "eval.md").read_text()
+
+    # non-speech attempts (issue 10): a model that says "allowed" to anything grants every one of
+    # them when the speech detector is bypassed, and none through the device path
+    ns = result["nonspeech"]
+    assert ns["protocol"]["attempts"] == ns["models"]["yes-mc"]["n"] > 0
+    assert ns["models"]["yes-mc"]["model_only"]["far"]["k"] == ns["models"]["yes-mc"]["n"]
+    assert ns["models"]["yes-mc"]["device"]["far"]["k"] == 0
+    assert ns["models"]["no-ensemble"]["model_only"]["far"]["k"] == 0
+    assert "Non-speech false accepts" in (out / "eval.md").read_text()
+
+
+def _fingerprint_of(corpus) -> dict:
+    from voicegate.train.data.config import PrepareConfig
+
+    _, _, fp = E.evaluation_recordings(PrepareConfig(corpus=str(corpus)), {}, "test")
+    return fp
+
+
+def test_eval_refuses_a_corpus_that_changed_since_training(tiny_corpus, tmp_path, capsys):
+    """Issue 14: a corpus whose recordings differ from the contract's fingerprint would move
+    recordings between splits; eval refuses, or with --allow-corpus-change warns and records it."""
+    import shutil
+
+    changed = tmp_path / tiny_corpus.name
+    shutil.copytree(tiny_corpus, changed)
+    lines = (changed / "manifest.csv").read_text().splitlines()
+    (changed / "manifest.csv").write_text("\n".join(lines[:-1]) + "\n")  # one recording fewer
+    mc = write_tiny(tmp_path / "m" / "fp-mc.onnx", tiny_corpus, "mc", fingerprint=_fingerprint_of(tiny_corpus))
+    assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech"])) == 0  # the training corpus: fine
+    capsys.readouterr()
+    assert E.run(parse([str(mc), "--corpus", str(changed), "--no-progress", "--no-nonspeech"])) == 1
+    err = capsys.readouterr().err.strip()
+    assert "differs from the one the model was trained on" in err and "\n" not in err
+    assert E.run(parse([str(mc), "--corpus", str(changed), "--no-progress", "--no-nonspeech", "--json",
+                        "--allow-corpus-change"])) == 0
+    fp = json.loads(capsys.readouterr().out)["protocol"]["corpus_fingerprint"]["per_model"]["fp-mc"]
+    assert fp["checked"] and not fp["same"] and any("manifest.csv" in d for d in fp["differences"])
+
+
+def test_eval_finds_a_corpus_named_in_the_contract(tiny_corpus, tmp_path, capsys, monkeypatch):
+    """Issue 14: the contract names the corpus; --corpus or $VOICEGATE_SHARED_DATA locate it."""
+    mc = write_tiny(tmp_path / "m" / "named-mc.onnx", tiny_corpus, "mc", corpus_ref=tiny_corpus.name)
+    monkeypatch.delenv("VOICEGATE_SHARED_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech"])) == 1
+    err = capsys.readouterr().err
+    assert "VOICEGATE_SHARED_DATA" in err and "--corpus" in err and err.count("\n") == 1
+    monkeypatch.setenv("VOICEGATE_SHARED_DATA", str(tiny_corpus.parent))
+    assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech", "--json"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"]["corpus"] == tiny_corpus.name and result["nonspeech"] is None
 
 
 def test_eval_reports_a_missing_corpus_in_one_line(tiny_corpus, tmp_path, capsys):

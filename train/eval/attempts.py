@@ -1,4 +1,5 @@
-"""Door attempts: cut trimmed speech into attempts and decide each with every model's gate."""
+"""Door attempts: cut a recording's speech (the device's speech detector) into attempts and
+decide each with every model's gate."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from voicegate.device.audio import SAMPLE_RATE, AudioError, trim_silence
+from voicegate.device.audio import SAMPLE_RATE, AudioError
 from voicegate.device.features import INFER_HOP_SECONDS, featurize
 from voicegate.device.policy import DENIED, GRANTED, UNCERTAIN
+from voicegate.device.speech import speech_only
 
 from voicegate.train.eval.protocol import ATTEMPT_SECONDS, MIN_ATTEMPT_SECONDS, EvalConfig
 
@@ -24,7 +26,7 @@ def cut_attempts(
     min_seconds: float = MIN_ATTEMPT_SECONDS,
     sample_rate: int = SAMPLE_RATE,
 ) -> list[np.ndarray]:
-    """Consecutive, non-overlapping attempts of ``attempt_seconds`` of (trimmed) speech.
+    """Consecutive, non-overlapping attempts of ``attempt_seconds`` of speech.
 
     The tail shorter than one attempt is dropped; audio shorter than one attempt but at least
     ``min_seconds`` long is a single (shorter) attempt.
@@ -118,7 +120,7 @@ def score_attempts(gates: dict, items, cfg: EvalConfig, prep_cfg, root: Path) ->
     for rec, role, _ in tqdm(items, desc="eval", unit="rec", disable=not cfg.progress):
         audio = load_recording(rec, prep_cfg, root, skipped)
         try:
-            speech = trim_silence(audio) if audio is not None else None
+            speech = speech_only(audio) if audio is not None else None
         except AudioError:
             speech = None
         chunks = [] if speech is None else cut_attempts(speech, cfg.attempt_seconds, cfg.min_attempt_seconds)

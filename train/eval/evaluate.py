@@ -10,12 +10,13 @@ audio, not from cached training windows:
    *Closed set*: the ``--split`` (default test) recordings of the allowed and the not-allowed
    training speakers (the study's protocol: known speakers, unseen recordings). *Open set*: every
    recording of the held-out impostors, voices the model has never heard.
-2. **Attempts.** Each recording is loaded and trimmed of silence, and the trimmed speech is cut
+2. **Attempts.** Each recording is loaded, its speech selected by the device's speech detector
+   (:func:`~voicegate.device.speech.speech_only`), and that speech is cut
    into consecutive, non-overlapping attempts of ``--attempt-seconds`` (default 3 s, about what a
    person says at a door: "it's me, open please"). A shorter tail is dropped; a recording with
    less speech than one attempt (but at least ``min_attempt_seconds``) is one shorter attempt.
 3. **Decisions.** Each attempt goes through the device featurizer
-   (:func:`~voicegate.device.features.featurize`: trim, 2 s windows every 1 s, spectrograms)
+   (:func:`~voicegate.device.features.featurize`: speech frames, 2 s windows every 1 s, spectrograms)
    and then every model's gate (``Gate.predict`` + ``Gate.decide_samples``, which is what
    ``Gate.decide_audio`` does). The spectrograms of an attempt are rendered once and shared by
    all models (MC and ensemble). An attempt the featurizer rejects (no speech) is a failed
@@ -55,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voicegate.train.data.fingerprint import summary
+
 from voicegate.train.eval.attempts import FAILED, cut_attempts, load_gates, score_attempts
 from voicegate.train.eval.plots import DET_FLOOR, det_curves_for, det_figure
 from voicegate.train.eval.protocol import (
@@ -62,6 +65,7 @@ from voicegate.train.eval.protocol import (
     RETRY_RULE,
     EvalConfig,
     EvalError,
+    check_fingerprint,
     contract_roles,
     evaluation_recordings,
     prepare_config_of,
@@ -106,7 +110,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         ):
             raise EvalError(f"{name}: trained with another split seed, fractions or allowed list "
                             "than the first model; evaluate them separately")
-    corpus, items = evaluation_recordings(prep_cfg, roles, cfg.split)
+    corpus, items, here = evaluation_recordings(prep_cfg, roles, cfg.split)
+    fingerprints = {name: check_fingerprint(gate.contract, here, cfg.allow_corpus_change)
+                    for name, gate in gates.items() if gate.contract.kind == "classifier"}
     if encoders:
         from voicegate.train.eval.household import household_gates
 
@@ -127,10 +133,20 @@ def evaluate(cfg: EvalConfig) -> dict:
             "windows": int(sum(attempts.windows[i] for i in rows)),
         }
     feat = np.asarray(info.pop("featurize_ms"), np.float64)
+    nonspeech = None
+    if cfg.nonspeech:
+        from voicegate.train.data.augment import find_noise_dir
+        from voicegate.train.eval import nonspeech as NS
+
+        noise_dir = find_noise_dir(corpus.root, prep_cfg.noise_dir if prep_cfg.noise_dir else "auto")
+        clips = NS.nonspeech_attempts(noise_dir, cfg.attempt_seconds)
+        nonspeech = {"protocol": NS.protocol(noise_dir, clips, cfg.attempt_seconds),
+                     "models": NS.score_nonspeech(gates, clips)}
     result = {
         "config": cfg.to_dict(),
         "protocol": {
-            "corpus": str(corpus.root),
+            "corpus": corpus.root.name,
+            "corpus_fingerprint": {"here": summary(here), "per_model": fingerprints},
             "layout": corpus.layout,
             "split_seed": prep_cfg.seed,
             "split_fractions": list(prep_cfg.split_fractions),
@@ -138,7 +154,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "roles": {k: len(v) for k, v in corpus.roles.to_dict().items()},
             "allowed": list(corpus.roles.allowed),
             "attempt_seconds": cfg.attempt_seconds,
-            "attempt": (f"trimmed speech cut into consecutive {cfg.attempt_seconds:g} s attempts; the "
+            "attempt": (f"the detected speech cut into consecutive {cfg.attempt_seconds:g} s attempts; the "
                         f"shorter tail is dropped; a recording with {cfg.min_attempt_seconds:g} s to one "
                         "attempt of speech is one shorter attempt"),
             "retry": RETRY_RULE,
@@ -150,6 +166,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "data": {**info, "speech_seconds": round(info["speech_seconds"], 1),
                  "featurize_ms_median": float(np.median(feat)) if feat.size else None},
         "models": {name: model_report(name, gates[name], attempts, scores[name]) for name in gates},
+        "nonspeech": nonspeech,
         "files": {},
         "seconds": None,
     }
@@ -161,9 +178,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             if curves:
                 title = (f"DET, {corpus.root.name}: allowed vs {what}\n(attempts of {cfg.attempt_seconds:g} s; "
                          f"dots: shipped threshold; a rate of 0 is drawn at {100 * DET_FLOOR:g} %)")
-                result["files"][f"det_{key}"] = str(det_figure(curves, title, out / f"det_{key}.png"))
-        result["files"]["json"] = str(out / "eval.json")
-        result["files"]["markdown"] = str(out / "eval.md")
+                result["files"][f"det_{key}"] = det_figure(curves, title, out / f"det_{key}.png").name
+        result["files"]["json"] = "eval.json"
+        result["files"]["markdown"] = "eval.md"
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if cfg.out:
         (out / "eval.md").write_text(markdown(result))
@@ -182,12 +199,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("test", "val"), default=d.split,
                    help="closed-set split of the known speakers (default %(default)s)")
     p.add_argument("--attempt-seconds", type=float, default=d.attempt_seconds,
-                   help="seconds of trimmed speech per door attempt (default %(default)s)")
+                   help="seconds of detected speech per door attempt (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="onnxruntime seed for the MC masks (default %(default)s)")
     p.add_argument("--out", help="write eval.json, eval.md and DET curve PNGs to this folder")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-corpus-change", action="store_true",
+                   help="evaluate even when the corpus differs from the model's training corpus "
+                        "(fingerprint mismatch: loudly warned, recorded in the result)")
+    p.add_argument("--no-nonspeech", action="store_true",
+                   help="skip the non-speech attempts (shared noise + generated noise)")
     from voicegate.train.eval.encoder_eval import add_encoder_arguments
 
     add_encoder_arguments(p)  # an encoder model alone: the enrolment protocol (encoder_eval.py)
@@ -204,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         models=list(args.models), method=args.method, corpus=args.corpus, split=args.split,
         attempt_seconds=args.attempt_seconds, threads=args.threads, seed=args.seed, out=args.out,
-        progress=not args.no_progress,
+        progress=not args.no_progress, allow_corpus_change=args.allow_corpus_change,
+        nonspeech=not args.no_nonspeech,
     )
     try:
         result = evaluate(cfg)

@@ -59,6 +59,33 @@ def markdown(result: dict) -> str:
                   markdown_table(["model", "genuine / impostor attempts", "accept", "plain FAR", "plain FRR", "EER",
                                   "window EER", "policy FAR", "policy FRR", "UNCERTAIN (genuine / impostor)",
                                   "FAR after retry", "FRR after retry", "policy EER"], rows, "llrrrrrrrlrrr")]
+    lines += nonspeech_lines(result)
     lines += ["", "plain: accept iff p(allowed) >= accept. policy: only GRANTED opens (UNCERTAIN counts as a "
               "reject). [low, high]: 95 % Wilson intervals. Retry: " + proto["retry"], ""]
     return "\n".join(lines)
+
+
+def nonspeech_lines(result: dict) -> list[str]:
+    """The non-speech false-accept table, next to the held-out impostors' policy FAR."""
+    ns = result.get("nonspeech")
+    if not ns:
+        return []
+    proto = ns["protocol"]
+    rows = []
+    for name, r in ns["models"].items():
+        v = result["models"][name]["verification"].get("heldout_impostors")
+        imp = f"{_pct(v['rejecting']['far'])} {_ci(v['rejecting']['far_ci95'])}" if v else "n/a"
+        dev, mod = r["device"], r["model_only"]
+        rows.append([name, r["n"], imp, f"{dev['far']['k']} = {_pct(dev['far']['rate'])} {_ci(dev['far']['ci95'])}",
+                     f"{_pct(dev['no_speech'] / r['n'])}", f"{mod['far']['k']} = {_pct(mod['far']['rate'])} "
+                     f"{_ci(mod['far']['ci95'])}", mod["above_accept"], f"{mod['p_allow_mean']:.3f} / "
+                     f"{mod['p_allow_p95']:.3f} / {mod['p_allow_max']:.3f}"])
+    return ["", f"## Non-speech false accepts ({proto['attempts']} attempts of {proto['attempt_seconds']:g} s)", "",
+            f"Shared noise files ({proto['noise_part']}) at {proto['levels_dbfs']} dBFS, generated white / pink / "
+            f"brown noise and 50 / 60 Hz hum at the same levels, near-silence with hum at {proto['silence_hum_dbfs']} "
+            "dBFS. Device path: the speech detector, then the policy; model only: every window of the raw clip "
+            "straight into the model (no detector).", "",
+            markdown_table(["model", "non-speech attempts", "impostor policy FAR (held out)",
+                            "non-speech GRANTED (device path)", "no speech found", "GRANTED, model only",
+                            "p >= accept, model only", "p(allowed) mean / p95 / max, model only"],
+                           rows, "lrrrrrrr")]

@@ -43,6 +43,8 @@ class EvalConfig:
     seed: Optional[int] = 0  # onnxruntime seed for the MC masks (None: unseeded)
     out: Optional[str] = None  # folder for eval.json, eval.md and the DET PNGs
     progress: bool = True  # tqdm bar over recordings
+    allow_corpus_change: bool = False  # evaluate (loudly warned) even if the corpus fingerprint differs
+    nonspeech: bool = True  # also decide the non-speech attempts (noise files, generated noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,10 +65,15 @@ def prepare_config_of(contract, corpus: Optional[str] = None):
             data_config = {**json.loads((Path(cache) / "meta.json").read_text())["config"], **data_config}
         except (OSError, ValueError, KeyError):
             log.warning("cannot read the preparation config of the cache %s", cache)
-    if corpus:
-        data_config["corpus"] = str(corpus)
-    if not data_config.get("corpus"):
+    from voicegate.train.data.fingerprint import CorpusNotFound, resolve_corpus
+
+    stored = data_config.get("corpus") or (contract.corpus or {}).get("name")
+    if not stored and not corpus:
         raise EvalError("the model's contract names no training corpus; pass --corpus")
+    try:
+        data_config["corpus"] = str(resolve_corpus(stored or "", corpus))
+    except CorpusNotFound as e:
+        raise EvalError(str(e)) from None
     known = PrepareConfig.__dataclass_fields__
     return PrepareConfig.from_dict({k: v for k, v in data_config.items() if k in known})
 
@@ -77,14 +84,16 @@ def contract_roles(contract) -> dict:
 
 
 def evaluation_recordings(prep_cfg, roles: dict, split: str = "test"):
-    """(corpus, [(Recording, role, split)]): the closed-set ``split`` recordings of the known
-    speakers and every recording of the held-out impostors, in (speaker, recording) order.
+    """(corpus, [(Recording, role, split)], fingerprint): the closed-set ``split`` recordings of
+    the known speakers and every recording of the held-out impostors, in (speaker, recording)
+    order, and the fingerprint of the split rebuilt here (:mod:`voicegate.train.data.fingerprint`).
 
     ``roles`` (the model's training roles) override the corpus's default allowed and held-out
     lists, as they did in training, so labels mean what the model learned.
     """
     from voicegate.train.data.corpus import ROLE_HELDOUT, load_corpus
     from voicegate.train.data.build import limit_recordings
+    from voicegate.train.data.fingerprint import fingerprint
     from voicegate.train.data.splits import HELDOUT, split_recordings
 
     root = Path(prep_cfg.corpus).expanduser()
@@ -104,4 +113,28 @@ def evaluation_recordings(prep_cfg, roles: dict, split: str = "test"):
         where = assignment[rec.recording]
         if (role == ROLE_HELDOUT and where == HELDOUT) or (role != ROLE_HELDOUT and where == split):
             chosen.append((rec, role, where))
-    return corpus, chosen
+    fp = fingerprint(corpus.root, ((r.recording, assignment[r.recording]) for r in recordings))
+    return corpus, chosen, fp
+
+
+def check_fingerprint(contract, here: dict, allow_change: bool = False) -> dict:
+    """Compare the contract's training-corpus fingerprint with the split rebuilt ``here``.
+
+    A difference is refused (EvalError) unless ``allow_change``, which logs a loud warning and
+    records the differences in the result; a contract without a fingerprint is warned about.
+    """
+    from voicegate.train.data.fingerprint import differences
+
+    stored = (contract.corpus or {}).get("fingerprint")
+    if not stored:
+        log.warning("the model's contract has no corpus fingerprint (exported before fingerprints): "
+                    "cannot check that the split is the training split")
+        return {"checked": False, "differences": []}
+    diff = differences(stored, here)
+    if diff and not allow_change:
+        raise EvalError("the corpus differs from the one the model was trained on (" + "; ".join(diff[:3])
+                        + "); its test split may hold training recordings. Pass the original corpus, or "
+                        "--allow-corpus-change to evaluate anyway")
+    for d in diff:
+        log.warning("CORPUS CHANGED since training: %s", d)
+    return {"checked": True, "same": not diff, "differences": diff}
