@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,6 +27,7 @@ from voicegate.export.onnx_export import (
 )
 from voicegate.train.models.classifier import ModelConfig, build_model, save_checkpoint
 from voicegate.train.data.cache import CACHE_FORMAT
+from voicegate.train.data.fingerprint import absolute_paths
 from voicegate.train.models.trainer import RUN_FORMAT
 
 torch.set_num_threads(1)
@@ -188,9 +190,12 @@ def write_fake_cache(path, corpus) -> None:
 
 def write_run(run_dir, models) -> None:
     cfg = ModelConfig(arch="compact", widths=(4, 4, 4, 4), embed_dim=8)
+    # the training machine's paths, as a real run records them
+    data_config = {"corpus": "/home/trainer/corpora/fake", "cache_dir": "/var/cache/voicegate/fake-1234",
+                   "noise_dir": "/home/trainer/corpora/noise"}
     for i, m in enumerate(models):
         save_checkpoint(run_dir / f"member{i}" / "best.pt", m, cfg,
-                        {"data_config": {"corpus": "fake"}, "roles": {"allowed": ["a1", "a2"]}})
+                        {"data_config": data_config, "roles": {"allowed": ["a1", "a2"]}})
     run_info = {"format": RUN_FORMAT, "arch": "compact", "checkpoint": "best.pt",
                 "members": [f"member{i}" for i in range(len(models))]}
     (run_dir / "run.json").write_text(json.dumps(run_info))
@@ -216,6 +221,13 @@ def test_export_command_end_to_end(tmp_path, capsys):
         c = gate.contract
         assert (c.method, c.samples, c.features) == (method, samples, feature_contract())
         assert c.corpus["validation_utterances"] == 5 and c.corpus["roles"]["allowed"] == ["a1", "a2"]
+        # issue 14: no machine path in a shipped artefact; the corpus by name, with its fingerprint
+        assert absolute_paths(c.to_dict()) == []
+        assert c.corpus["name"] == "fake" == c.corpus["data_config"]["corpus"]
+        assert c.corpus["data_config"]["cache_dir"] is None and c.corpus["data_config"]["noise_dir"] == "noise"
+        fp = c.corpus["fingerprint"]
+        assert fp["recordings"]["val"] == sorted(f"{s}-3" for s in ("a1", "a2", "n1", "n2", "n3"))
+        assert fp["recordings"]["heldout"] == [f"h1-{r}" for r in range(5)] and set(fp["recordings_sha256"]) == set(fp["recordings"])
         val = c.metrics["validation"]
         # target FAR 0 on validation: no not-allowed validation utterance is granted
         assert val["policy"]["not_allowed"][GRANTED] == 0.0 and val["accept_only"]["far"] == 0.0
@@ -238,6 +250,29 @@ def test_export_command_fails_without_enough_members(tmp_path, capsys):
     assert rc == 1
     assert ">= 2 members" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.onnx")), ids=lambda p: p.name)
+def test_no_shipped_model_carries_a_machine_path(path):
+    """Issue 14: every shipped model's metadata (contract and any other key) holds no absolute
+    path of the machine it was made on (the corpus is named, and found with --corpus or
+    $VOICEGATE_SHARED_DATA)."""
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    for key, value in meta.items():
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+        assert absolute_paths(value, key) == [], f"{path.name}: {absolute_paths(value, key)[:3]}"
+
+
+def test_absolute_paths_finds_posix_windows_and_home_paths():
+    found = absolute_paths({"a": "/work/x", "b": ["C:\\data", {"c": "~/corpus"}], "d": "librispeech", "e": 3})
+    assert [f.split(":")[0] for f in found] == [".a", ".b[0]", ".b[1].c"]
+    assert absolute_paths({"corpus": "librispeech", "noise_dir": "auto", "ratio": "1/2"}) == []
 
 
 def test_export_config_methods():
