@@ -197,7 +197,7 @@ def rival_problems(embs: np.ndarray, stretches: list, name: str, store, encoder)
             prof = store.load(other, encoder.sha256)
         except ProfileError:
             continue  # a stale or broken profile is reported by listen / profiles list
-        p = float(np.median(calibrate(seg @ prof.centroid(), encoder.calibration)))
+        p = float(np.median(calibrate(np.einsum("nd,d->n", seg, prof.centroid()), encoder.calibration)))
         if p >= encoder.thresholds.accept:
             out.append(Problem("warning", f"this voice already matches {other} (p {p:.2f}): "
                                "at the door both would be UNCERTAIN; same person twice?"))
