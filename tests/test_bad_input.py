@@ -288,7 +288,7 @@ def test_corpus_preparation_skips_every_bad_file(suite, tmp_path):
             shutil.copy(c.path, root / "m1" / f"{c.name}.wav")
     assert len(bad) >= 15
     cfg = P.PrepareConfig(corpus=str(root), cache_dir=str(tmp_path / "cache"), allowed=["f1"],
-                          noise_dir=None, aug_copies=0, progress=False)
+                          noise_dir=None, aug_copies=0, nonspeech_windows=0, progress=False)
     pc = P.prepare_corpus(cfg)
     skipped = {s["file"]: s["reason"] for s in pc.report["skipped"]}
     assert set(skipped) == set(bad)
