@@ -100,7 +100,7 @@ def write_summary(out: Path, command: str) -> dict:
         result = json.loads(path.read_text())
         if result.get("model", {}).get("name") != GE2EEmbedder.name:
             continue
-        rows += rows_of(result, path.parent.name + ("" if result.get("complete", True) else " (run still going)"))
+        rows += rows_of(result, path.parent.name + ("" if result.get("complete", True) else " (partial: not every channel ran)"))
         channels += [c for c in result["channels"] if c not in channels]
         seconds += result.get("seconds") or 0.0
         cmd = result["model"].get("command")

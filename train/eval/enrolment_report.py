@@ -179,6 +179,11 @@ def channel_report(emb, contract=None, n_boot: int = BOOTSTRAP, seed: int = 0) -
     out = {"channel": emb.info["channel"], "counts": counts, "trials_sha256": trials_digest(emb),
            "attempts_sha256": attempts_digest(emb), **score_figures(score, t.genuine, t.profile, n_boot, seed),
            "data": {k: v for k, v in emb.info.items() if k != "channel"}}
+    decided = ~failed  # the attempts the speech detector let through: the embedder's own share
+    if failed.any() and (t.genuine & decided).any() and (~t.genuine & decided).any():
+        out["decided_attempts_only"] = {
+            "genuine_trials": int((t.genuine & decided).sum()), "impostor_trials": int((~t.genuine & decided).sum()),
+            **score_figures(score[decided], t.genuine[decided], t.profile[decided], n_boot, seed)}
     if contract is not None and (contract.calibration or {}).get("type"):
         groups = [f"{s}|{p}" for s, p in zip(attempt_spk[t.attempt], profile_spk[t.profile])]
         out["operating_point"] = operating_point(emb.cos, failed, t.genuine, groups, contract.calibration,
@@ -210,6 +215,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {c['profiles']} | {c['impostor_only_speakers']} | {c['genuine_trials']} / "
                      f"{c['impostor_trials']} | {c['failed_attempts']} | {_pct(r['eer'])}{_ci(r['eer_ci95_speaker_bootstrap'])} | "
                      f"{_pct(f['1%']['frr'])}{_ci(f['1%']['frr_ci95'])} | {f01} | {r['min_dcf']['value']:.3f} |")
+    dec = {k: r["decided_attempts_only"] for k, r in result["channels"].items() if "decided_attempts_only" in r}
+    if dec:
+        lines += ["", "Failed attempts (the device's speech detector found too little speech) count as misses "
+                  "at every threshold. Without them, on the attempts the detector decided (%):", "",
+                  "| channel | genuine / impostor trials | EER | FRR @ FAR 1 % |", "|---|---|---:|---:|"]
+        for name, d in dec.items():
+            lines.append(f"| {name} | {d['genuine_trials']} / {d['impostor_trials']} | "
+                         f"{_pct(d['eer'])}{_ci(d['eer_ci95_speaker_bootstrap'])} | {_pct(d['frr_at_far']['1%']['frr'])} |")
     ops = {k: r["operating_point"] for k, r in result["channels"].items() if "operating_point" in r}
     if ops:
         t = next(iter(ops.values()))["thresholds"]
