@@ -53,8 +53,8 @@ def _resonator(fc: float, sr: int, bandwidth: float = 150.0) -> np.ndarray:
 def _base_voice(speaker: str) -> np.ndarray:
     """EXAMPLE_SPEECH made into this speaker's voice (read-only, 16 kHz).
 
-    Played faster or slower (pitch and vocal-tract length together, so its F0 is about the
-    speaker's VOICES F0), then coloured by the speaker's three formants, so each voice has its own
+    Played faster or slower (pitch and vocal-tract length together: the F0 moves towards the
+    speaker's), then coloured by the speaker's three formants, so each voice has its own
     pitch and spectral envelope. Its pauses of 0.25 s or more are cut out first.
     """
     from voicegate.device.audio import resample, voiced_intervals
@@ -62,7 +62,7 @@ def _base_voice(speaker: str) -> np.ndarray:
     x, sr = sf.read(str(EXAMPLE_SPEECH), dtype="float32")
     x = np.concatenate([x[a:b] for a, b in voiced_intervals(x, top_db=30.0)])  # no long gaps
     f0, formants = _voice_params(speaker)
-    factor = float(np.clip(f0 / EXAMPLE_F0, 0.5, 3.0))  # pitch and formants x factor: F0 ~ f0
+    factor = float(np.clip(np.sqrt(f0 / EXAMPLE_F0), 0.85, 1.6))  # pitch and formants x factor
     y = resample(x.astype(np.float32), sr, int(round(sr / factor))).astype(np.float64)
     coloured = sum(np.convolve(y, _resonator(fc, SR))[: y.size] for fc in formants)
     y = 0.5 * y / np.max(np.abs(y)) + 0.5 * coloured / np.max(np.abs(coloured))
