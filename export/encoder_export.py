@@ -211,11 +211,10 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.device.features import feature_contract
     from voicegate.device.runtime import file_sha256
     from voicegate.train.data.encoder_data import EncoderData
-    from voicegate.train.data.fingerprint import absolute_paths
     from voicegate.train.models.encoder import eer, frr_at_far, load_encoder
 
     from . import graphs
-    from .onnx_export import ExportError, write_model
+    from .onnx_export import ExportError, write_verified
 
     run, out = Path(run), Path(out)
     if cfg.method != "mc":
@@ -283,13 +282,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
                "train_config": {k: v for k, v in ckpt.get("train_config", {}).items() if k not in ("data", "out")}},
         kind="encoder", embedding_dim=int(encoder.cfg.embedding_dim), calibration=calibration,
     )
-    leaked = absolute_paths(contract.to_dict())
-    if leaked:
-        raise ExportError(f"the encoder contract would carry this machine's paths: {'; '.join(leaked[:3])}")
-    digest = write_model(proto, contract, out)
-    loaded = Encoder.load(out)  # the device must accept what we wrote
-    if loaded.contract.to_dict() != contract.to_dict():
-        raise ExportError(f"{out}: the contract did not survive the round trip")
+    digest, _ = write_verified(proto, contract, out, Encoder.load)
     pol = val_report["policy"]
     print(f"encoder mc: {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
           f"a={calibration['a']:.3f} b={calibration['b']:.3f}  accept={thresholds.accept:.4f} "

@@ -232,6 +232,20 @@ def update_manifest(model_path: Path, digest: str) -> Path:
     return manifest
 
 
+def write_verified(proto, contract, path: Path, load) -> tuple[str, object]:
+    """Refuse a contract holding machine paths, write the model, and load it back with the device's
+    ``load`` (``Gate.load`` or ``Encoder.load``): the device must accept what was written and read
+    the same contract. Returns ``(sha256, the loaded model)``."""
+    leaked = absolute_paths(contract.to_dict())
+    if leaked:
+        raise ExportError(f"the {contract.kind} contract would carry this machine's paths: {'; '.join(leaked[:3])}")
+    digest = write_model(proto, contract, path)
+    loaded = load(path)
+    if loaded.contract.to_dict() != contract.to_dict():
+        raise ExportError(f"{path}: the contract did not survive the round trip")
+    return digest, loaded
+
+
 def write_model(proto, contract, path: Path) -> str:
     """Write the model with its contract, the sidecar and the manifest; return the sha256."""
     from voicegate.device.runtime import sha256_bytes, write_sidecar
@@ -408,14 +422,8 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
             voicegate_version=voicegate.__version__,
             extra={"export_config": cfg.to_dict(), "model_config": model_cfg, "member": cfg.member if method == "mc" else None},
         )
-        leaked = absolute_paths(contract.to_dict())
-        if leaked:
-            raise ExportError(f"the contract would carry this machine's paths: {'; '.join(leaked[:3])}")
         path = paths[method]
-        digest = write_model(proto, contract, path)
-        gate = Gate.load(path)  # the device must accept what we wrote
-        if gate.contract.to_dict() != contract.to_dict():
-            raise ExportError(f"{path}: the contract did not survive the round trip")
+        digest, _ = write_verified(proto, contract, path, Gate.load)
         pol = val_report["policy"]
         print(f"{method}: {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
               f"accept={thresholds.accept:.4f} limit={thresholds.uncertainty_limit:.4f} deny={thresholds.deny:.4f}  "

@@ -241,12 +241,9 @@ def plain(value):
 
 def load_checkpoint(path) -> tuple:
     """Rebuild the model from the checkpoint alone -> ``(model on cpu in eval mode, ckpt dict)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a voicegate checkpoint (expected format {CHECKPOINT_FORMAT})")
+    from .torchutil import read_checkpoint
+
+    ckpt = read_checkpoint(path, CHECKPOINT_FORMAT)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     model = build_model(cfg)
     model.load_state_dict(ckpt["state_dict"])

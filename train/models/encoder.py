@@ -183,12 +183,9 @@ def save_encoder(path, training: EncoderTraining, extra: Optional[dict] = None) 
 
 def load_encoder(path) -> tuple[SpeakerEncoder, dict]:
     """(encoder on cpu in eval mode, checkpoint dict) from the checkpoint alone."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a voicegate encoder checkpoint ({ENCODER_CHECKPOINT_FORMAT})")
+    from .torchutil import read_checkpoint
+
+    ckpt = read_checkpoint(path, ENCODER_CHECKPOINT_FORMAT, "encoder checkpoint")
     model = SpeakerEncoder(EncoderConfig.from_dict(ckpt["encoder_config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt

@@ -50,3 +50,16 @@ def set_threads(threads: int | None) -> None:
     """Limit torch's CPU threads (``None`` keeps torch's default)."""
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def read_checkpoint(path, fmt: str, what: str = "checkpoint") -> dict:
+    """The dict saved at ``path`` (on the CPU, weights only), refused unless its ``format`` is ``fmt``."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise ValueError(f"{path}: not a voicegate {what} (expected format {fmt})")
+    return ckpt
