@@ -282,7 +282,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-speakers", type=int, default=0, help="tiny runs: training speakers per corpus")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--workers", type=int, default=2, help="processes preparing the data")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="training seed: initialisation, batch order, augmentation choice (default %(default)s); "
+                        "ensemble members differ in it")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the prepared data (validation speakers, channels; default %(default)s): keep it "
+                        "equal across ensemble members so they share one cache and one validation split")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     data_cfg = EncoderDataConfig(corpora=[str(c) for c in corpora], cache=args.cache, noise_dir=args.noise,
                                  max_windows=args.max_windows, aug_copies=args.aug_copies,
-                                 teacher=not args.no_teacher, workers=args.workers, seed=args.seed,
+                                 teacher=not args.no_teacher, workers=args.workers, seed=args.data_seed,
                                  limit_speakers=args.limit_speakers)
     try:
         folder = prepare_encoder_data(data_cfg)
