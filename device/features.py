@@ -38,7 +38,7 @@ MAX_READ_SECONDS = 120.0  # a decision decodes no more than this much of a file 
 assert N_FFT // 2 == IMAGE_SIZE
 assert 1 + (WINDOW_SAMPLES - N_FFT) // STFT_HOP == IMAGE_SIZE
 
-_HANN = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+_HANN = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)  # float64: see spectrogram()
 
 
 def feature_contract() -> dict:
@@ -92,7 +92,9 @@ def spectrogram(windows: np.ndarray) -> np.ndarray:
     if w.ndim != 2 or w.shape[1] != WINDOW_SAMPLES:
         raise ValueError(f"spectrogram: expected (n, {WINDOW_SAMPLES}) windows, got {w.shape}")
     frames = np.lib.stride_tricks.sliding_window_view(w, N_FFT, axis=1)[:, ::STFT_HOP]
-    frames = frames[:, :IMAGE_SIZE] * _HANN  # (n, frames, n_fft)
+    # float64 on purpose: numpy's float32 FFT of 448 points is about 3x slower here (3.6 ms
+    # against 1.2 ms for a 3 s attempt's two windows); the images differ by float32 rounding only
+    frames = frames[:, :IMAGE_SIZE] * _HANN  # (n, frames, n_fft), float64
     mag = np.abs(np.fft.rfft(frames, axis=-1)[..., :IMAGE_SIZE]).astype(np.float32)
     db = 20.0 * np.log10(np.maximum(mag, AMIN))
     db -= db.max(axis=(1, 2), keepdims=True)
