@@ -7,9 +7,11 @@ On this machine, 1 onnxruntime thread:
 * ``enrol_30s``: the time to enrol 30 s of speech already in memory (speech detector, quality
   checks, spectrograms, encoder, profile write), best and median of ``--repeats``; target < 1 s.
 * ``decision``: warm decision time for one 3 s utterance against 1, 10 and 100 profiles: the
-  whole decision (speech detector + spectrogram + encoder + scoring + policy) and the scoring
-  part alone (embeddings -> scores for every profile -> decision); target < 10 ms for 10
-  profiles, which the JSON compares with both.
+  whole decision from raw audio (speech detector + spectrogram + encoder + scoring + policy;
+  what ``enroll-check`` does), the decision ``listen`` makes at the end of an utterance (the
+  same, starting from the detector's frame probabilities, which its endpointer computed while
+  the person spoke) and the scoring part alone (embeddings -> scores for every profile ->
+  decision); target < 10 ms for 10 profiles, which the JSON compares with all three.
 * ``listen_rss_10_profiles``: peak RSS of a ``voicegate listen --from-file`` process deciding
   against 10 profiles (its VmHWM, polled); target < 150 MB.
 
@@ -118,6 +120,7 @@ def make_store(encoder, root: Path, n: int, base: np.ndarray) -> "object":
 def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
     from voicegate.device.features import INFER_HOP_SECONDS, featurize
     from voicegate.device.scoring import ProfileGate, decide_by_name, score_profiles, window_embeddings
+    from voicegate.device.speech import default_detector
 
     utt = audio[: 3 * 16000]
     base = window_embeddings(encoder.embed_speech(audio[: 20 * 16000]))
@@ -127,6 +130,10 @@ def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict
         gate = ProfileGate(encoder, make_store(encoder, tmp / f"p{n}", n, base))
         gate.decide_audio(utt)  # warm
         whole = timed(lambda: gate.decide_audio(utt), repeats)
+        # listen: the endpointer has already run the detector on every frame while the person
+        # spoke, so the decision after the end of speech starts from its probabilities
+        probs = gate.detector.probabilities(utt) if gate.detector else default_detector().probabilities(utt)
+        after = timed(lambda: gate.decide_audio(utt, speech_probs=probs), repeats)
 
         def scoring():
             s = score_profiles(emb, gate._names, gate._centroids, encoder.calibration, encoder.measure)
@@ -136,6 +143,7 @@ def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict
         reload = timed(gate.store.signature, repeats)  # the per-decision check for a changed store
         out[str(n)] = {"whole_decision_ms": round(whole["median_s"] * 1e3, 2),
                        "whole_decision_best_ms": round(whole["best_s"] * 1e3, 2),
+                       "listen_decision_after_endpoint_ms": round(after["median_s"] * 1e3, 2),
                        "scoring_ms": round(part["median_s"] * 1e3, 3),
                        "store_change_check_ms": round(reload["median_s"] * 1e3, 3)}
     return out
@@ -204,6 +212,8 @@ def main(argv=None) -> int:
     result["met"] = {
         "enrol_30s": result["enrol_30s"]["median_s"] < TARGETS["enrol_30s_s"],
         "decision_10_profiles_whole": d10["whole_decision_ms"] < TARGETS["decision_10_profiles_ms"],
+        "decision_10_profiles_listen_after_endpoint": (
+            d10["listen_decision_after_endpoint_ms"] < TARGETS["decision_10_profiles_ms"]),
         "decision_10_profiles_scoring": d10["scoring_ms"] < TARGETS["decision_10_profiles_ms"],
         "listen_rss": result["listen_rss_10_profiles"]["peak_rss_mb"] < TARGETS["listen_rss_mb"],
     }

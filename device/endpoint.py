@@ -57,6 +57,8 @@ class Utterance:
     end_sample: int
     cut: str  # "silence", "max_length", "end_of_stream" or "aborted"
     voiced_seconds: float  # frames the detector called speech
+    probs: Optional[np.ndarray] = None  # the detector's probability of each of its frames
+
 
     @property
     def start_s(self) -> float:
@@ -91,6 +93,7 @@ class Endpointer:
         self._frame_i = 0  # index of the next frame
         self._pre: deque = deque(maxlen=c.frames(c.pre_roll))
         self._frames: list[np.ndarray] = []
+        self._probs: list[float] = []  # per frame of the utterance: the detector's probability
         self._sounding: list[bool] = []  # per frame of the utterance: above SILENCE_FLOOR_DBFS?
         self._start_frame = 0  # first frame of the utterance (pre-roll included)
         self._speech_frame = 0  # its first speech frame
@@ -152,16 +155,18 @@ class Endpointer:
         seg = self._rule.step(p)
         if not was:
             if not self._rule.in_speech:
-                self._pre.append((frame, loud))
+                self._pre.append((frame, loud, p))
                 return None
-            self._frames = [f for f, _ in self._pre] + [frame]
-            self._sounding = [q for _, q in self._pre] + [loud]
+            self._frames = [f for f, _, _ in self._pre] + [frame]
+            self._sounding = [q for _, q, _ in self._pre] + [loud]
+            self._probs = [r for _, _, r in self._pre] + [p]
             self._start_frame = i - len(self._pre)
             self._speech_frame = i
             self._pre.clear()
             return None
         self._frames.append(frame)
         self._sounding.append(loud)
+        self._probs.append(p)
         if seg is not None:
             return self._finish("silence", end_frame=seg[1])
         if len(self._frames) >= self._max_frames:
@@ -170,11 +175,12 @@ class Endpointer:
         return None
 
     def _finish(self, cut: str, end_frame: int | None = None, keep_short: bool = False) -> Optional[Utterance]:
-        frames, sounding, start = self._frames, self._sounding, self._start_frame
+        frames, sounding, probs, start = self._frames, self._sounding, self._probs, self._start_frame
         speech_end = len(frames) if end_frame is None else end_frame - start
         if end_frame is not None:  # keep only a short tail after the last speech frame
-            frames, sounding = frames[: speech_end + self._tail], sounding[: speech_end + self._tail]
-        self._frames, self._sounding = [], []
+            keep = speech_end + self._tail
+            frames, sounding, probs = frames[:keep], sounding[:keep], probs[:keep]
+        self._frames, self._sounding, self._probs = [], [], []
         if not frames:
             return None
         audio = np.concatenate(frames)
@@ -196,4 +202,5 @@ class Endpointer:
             end_sample=start_sample + audio.size,
             cut=cut,
             voiced_seconds=found.speech_seconds,
+            probs=np.asarray(probs, dtype=np.float32),
         )

@@ -109,13 +109,15 @@ def featurize(
     hop_seconds: float = INFER_HOP_SECONDS,
     max_seconds: float | None = MAX_UTTERANCE_SECONDS,
     detector=None,
+    speech_probs=None,
 ) -> np.ndarray:
     """Path or array -> its speech (``speech.speech_only``) -> (n, 224, 224) spectrogram windows.
 
     An array is taken at ``sample_rate`` (default SAMPLE_RATE). Only the frames the speech
     detector (``detector``, default ``speech.default_detector()``) marks as speech are rendered;
     audio without enough speech raises NoSpeechError ("no speech found ..."), other unusable
-    audio AudioError; a missing or modified detector model raises ModelError.
+    audio AudioError; a missing or modified detector model raises ModelError. ``speech_probs``:
+    the detector's frame probabilities of a 16 kHz array, already computed (``listen``).
     """
     from .speech import speech_only
 
@@ -123,7 +125,9 @@ def featurize(
         sample_rate = SAMPLE_RATE
     x = load_audio(source, sample_rate=sample_rate, max_seconds=MAX_READ_SECONDS)
     where = "audio array" if isinstance(source, np.ndarray) else str(source)
-    speech = speech_only(x, where=where, detector=detector)
+    if speech_probs is not None and (not isinstance(source, np.ndarray) or sample_rate != SAMPLE_RATE):
+        raise ValueError("speech_probs only go with a 16 kHz array")
+    speech = speech_only(x, where=where, detector=detector, probs=speech_probs)
     if max_seconds is not None:
         speech = speech[: int(max_seconds * SAMPLE_RATE)]
     return spectrogram(frame_windows(speech, hop_seconds))

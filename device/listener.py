@@ -173,7 +173,8 @@ class Listener:
                 log.warning("denying the utterance %.2f-%.2f s: %s", utt.start_s, utt.end_s, lost)
                 record = denied_record(lost, gate=self.gate)
             else:
-                record = decision_record(self.gate.decide_audio(utt.audio))
+                # the endpointer's frame probabilities: the detector does not run twice
+                record = decision_record(self.gate.decide_audio(utt.audio, speech_probs=utt.probs))
         except (KeyboardInterrupt, SystemExit):
             raise
         except NoSpeechError as e:  # not speech after all: no decision (nothing opens), an event

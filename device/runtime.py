@@ -409,12 +409,16 @@ class Gate:
             thresholds_loosened=list(self.thresholds_loosened),
         )
 
-    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Decision:
-        """Decide on one utterance given as a float array (mono, or (frames, channels))."""
+    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, speech_probs=None) -> Decision:
+        """Decide on one utterance given as a float array (mono, or (frames, channels)).
+
+        ``speech_probs``: its speech detector frame probabilities, if already computed (listen).
+        """
         t0 = time.perf_counter()
         if not isinstance(audio, np.ndarray):
             raise AudioError(f"audio must be a numpy array, got {type(audio).__name__}")
-        images = featurize(audio, sample_rate=sample_rate, hop_seconds=INFER_HOP_SECONDS)
+        images = featurize(audio, sample_rate=sample_rate, hop_seconds=INFER_HOP_SECONDS,
+                           speech_probs=speech_probs)
         return self.decide_images(images, started=t0)
 
     def decide_file(self, path: PathLike) -> Decision:

@@ -197,12 +197,13 @@ class ProfileGate:
             profiles=len(scores),
         )
 
-    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> NamedDecision:
+    def decide_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, speech_probs=None) -> NamedDecision:
+        """``speech_probs``: the detector's frame probabilities of ``audio``, if already computed."""
         t0 = time.perf_counter()
         if not isinstance(audio, np.ndarray):
             raise AudioError(f"audio must be a numpy array, got {type(audio).__name__}")
         images = featurize(audio, sample_rate=sample_rate, hop_seconds=INFER_HOP_SECONDS,
-                           detector=self.detector)
+                           detector=self.detector, speech_probs=speech_probs)
         return self.decide_images(images, started=t0)
 
     def decide_file(self, path: PathLike) -> NamedDecision:

@@ -266,10 +266,20 @@ class SpeechDetector:
         min_len = self.config.frames(self.config.min_segment_s)
         return [(a, b) for a, b in raw if b - a >= max(1, min_len)]
 
-    def select(self, x: np.ndarray) -> Speech:
-        """Run the detector on 16 kHz mono float32 ``x``; never raises for lack of speech."""
+    def select(self, x: np.ndarray, probs: Optional[np.ndarray] = None) -> Speech:
+        """Run the detector on 16 kHz mono float32 ``x``; never raises for lack of speech.
+
+        ``probs``: the frame probabilities of ``x`` already computed (one per whole frame, as
+        ``listen``'s endpointer has them), so the model does not run twice on the same audio.
+        """
         x = np.asarray(x, dtype=np.float32).reshape(-1)
-        frames = self.speech_frames(self.probabilities(x))
+        if probs is None:
+            probs = self.probabilities(x)
+        else:
+            probs = np.asarray(probs, dtype=np.float32).reshape(-1)
+            if probs.size != x.size // FRAME_SAMPLES:
+                raise ValueError(f"{probs.size} frame probabilities for {x.size // FRAME_SAMPLES} frames")
+        frames = self.speech_frames(probs)
         sounding = sounding_frames(x)
         is_speech = np.zeros(sounding.size, dtype=bool)
         for a, b in frames:
@@ -314,17 +324,20 @@ def default_detector() -> SpeechDetector:
         return _default_detector()
 
 
-def select_speech(x: np.ndarray, detector: SpeechDetector | None = None) -> Speech:
+def select_speech(x: np.ndarray, detector: SpeechDetector | None = None,
+                  probs: Optional[np.ndarray] = None) -> Speech:
     """16 kHz mono audio -> :class:`Speech` (the frames to score, the share of speech)."""
-    return (detector or default_detector()).select(x)
+    return (detector or default_detector()).select(x, probs)
 
 
-def speech_only(x: np.ndarray, where: str | None = None, detector: SpeechDetector | None = None) -> np.ndarray:
+def speech_only(x: np.ndarray, where: str | None = None, detector: SpeechDetector | None = None,
+                probs: Optional[np.ndarray] = None) -> np.ndarray:
     """The speech of ``x`` (padded segments joined); NoSpeechError unless it is decidable.
 
     The message is one line starting with ``where`` (e.g. the file name) and "no speech found".
+    ``probs``: frame probabilities already computed for ``x`` (see :meth:`SpeechDetector.select`).
     """
-    speech = select_speech(x, detector)
+    speech = select_speech(x, detector, probs)
     if not speech.decidable:
         prefix = f"{where}: " if where else ""
         raise NoSpeechError(prefix + speech.reason())

@@ -47,7 +47,7 @@ class FakeGate:
         self.delay = delay
         self.calls = 0
 
-    def decide_audio(self, audio: np.ndarray) -> FakeDecision:
+    def decide_audio(self, audio: np.ndarray, speech_probs=None) -> FakeDecision:
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
@@ -109,7 +109,7 @@ class FlakySource:
 class GrantingGate(FakeGate):
     """Grants whatever reaches it (so only the listen loop can deny)."""
 
-    def decide_audio(self, audio: np.ndarray) -> FakeDecision:
+    def decide_audio(self, audio: np.ndarray, speech_probs=None) -> FakeDecision:
         d = super().decide_audio(audio)
         d.decision = "GRANTED"
         return d

@@ -293,7 +293,7 @@ def test_gate_errors_fail_closed(stream, tmp_path):
     audio, _ = stream
 
     class BadGate(FakeGate):
-        def decide_audio(self, a):
+        def decide_audio(self, a, speech_probs=None):
             self.calls += 1
             if self.calls == 1:
                 raise NoSpeechError("no speech found")

@@ -111,6 +111,28 @@ def test_stream_probabilities_do_not_depend_on_chunking(detector, example, chunk
     np.testing.assert_allclose(got, whole, atol=1e-5)
 
 
+def test_listen_hands_its_frame_probabilities_to_the_decision(detector, example):
+    """The endpointer's per-frame probabilities travel with the utterance, so the decision does
+    not run the detector again, and they are what selects the frames."""
+    from voicegate.device.endpoint import Endpointer
+
+    ep = Endpointer(detector=detector)
+    x = np.concatenate([np.zeros(SR, np.float32), example, np.zeros(SR, np.float32)])
+    utts = ep.feed(x) + ep.flush()
+    assert utts
+    for u in utts:
+        assert u.probs.shape == (u.audio.size // speech.FRAME_SAMPLES,)
+        assert u.audio.size % speech.FRAME_SAMPLES == 0
+        with_probs = detector.select(u.audio, u.probs)
+        assert with_probs.decidable
+        # the same frames with the model's own verdict replaced by "no speech": nothing is selected
+        assert not detector.select(u.audio, np.zeros_like(u.probs)).decidable
+    with pytest.raises(NoSpeechError):
+        featurize(utts[0].audio, speech_probs=np.zeros_like(utts[0].probs))
+    with pytest.raises(ValueError, match="frame probabilities"):
+        detector.select(utts[0].audio, utts[0].probs[:-1])
+
+
 def test_hysteresis_rule():
     c = speech.SpeechConfig(threshold=0.5, neg_threshold=0.35, min_silence_s=3 * speech.FRAME_SECONDS,
                             min_segment_s=2 * speech.FRAME_SECONDS)
