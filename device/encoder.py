@@ -124,7 +124,10 @@ class Encoder:
         thresholds = contract.thresholds.override(accept, uncertainty_limit, deny)
         loosened = check_loosening(contract.thresholds, thresholds, unsafe_thresholds)
         encoder = cls(session, contract, path, digest, thresholds, loosened)
-        check_samples_differ(encoder._run(as_model_input(probe_images())), contract.method, path)
+        # what must be able to disagree is the samples' SCORES: the cosine of two probe inputs per
+        # sample (an ensemble's members write to disjoint blocks, so its raw rows always differ)
+        probe = encoder._run(as_model_input(probe_images()))
+        check_samples_differ(np.einsum("sd,sd->s", probe[0], probe[1])[None, :], contract.method, path)
         log.info("encoder %s (%s, S=%d, D=%d, sha256 %s...), thresholds %s%s", path, contract.method,
                  contract.samples, contract.embedding_dim, digest[:12], thresholds.to_dict(),
                  f" LOOSENED: {'; '.join(loosened)}" if loosened else "")

@@ -202,7 +202,9 @@ def choose(trial: dict, calibration: dict, target_far: float, measure: str, plac
 
 # --- the export ------------------------------------------------------------------------------
 def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt") -> Path:
-    """Export an encoder run as ``cfg`` (onnx_export.ExportConfig) says; returns the model path."""
+    """Export an encoder run (``--method mc``) or several (``--method ensemble``: a deep ensemble
+    of runs trained with different seeds, :mod:`.encoder_ensemble`) as ``cfg``
+    (onnx_export.ExportConfig) says; returns the model path."""
     import onnxruntime as ort
 
     import voicegate
@@ -216,13 +218,26 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from . import graphs
     from .onnx_export import ExportError, write_verified
 
-    run, out = Path(run), Path(out)
-    if cfg.method != "mc":
-        raise ExportError("encoder runs export as --method mc (one encoder; no ensemble was trained)")
+    from . import encoder_ensemble
+
+    runs = [Path(r) for r in ([run] if isinstance(run, (str, Path)) else run)]
+    run, out = runs[0], Path(out)
+    if cfg.method not in ("mc", "ensemble"):
+        raise ExportError("encoder runs export as --method mc (one run) or --method ensemble (several runs)")
+    if cfg.method == "mc" and len(runs) != 1:
+        raise ExportError(f"--method mc exports one encoder run, got {len(runs)}; use --method ensemble")
+    if cfg.method == "ensemble" and len(runs) < 2:
+        raise ExportError("--method ensemble needs >= 2 encoder runs (trained with different --seed)")
     if out.suffix != ".onnx":
         raise ExportError(f"--out must name a .onnx file, got {out}")
     ckpt_path = run / checkpoint
     encoder, ckpt = load_encoder(ckpt_path)
+    members = [(encoder, ckpt, ckpt_path)]
+    if cfg.method == "ensemble":
+        try:
+            members = encoder_ensemble.load_members(runs, checkpoint)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
     fv = feature_contract()["feature_version"]
     if encoder.cfg.feature_version != fv:
         raise ExportError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "
@@ -236,8 +251,20 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
         raise ExportError("the cache's validation speakers differ from the run's")
     parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0
 
-    proto = export_encoder_mc(encoder, cfg.samples, cfg.opset)
-    parity = check_parity(proto, encoder, parity_images, cfg.samples)
+    if cfg.method == "mc":
+        proto = export_encoder_mc(encoder, cfg.samples, cfg.opset)
+        parity = check_parity(proto, encoder, parity_images, cfg.samples)
+        samples, dim, dropout_p = cfg.samples, int(encoder.cfg.embedding_dim), float(encoder.head[0].p)
+        weights_sha = file_sha256(ckpt_path)
+    else:
+        encoders = [m[0] for m in members]
+        proto = encoder_ensemble.export_encoder_ensemble(encoders, cfg.opset)
+        try:
+            parity = encoder_ensemble.check_ensemble_parity(proto, encoders, parity_images, _session, _run)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        samples, dim, dropout_p = len(encoders), len(encoders) * int(encoder.cfg.embedding_dim), None
+        weights_sha = _digest_of([m[2] for m in members])
     if cfg.weights == "fp16":
         proto16 = graphs.store_weights_fp16(proto)
         det = [_run(_session(graphs.with_dropout_p(p, 0.0)), parity_images) for p in (proto, proto16)]
@@ -265,31 +292,46 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
                             "trials": "same-corpus pairs only (profile and attempt from one corpus)",
                             "all_pairs_impostor_trials": int((~everything["genuine"]).sum())}
     contract = ModelContract(
-        features=feature_contract(), method="mc", samples=cfg.samples, thresholds=thresholds,
+        features=feature_contract(), method=cfg.method, samples=samples, thresholds=thresholds,
         uncertainty_measure=cfg.measure, labels=["other_voice", "enrolled_voice"],
-        architecture="compact-encoder", dropout_p=float(encoder.head[0].p),
+        architecture="compact-encoder" if cfg.method == "mc" else f"compact-encoder-ensemble-{samples}",
+        dropout_p=dropout_p,
         corpus={"corpora": {k: {kk: vv for kk, vv in v.items() if kk != "validation"}
                             for k, v in summary.get("per_corpus", {}).items()},
                 "training_speakers": summary.get("speakers", []),
                 "validation_speakers": summary.get("validation_speakers", []),
-                "training_windows": summary.get("windows"), "run": run.name},
+                "training_windows": summary.get("windows"), "run": run.name,
+                "runs": [r.name for r in runs]},
         metrics={"validation": val_report, "parity": parity,
-                 "training": {"epochs": ckpt.get("epoch"), "history": _short_history(ckpt.get("history", []))}},
-        weights_sha256=file_sha256(ckpt_path),
+                 "training": {"epochs": ckpt.get("epoch"), "history": _short_history(ckpt.get("history", []))},
+                 "members": [{"run": r.name, "seed": m[1].get("train_config", {}).get("seed"),
+                              "distill_weight": m[1].get("train_config", {}).get("distill_weight"),
+                              "epochs": m[1].get("epoch"), "seconds": m[1].get("seconds"),
+                              "weights_sha256": file_sha256(m[2])} for r, m in zip(runs, members)]},
+        weights_sha256=weights_sha,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         voicegate_version=voicegate.__version__,
         extra={"export_config": cfg.to_dict(), "encoder_config": encoder.cfg.to_dict(), "checkpoint": checkpoint,
                "train_config": {k: v for k, v in ckpt.get("train_config", {}).items() if k not in ("data", "out")}},
-        kind="encoder", embedding_dim=int(encoder.cfg.embedding_dim), calibration=calibration,
+        kind="encoder", embedding_dim=dim, calibration=calibration,
     )
     digest, _ = write_verified(proto, contract, out, Encoder.load)
     pol = val_report["policy"]
-    print(f"encoder mc: {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
+    print(f"encoder {cfg.method}: {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
           f"a={calibration['a']:.3f} b={calibration['b']:.3f}  accept={thresholds.accept:.4f} "
           f"limit={thresholds.uncertainty_limit:.4f} deny={thresholds.deny:.4f}  val cosine EER {e:.2%}  "
           f"FAR={pol['far']:.3f} FRR={pol['frr']:.3f} uncertain(genuine)={pol['allowed']['UNCERTAIN']:.3f}  "
           f"({int(gen.sum())} genuine / {int((~gen).sum())} impostor trials)")
     return out
+
+
+def _digest_of(paths: list) -> str:
+    """One sha256 over the members' checkpoint digests, in order."""
+    import hashlib
+
+    from voicegate.device.runtime import file_sha256
+
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
 
 
 def _short_history(history: list) -> list:
@@ -310,8 +352,16 @@ def run(args: argparse.Namespace) -> int:
     """Encoder runs (``encoder-run.json``) export here; classifier runs go to onnx_export."""
     from . import onnx_export
 
-    if not is_encoder_run(args.run):
+    runs = [args.run] if isinstance(args.run, str) else list(args.run)
+    if not is_encoder_run(runs[0]):
+        if len(runs) != 1:
+            print("voicegate export: a classifier run is one folder (its members are inside it)", file=sys.stderr)
+            return 2
+        args.run = runs[0]
         return onnx_export.run(args)
+    if not all(is_encoder_run(r) for r in runs):
+        print("voicegate export: every RUN of an encoder ensemble must be an encoder run", file=sys.stderr)
+        return 2
     cfg = onnx_export.ExportConfig(method=args.method, samples=args.samples, target_far=args.target_far,
                                    opset=args.opset, measure=args.measure, placement=args.placement,
                                    uncertainty_quantile=args.uncertainty_quantile, weights=args.weights)
@@ -319,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
         print("voicegate export: --samples must be >= 2 and --target-far in [0, 1)", file=sys.stderr)
         return 2
     try:
-        export_encoder(args.run, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint)
+        export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint)
     except (onnx_export.ExportError, FileNotFoundError, ValueError) as e:
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("encoder export failed", exc_info=True)

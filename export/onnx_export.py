@@ -436,7 +436,9 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
 # --- CLI ---------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ExportConfig()
-    p.add_argument("run", metavar="RUN", help="a training run folder (runs/NAME with run.json)")
+    p.add_argument("run", metavar="RUN", nargs="+",
+                   help="a training run folder (runs/NAME with run.json or encoder-run.json); an encoder "
+                        "ensemble (--method ensemble): two or more encoder runs trained with different --seed")
     p.add_argument("--out", required=True, help="the .onnx file to write (models/NAME.onnx); "
                    "with --method both: NAME-mc.onnx and NAME-ensemble.onnx")
     p.add_argument("--method", choices=METHOD_CHOICES, default=d.method, help="default %(default)s")

@@ -127,3 +127,44 @@ def test_mc_graph_varies_under_default_ort_options_and_matches_torch():
     np.testing.assert_allclose(off.run(None, {INPUT_NAME: x})[0], np.repeat(ref[:, None], 6, 1), atol=1e-5)
     report = check_parity(proto, enc, x[:, 0], samples=6)
     assert report["max_abs_dropout_off"] < 1e-4 and report["onnx_sample_cos_std_max"] > 0
+
+
+
+def test_ensemble_graph_gives_each_member_its_own_block_and_matches_torch():
+    """K members -> (B, K, K*D): member k's embedding in block k, zeros elsewhere; the device's
+    scoring rule then gives sample k member k's cosine with the profile, on one shared scale."""
+    import onnxruntime as ort
+
+    from voicegate.device.contract import INPUT_NAME
+    from voicegate.device.scoring import centroid, sample_embeddings, window_embeddings
+    from voicegate.export.encoder_ensemble import check_ensemble_parity, export_encoder_ensemble
+    from voicegate.export.encoder_export import _run, _session
+
+    members = [tiny_encoder(s) for s in (1, 2, 3)]
+    proto = export_encoder_ensemble(members)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = images(4, seed=5)[:, None]
+    out = sess.run(None, {INPUT_NAME: x})[0]
+    assert out.shape == (4, 3, 24)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out, sess.run(None, {INPUT_NAME: x})[0])  # deterministic
+    for k, enc in enumerate(members):
+        with torch.no_grad():
+            ref = enc(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out[:, k, 8 * k : 8 * k + 8], ref, atol=1e-5)
+        assert np.abs(np.delete(out[:, k], np.s_[8 * k : 8 * k + 8], axis=1)).max() == 0.0
+    assert check_ensemble_parity(proto, members, x[:, 0], _session, _run)["max_abs_vs_torch"] < 1e-4
+    # the profile is every member's mean in its own block; sample k scores member k's agreement
+    prof = centroid(window_embeddings(out[:2]))
+    e = sample_embeddings(out[2:])
+    cos = e @ prof
+    for k, enc in enumerate(members):
+        with torch.no_grad():
+            m = enc(torch.from_numpy(x)).numpy()
+        member_mean = m[:2].mean(0)
+        blocks = [out[:2, j, 8 * j : 8 * j + 8].mean(0) for j in range(3)]
+        scale = np.sqrt(sum(float(b @ b) for b in blocks))
+        e_k = m[2:].mean(0) / np.linalg.norm(m[2:].mean(0))
+        assert abs(cos[k] - e_k @ member_mean / scale) < 1e-5
+    with pytest.raises(ValueError):
+        export_encoder_ensemble(members[:1])
