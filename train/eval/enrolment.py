@@ -202,11 +202,6 @@ def make_trials(attempt_speakers: Sequence[str], attempt_recordings: Sequence[st
 
 
 # --- embedders ---------------------------------------------------------------------------------
-def normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
-
-
 class OnnxEmbedder:
     """An exported encoder (the device's :class:`~voicegate.device.encoder.Encoder`) through the
     device featurizer and the device scoring rule (:mod:`voicegate.device.scoring`).
@@ -354,6 +349,8 @@ class Embedded:
     trials: Trials
     cos: np.ndarray  # (trials, S) cosine of each sample's utterance embedding with the profile
     info: dict
+    attempt_embeddings: Optional[np.ndarray] = None  # (attempts, S, D); zeros for a failed attempt
+    centroids: Optional[np.ndarray] = None  # (profiles, D)
 
     def score(self) -> np.ndarray:
         """Per-trial cosine score (mean over the samples); FAILED_SCORE for a failed attempt."""
@@ -428,4 +425,4 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
     if embed_ms:  # featurize + embed of one attempt, this process's load included
         info["attempt_embed_ms"] = {"median": round(float(np.median(embed_ms)), 2),
                                     "p95": round(float(np.percentile(embed_ms, 95)), 2), "n": len(embed_ms)}
-    return Embedded(profiles, attempts, trials, cos, info)
+    return Embedded(profiles, attempts, trials, cos, info, E, C)

@@ -1,0 +1,132 @@
+"""Does score normalisation or a linear back-end help the encoder? Measured, as JSON (issue 12).
+
+    python benchmarks/score_norm.py --model models/voicegate-encoder-mc.onnx \
+        --corpus ../shared/data/speechocean762 --cache cache/encoder-v1 --out benchmarks/score-norm
+
+On the enrolment protocol's clean trials (``voicegate eval``'s: the corpus's allowed and held-out
+speakers, never heard by the encoder, enrolled from <= 30 s, 3 s attempts), the same embeddings
+are scored five ways and each gets its EER and FRR at FAR 1 %, with the trial counts:
+
+* ``raw``: the device's rule (mean over the samples of the cosine with the profile centroid);
+* ``as_norm_top_N``: adaptive symmetric normalisation against a cohort, for N = 50, 100, 200, all:
+  ``0.5 * ((s - mu_a) / sd_a + (s - mu_p) / sd_p)`` with mu, sd over the N cohort speakers
+  closest to the attempt (a) and to the profile (p);
+* ``centred``: cosine after subtracting the cohort mean;
+* ``wccn``: within-class covariance normalisation fitted on the training windows.
+
+The cohort and the WCCN statistics come from the encoder's TRAINING speakers (the data cache
+``voicegate train-encoder`` wrote: clean and first augmented version of each window), never from
+the speakers evaluated. Training side only (needs the cache); nothing here is on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def training_embeddings(encoder, data, versions=(0, 1), batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) window embeddings (mean over the samples, the device's enrolment rule) and labels."""
+    from voicegate.device.scoring import window_embeddings
+
+    xs, ys = [], []
+    for v in versions:
+        if v >= data.images.shape[1]:
+            continue
+        for i in range(0, data.labels.size, batch):
+            images = data.images[i : i + batch, v].astype(np.float32) / 255.0
+            xs.append(window_embeddings(encoder.embed(images)))
+            ys.append(data.labels[i : i + batch])
+    return np.concatenate(xs).astype(np.float64), np.concatenate(ys)
+
+
+def rates(score: np.ndarray, genuine: np.ndarray) -> dict:
+    from voicegate.train.models.encoder import eer, frr_at_far
+
+    g, i = score[genuine], score[~genuine]
+    return {"eer": round(eer(g, i)[0], 4), "frr_at_far_1pct": round(frr_at_far(g, i, 0.01)[0], 4),
+            "genuine_trials": int(g.size), "impostor_trials": int(i.size)}
+
+
+def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray, a_idx, p_idx, top: int) -> np.ndarray:
+    def stats(x):
+        k = min(top, x.shape[1])
+        best = -np.sort(-x, axis=1)[:, :k]
+        return best.mean(1), np.maximum(best.std(1), 1e-6)
+
+    ma, sa = stats(att_vs_cohort)
+    mp, sp = stats(prof_vs_cohort)
+    return 0.5 * ((s - ma[a_idx]) / sa[a_idx] + (s - mp[p_idx]) / sp[p_idx])
+
+
+def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
+    from voicegate.device.scoring import normalise
+    from voicegate.train.data.encoder_data import EncoderData
+    from voicegate.train.eval.encoder_eval import load_plans
+    from voicegate.train.eval.enrolment import OnnxEmbedder, ProtocolConfig, run_protocol
+
+    t0 = time.perf_counter()
+    emb = OnnxEmbedder(model)
+    _, plans, unseen = load_plans(Path(corpus), 0, (0.6, 0.2, 0.2), emb.contract)
+    run = run_protocol(plans, emb, ProtocolConfig(corpus=str(corpus), progress=progress))
+    data = EncoderData(cache)
+    X, Y = training_embeddings(emb.encoder, data)
+    classes = np.unique(Y)
+    cohort = normalise(np.stack([X[Y == c].mean(0) for c in classes]))  # one centroid per training speaker
+
+    E, C = run.attempt_embeddings, run.centroids  # (A, S, D), (P, D)
+    a_idx, p_idx, gen = run.trials.attempt, run.trials.profile, run.trials.genuine
+    ok = ~np.asarray([a["failed"] for a in run.attempts], bool)[a_idx]  # failed attempts: no score
+    a_idx, p_idx, gen = a_idx[ok], p_idx[ok], gen[ok]
+    e = normalise(E.mean(axis=1))  # the utterance's mean embedding
+    raw = np.einsum("asd,pd->ap", normalise(E), C) / E.shape[1]
+    s = raw[a_idx, p_idx]
+    out = {"raw": rates(s, gen)}
+    att_c, prof_c = e @ cohort.T, C @ cohort.T
+    for top in (50, 100, 200, len(cohort)):
+        name = f"as_norm_top_{top}" if top < len(cohort) else "as_norm_all"
+        out[name] = rates(as_norm(s, att_c, prof_c, a_idx, p_idx, top), gen)
+    mu = X.mean(0)
+    out["centred"] = rates(np.einsum("ad,pd->ap", normalise(e - mu), normalise(C - mu))[a_idx, p_idx], gen)
+    within = X - np.stack([X[Y == c].mean(0) for c in classes])[np.searchsorted(classes, Y)]
+    sw = within.T @ within / len(X) + 1e-3 * np.eye(X.shape[1])
+    w = np.linalg.cholesky(np.linalg.inv(sw))
+    ew = normalise((normalise(E) - mu) @ w)
+    cw = normalise((C - mu) @ w)
+    out["wccn"] = rates(np.einsum("asd,pd->ap", ew, cw)[a_idx, p_idx] / E.shape[1], gen)
+    return {
+        "benchmark": "score normalisation and back-ends", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"file": Path(model).name, "sha256": emb.sha256, "method": emb.contract.method,
+                  "samples": emb.samples},
+        "corpus": Path(corpus).name, "channel": "clean", "unseen_check": unseen,
+        "cohort": {"from": "the encoder's training speakers (data cache), one centroid each",
+                   "speakers": int(len(cohort)), "windows": int(len(X))},
+        "failed_attempts_left_out": int((~ok).sum()), "scores": out, "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--cache", required=True, help="the encoder's training data cache (cohort and WCCN)")
+    ap.add_argument("--out", help="folder for <corpus>-<model>.json (default: stdout only)")
+    args = ap.parse_args(argv)
+    result = measure(args.model, args.corpus, args.cache)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        d = Path(args.out)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{Path(args.corpus).name}-{Path(args.model).stem}.json").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
