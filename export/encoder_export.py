@@ -67,7 +67,9 @@ def mc_module(encoder, samples: int):
             u = torch.rand(self.samples, feats.shape[1], dtype=feats.dtype)
             keep = (u >= dropout_p).to(feats.dtype) / (1.0 - dropout_p)
             emb = self.linear(feats.unsqueeze(1) * keep)  # (B, T, D)
-            return emb / torch.sqrt((emb * emb).sum(dim=-1, keepdim=True)).clamp(min=1e-12)
+            emb = emb / torch.sqrt((emb * emb).sum(dim=-1, keepdim=True)).clamp(min=1e-12)
+            post = getattr(self.encoder, "post", None)  # a back-end (backend.with_wccn), per sample
+            return post(emb) if post is not None else emb
 
     return EncoderMC().eval()
 
@@ -201,10 +203,12 @@ def choose(trial: dict, calibration: dict, target_far: float, measure: str, plac
 
 
 # --- the export ------------------------------------------------------------------------------
-def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt") -> Path:
+def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt",
+                   backend: str = "wccn") -> Path:
     """Export an encoder run (``--method mc``) or several (``--method ensemble``: a deep ensemble
     of runs trained with different seeds, :mod:`.encoder_ensemble`) as ``cfg``
-    (onnx_export.ExportConfig) says; returns the model path."""
+    (onnx_export.ExportConfig) says; returns the model path. ``backend``: "wccn" (default; each
+    member gets its own, fitted on its training windows: :mod:`.backend`) or "none"."""
     import onnxruntime as ort
 
     import voicegate
@@ -250,6 +254,17 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     if data.meta["validation_speakers"] != summary.get("validation_speakers"):
         raise ExportError("the cache's validation speakers differ from the run's")
     parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0
+    if backend not in ("wccn", "none"):
+        raise ExportError(f"unknown back-end {backend!r} (wccn or none)")
+    backend_info = {"type": "none"}
+    if backend == "wccn":
+        from .backend import wccn_encoder
+
+        fitted = [wccn_encoder(m[0], data) for m in members]
+        members = [(enc, m[1], m[2]) for (enc, _), m in zip(fitted, members)]
+        encoder, backend_info = members[0][0], {**fitted[0][1], "members": len(fitted)}
+        log.info("WCCN back-end fitted on %d training windows of %d speakers", backend_info["windows"],
+                 backend_info["speakers"])
 
     if cfg.method == "mc":
         proto = export_encoder_mc(encoder, cfg.samples, cfg.opset)
@@ -302,7 +317,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
                 "validation_speakers": summary.get("validation_speakers", []),
                 "training_windows": summary.get("windows"), "run": run.name,
                 "runs": [r.name for r in runs]},
-        metrics={"validation": val_report, "parity": parity,
+        metrics={"validation": val_report, "parity": parity, "backend": backend_info,
                  "training": {"epochs": ckpt.get("epoch"), "history": _short_history(ckpt.get("history", []))},
                  "members": [{"run": r.name, "seed": m[1].get("train_config", {}).get("seed"),
                               "distill_weight": m[1].get("train_config", {}).get("distill_weight"),
@@ -344,6 +359,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .onnx_export import add_arguments as classifier_arguments
 
     classifier_arguments(p)
+    p.add_argument("--backend", choices=("wccn", "none"), default="wccn",
+                   help="encoder runs: linear back-end folded into the graph (default %(default)s: within-class "
+                        "covariance normalisation fitted on the training windows)")
     p.add_argument("--checkpoint", default="checkpoint.pt",
                    help="encoder runs: checkpoint.pt (last epoch, default) or best.pt (lowest validation EER)")
 
@@ -369,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
         print("voicegate export: --samples must be >= 2 and --target-far in [0, 1)", file=sys.stderr)
         return 2
     try:
-        export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint)
+        export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint, backend=args.backend)
     except (onnx_export.ExportError, FileNotFoundError, ValueError) as e:
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("encoder export failed", exc_info=True)

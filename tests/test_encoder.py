@@ -168,3 +168,22 @@ def test_ensemble_graph_gives_each_member_its_own_block_and_matches_torch():
         assert abs(cos[k] - e_k @ member_mean / scale) < 1e-5
     with pytest.raises(ValueError):
         export_encoder_ensemble(members[:1])
+
+
+def test_wccn_whitens_the_within_speaker_spread_and_runs_in_the_mc_graph():
+    from voicegate.export.backend import fit_wccn, with_wccn
+    from voicegate.export.encoder_export import check_parity, export_encoder_mc
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 8))
+    y = np.repeat(np.arange(20), 30)
+    noise = rng.standard_normal((600, 8)) * np.array([3.0, 0.1, 1, 1, 1, 1, 1, 1])  # one loud nuisance axis
+    x = centres[y] + noise
+    w = fit_wccn(x, y)
+    within = (x - centres[y]) @ w["transform"]
+    cov = within.T @ within / len(x)
+    assert np.abs(cov - np.eye(8)).max() < 0.15  # the within-speaker covariance becomes ~ identity
+    enc = with_wccn(tiny_encoder(2), w)
+    proto = export_encoder_mc(enc, samples=4)
+    report = check_parity(proto, enc, images(3, seed=6), samples=4)
+    assert report["max_abs_dropout_off"] < 1e-4 and report["max_norm_error"] < 1e-4

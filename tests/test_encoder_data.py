@@ -123,6 +123,7 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     c = enc.contract
     assert c.kind == "encoder" and c.samples == 4 and c.embedding_dim == 8
     assert c.calibration["type"] == "logistic" and c.calibration["a"] > 0
+    assert c.metrics["backend"]["type"] == "wccn" and c.metrics["backend"]["speakers"] == 2
     assert str(tmp_path) not in json.dumps(c.to_dict())  # no absolute paths in the contract
     emb = enc.embed(data.val_images[:3].astype(np.float32) / 255.0)
     assert emb.shape == (3, 4, 8)
