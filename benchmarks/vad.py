@@ -3,6 +3,7 @@
     python benchmarks/vad.py [--out benchmarks/vad.json] [--files 60] [--snr-files 30]
         [--webrtcvad-path DIR] [--smoke]
     python benchmarks/vad.py --nonspeech --out benchmarks/nonspeech.json
+    python benchmarks/vad.py --kept-detail --out benchmarks/vad-kept.json
 
 Sections of the JSON (every figure measured here, on this machine, 1 thread):
 
@@ -27,6 +28,8 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
   5 dB SNR (RMS over the whole utterance), decided in-process by each shipped model: how many
   were decided on (not exit 4), the decisions, and in how many the listen Endpointer opens an
   utterance (the mixture with 1 s of the same noise, at the same level, before and after).
+* ``--kept-detail`` (alone, ``--out benchmarks/vad-kept.json``): where ``kept``'s recall goes
+  (:func:`kept_detail`: recall on pitched frames, other paddings, the worst files).
 * ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
   in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`); an encoder
   model decides against the shipped demo household.
@@ -120,6 +123,51 @@ def kept(corpus: str, k: int) -> dict:
         "lost_inside_share": round(tot["lost_inside"] / tot["trimmer"], 4), "undecidable": undecidable,
         "speech_share_p5_median": [round(float(np.percentile(shares, q)), 3) for q in (5, 50)],
     }
+
+
+def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
+    """Where the detector's recall against the trimmer goes (``--kept-detail``).
+
+    * ``pitched_recall``: of the trimmer's samples in frames librosa's pYIN calls voiced (pitch
+      70-500 Hz: the vowels and voiced consonants of a human voice), the share the detector keeps.
+      A recall short of the trimmer's that is not short here is room noise, breath and clicks
+      the 40 dB rule keeps, not voice the detector loses.
+    * ``padding``: recall with other ``pad_s`` values (the same frame probabilities): what a
+      longer padding, a change of the frame-selection contract (every model re-trained), would buy.
+    * ``worst_files``: the five files that lose the most trimmer seconds, with their pitched share.
+    """
+    import librosa
+    from dataclasses import replace
+
+    base = speech.default_detector()
+    tot: dict = {}
+    per_pad = {p: [0, 0] for p in pads}
+    worst = []
+    for path in corpus_files(corpus, k):
+        x = load_audio(path)
+        probs = base.probabilities(x)
+        s = base.select(x, probs)
+        trim = _mask(x.size, voiced_intervals(x))
+        det = _mask(x.size, s.segments)
+        hop = 256
+        _, voiced, _ = librosa.pyin(x, fmin=70, fmax=500, sr=SR, frame_length=1024, hop_length=hop)
+        pitched = np.repeat(voiced, hop)[: x.size]
+        pitched = np.pad(pitched, (0, x.size - pitched.size)) & trim
+        tot["pitched"] = tot.get("pitched", 0) + int(pitched.sum())
+        tot["pitched_both"] = tot.get("pitched_both", 0) + int((pitched & det).sum())
+        for p in pads:
+            d = _mask(x.size, speech.SpeechDetector(replace(base.config, pad_s=p), base.model).select(x, probs).segments)
+            per_pad[p][0] += int((trim & d).sum())
+            per_pad[p][1] += int(trim.sum())
+        worst.append({"file": str(path.relative_to(SHARED / corpus)), "lost_s": round(float((trim & ~det).sum()) / SR, 2),
+                      "trimmer_s": round(float(trim.sum()) / SR, 2), "pitched_share_of_trimmer": round(float(pitched.sum()) / max(1, trim.sum()), 3),
+                      "detector_max_p": round(float(probs.max()) if probs.size else 0.0, 3)})
+    worst.sort(key=lambda r: -r["lost_s"])
+    return {"corpus": corpus, "files": k, "sample": f"random.Random(0).shuffle(manifest rows)[:{k}]",
+            "pitched_recall": round(tot["pitched_both"] / max(1, tot["pitched"]), 4),
+            "pitched_seconds": round(tot["pitched"] / SR, 1),
+            "padding": {str(p): round(a / max(1, b), 4) for p, (a, b) in per_pad.items()},
+            "worst_files": worst[:5]}
 
 
 # --- cost ------------------------------------------------------------------------------------
@@ -418,7 +466,16 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, not the figures")
     ap.add_argument("--nonspeech", action="store_true",
                     help="only the GRANTED counts on the non-speech suite (in-process and listen --from-file)")
+    ap.add_argument("--kept-detail", action="store_true",
+                    help="only where the recall against the trimmer goes: pitched frames, padding, worst files")
     args = ap.parse_args(argv)
+    if args.kept_detail:
+        result = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "detector": speech.speech_contract(speech.default_detector()),
+                  "kept_detail": [kept_detail(c, args.files) for c in ("librispeech", "speechocean762")]}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["kept_detail"], indent=1))
+        return 0
     if args.nonspeech:
         result = nonspeech_counts(listen=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
