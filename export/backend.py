@@ -10,8 +10,14 @@ own TRAINING windows (clean and one augmented version each; never a validation, 
 held-out speaker). It is one linear map and a normalisation, so it goes into the ONNX graph
 after the embedding head: the device, the profiles and the scoring rule do not change, and the
 calibration and thresholds are fitted afterwards on the validation speakers as usual.
-Measured on the shipped MC encoder before it was built in (``benchmarks/score_norm.py``,
-speechocean762 clean, speakers never heard): EER 7.80 % -> 6.59 %, FRR at FAR 1 % 32.1 -> 30.3 %.
+Measured on the shipped MC encoder (``benchmarks/score_norm.py``, speechocean762 clean, speakers
+never heard): EER 7.80 % -> 6.59 %, FRR at FAR 1 % 32.1 -> 30.3 %.
+
+**Not the default** (``voicegate export --backend wccn`` asks for it): whitening amplifies the
+directions in which real voices hardly vary, and a voice from outside that world lands anywhere.
+Against the demo household, 24 espeak-ng voices x 3 tries (``benchmarks/synthetic_voices.py``)
+were GRANTED 16 times of 72 with WCCN, 0 times without it (``benchmarks/synthetic-voices.json``). A door must not open to a speech
+synthesiser, so the shipped encoders carry no back-end.
 """
 
 from __future__ import annotations

@@ -204,11 +204,12 @@ def choose(trial: dict, calibration: dict, target_far: float, measure: str, plac
 
 # --- the export ------------------------------------------------------------------------------
 def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt",
-                   backend: str = "wccn") -> Path:
+                   backend: str = "none") -> Path:
     """Export an encoder run (``--method mc``) or several (``--method ensemble``: a deep ensemble
     of runs trained with different seeds, :mod:`.encoder_ensemble`) as ``cfg``
-    (onnx_export.ExportConfig) says; returns the model path. ``backend``: "wccn" (default; each
-    member gets its own, fitted on its training windows: :mod:`.backend`) or "none"."""
+    (onnx_export.ExportConfig) says; returns the model path. ``backend``: "none" (default) or
+    "wccn" (each member gets its own, fitted on its training windows: :mod:`.backend`; not the
+    default: it lets synthetic voices through, see there)."""
     import onnxruntime as ort
 
     import voicegate
@@ -359,9 +360,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .onnx_export import add_arguments as classifier_arguments
 
     classifier_arguments(p)
-    p.add_argument("--backend", choices=("wccn", "none"), default="wccn",
-                   help="encoder runs: linear back-end folded into the graph (default %(default)s: within-class "
-                        "covariance normalisation fitted on the training windows)")
+    p.add_argument("--backend", choices=("none", "wccn"), default="none",
+                   help="encoder runs: a linear back-end folded into the graph: wccn = within-class covariance "
+                        "normalisation fitted on the training windows (better EER on people, but it grants "
+                        "synthetic voices: see export/backend.py); default %(default)s")
     p.add_argument("--checkpoint", default="checkpoint.pt",
                    help="encoder runs: checkpoint.pt (last epoch, default) or best.pt (lowest validation EER)")
 

@@ -118,7 +118,8 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 6 and "eer" in history[-1]["val"]["all"]
     assert (run / "curves.png").stat().st_size > 0
-    out = export_encoder(run, tmp_path / "models" / "enc.onnx", ExportConfig(samples=4, parity_windows=4))
+    out = export_encoder(run, tmp_path / "models" / "enc.onnx", ExportConfig(samples=4, parity_windows=4),
+                         backend="wccn")
     enc = Encoder.load(out)
     c = enc.contract
     assert c.kind == "encoder" and c.samples == 4 and c.embedding_dim == 8
@@ -142,10 +143,11 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(encoder_export, "fit_calibration", lambda g, i: {"type": "logistic", "a": 10.0, "b": -7.0})
     ens = export_encoder([run, run2], tmp_path / "models" / "enc-ens.onnx",
-                         ExportConfig(method="ensemble", parity_windows=4))
+                         ExportConfig(method="ensemble", parity_windows=4))  # no back-end: the default
     e2 = Encoder.load(ens)
     assert e2.contract.method == "ensemble" and e2.contract.samples == 2 and e2.contract.embedding_dim == 16
     assert [m["seed"] for m in e2.contract.metrics["members"]] == [0, 1]
+    assert e2.contract.metrics["backend"] == {"type": "none"}
     emb = e2.embed(data.val_images[:3].astype(np.float32) / 255.0)
     assert emb.shape == (3, 2, 16) and np.abs(emb[:, 0, 8:]).max() == 0 and np.abs(emb[:, 1, :8]).max() == 0
     with pytest.raises(ExportError, match="seed"):  # the same run twice is not an ensemble
