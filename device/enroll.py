@@ -37,7 +37,7 @@ from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE, ModelErro
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
-from .scoring import calibrate, centroid, normalise, window_embeddings
+from .scoring import calibrate, centroid, normalise, sample_embeddings, window_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,26 @@ def segments(recordings: list, windows_per: list) -> list[tuple[str, np.ndarray]
     return out
 
 
-def agreement_problems(embs: np.ndarray, stretches: list, encoder) -> list[Problem]:
-    """Stretches of speech whose voice does not match the rest (below the deny threshold)."""
+def door_p(samples: np.ndarray, profile_centroid: np.ndarray, encoder) -> float:
+    """p_allow of a stretch as the door scores an utterance: its (W, S, D) embeddings -> per-sample
+    utterance embeddings -> cosine with the centroid -> calibration -> mean over the samples (the
+    calibration is fitted on exactly these cosines, for MC samples and ensemble members alike)."""
+    cos = sample_embeddings(samples) @ np.asarray(profile_centroid, np.float64)
+    return float(calibrate(cos, encoder.calibration).mean())
+
+
+def agreement_problems(embs: np.ndarray, stretches: list, encoder, samples: np.ndarray) -> list[Problem]:
+    """Stretches of speech whose voice does not match the rest (below the deny threshold).
+
+    ``embs``: (W, D) window embeddings (what the profile stores); ``samples``: the same windows'
+    (W, S, D) embeddings, scored against the rest's centroid as the door would (:func:`door_p`).
+    """
     if len(stretches) < 2:
         return []
     out = []
     for where, idx in stretches:
         rest = np.setdiff1d(np.arange(embs.shape[0]), idx)
-        p = float(calibrate(centroid(embs[idx]) @ centroid(embs[rest]), encoder.calibration))
+        p = door_p(samples[idx], centroid(embs[rest]), encoder)
         log.info("agreement: %s vs the rest: p %.3f", where, p)
         if p < encoder.thresholds.deny:
             out.append(Problem("warning", f"recordings disagree: {where} does not match the rest "
@@ -182,14 +194,14 @@ def agreement_problems(embs: np.ndarray, stretches: list, encoder) -> list[Probl
     return out
 
 
-def rival_problems(embs: np.ndarray, stretches: list, name: str, store, encoder) -> list[Problem]:
+def rival_problems(samples: np.ndarray, stretches: list, name: str, store, encoder) -> list[Problem]:
     """The new voice already matches another enrolled person (both would be UNCERTAIN).
 
-    Scored as the door would: each stretch of the new speech against the other profile's
-    centroid; a warning when the median stretch reaches the accept threshold.
+    Scored as the door would (:func:`door_p`): each stretch of the new speech, its (W, S, D)
+    ``samples``, against the other profile's centroid; a warning when the median stretch reaches
+    the accept threshold.
     """
     out = []
-    seg = np.stack([centroid(embs[idx]) for _, idx in stretches])
     for other in store.names():
         if other == name:
             continue
@@ -197,7 +209,7 @@ def rival_problems(embs: np.ndarray, stretches: list, name: str, store, encoder)
             prof = store.load(other, encoder.sha256)
         except ProfileError:
             continue  # a stale or broken profile is reported by listen / profiles list
-        p = float(np.median(calibrate(np.einsum("nd,d->n", seg, prof.centroid()), encoder.calibration)))
+        p = float(np.median([door_p(samples[idx], prof.centroid(), encoder) for _, idx in stretches]))
         if p >= encoder.thresholds.accept:
             out.append(Problem("warning", f"this voice already matches {other} (p {p:.2f}): "
                                "at the door both would be UNCERTAIN; same person twice?"))
@@ -221,15 +233,16 @@ def enrol(encoder, store: ProfileStore, name: str, recordings: list, replace: bo
     if errors:
         raise EnrolmentRefused(errors + [p for p in problems if p.level != "error"])
     usable = [r for r in recordings if r.intervals]
-    embs, counts = [], []
+    samples, counts = [], []
     for rec in usable:
         windows = frame_windows(rec.speech, INFER_HOP_SECONDS)
-        embs.append(window_embeddings(encoder.embed(spectrogram(windows), batch=32)))
+        samples.append(encoder.embed(spectrogram(windows), batch=32))  # (W, S, D)
         counts.append(windows.shape[0])
-    embs = np.concatenate(embs)
+    samples = np.concatenate(samples)
+    embs = window_embeddings(samples)
     stretches = segments(usable, counts)
-    problems += agreement_problems(embs, stretches, encoder)
-    problems += rival_problems(embs, stretches, name, store, encoder)
+    problems += agreement_problems(embs, stretches, encoder, samples)
+    problems += rival_problems(samples, stretches, name, store, encoder)
     if problems and not force:
         raise EnrolmentRefused(problems + [Problem("hint", "--force enrols despite warnings")])
     session = Session(normalise(embs).astype(np.float32), total,

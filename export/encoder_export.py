@@ -283,7 +283,8 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
         weights_sha = _digest_of([m[2] for m in members])
     if cfg.weights == "fp16":
         proto16 = graphs.store_weights_fp16(proto)
-        det = [_run(_session(graphs.with_dropout_p(p, 0.0)), parity_images) for p in (proto, proto16)]
+        fixed = (lambda p: graphs.with_dropout_p(p, 0.0)) if cfg.method == "mc" else (lambda p: p)  # deterministic
+        det = [_run(_session(fixed(p)), parity_images) for p in (proto, proto16)]
         parity["fp16_max_abs_vs_fp32"] = float(np.abs(det[0] - det[1]).max())
         if parity["fp16_max_abs_vs_fp32"] > FP16_ATOL:
             raise ExportError("float16 weights move the embeddings too far; use --weights fp32")
