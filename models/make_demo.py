@@ -61,7 +61,7 @@ hold embeddings computed from speakers {speakers}'s train-split recordings (mode
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "data" / "librispeech"))
-    ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-mc.onnx)")
+    ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-ensemble.onnx)")
     ap.add_argument("--out", default=str(HERE), help="where demo-profiles/ and the clip go (default: models/)")
     ap.add_argument("--clip-speaker", default="2414")
     ap.add_argument("--clip-seconds", type=float, default=5.0)
