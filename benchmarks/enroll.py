@@ -190,7 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="one repeat, 12 s of speech: checks it runs")
     args = ap.parse_args(argv)
     from voicegate.device.encoder import Encoder
+    from voicegate.device.runtime import tune_allocator
 
+    allocator_tuned = tune_allocator()  # as the CLI does at start (enroll, enroll-check, listen)
     repeats = 1 if args.smoke else args.repeats
     with tempfile.TemporaryDirectory(prefix="vg-enrol-bench-") as d:
         tmp = Path(d)
@@ -204,6 +206,7 @@ def main(argv=None) -> int:
             "encoder": {"path": str(model), "which": which, "sha256": encoder.sha256,
                         "method": encoder.method, "samples": encoder.samples, "dim": encoder.dim},
             "speech": source, "smoke": args.smoke, "threads": 1, "targets": TARGETS,
+            "allocator_tuned": allocator_tuned,
             "enrol_30s": bench_enrol(encoder, audio, tmp, repeats),
             "decision": bench_decisions(encoder, audio, tmp, repeats),
             "listen_rss_10_profiles": bench_listen_rss(model, audio, tmp, encoder),

@@ -222,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voicegate {__version__}")
         return EXIT_INFO
     configure_logging(args.verbose, args.debug)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # faster decisions: see its docstring
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
