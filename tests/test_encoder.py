@@ -120,7 +120,9 @@ def test_mc_graph_varies_under_default_ort_options_and_matches_torch():
     assert a.shape == (3, 6, 8)
     np.testing.assert_allclose(np.linalg.norm(a, axis=-1), 1.0, atol=1e-5)
     assert not np.allclose(a, b)  # fresh masks every run
-    assert np.abs(a[:, 0] - a[:, 1]).max() > 1e-4  # samples differ within one run
+    # samples differ within one run (any two of the 6 may agree by chance: two masks equal on the
+    # ~10 features a tiny trunk activates happen about once in 250 runs)
+    assert np.abs(a - a[:, :1]).max() > 1e-4
     off = ort.InferenceSession(with_dropout_p(proto, 0.0).SerializeToString(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = enc(torch.from_numpy(x)).numpy()
