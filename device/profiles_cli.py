@@ -28,21 +28,30 @@ exit codes:
   {EXIT_MODEL}  the profile (or the store) is missing, corrupt, or cannot be written"""
 
 
+def _common(parser: argparse.ArgumentParser, default=None) -> None:
+    parser.add_argument("--profiles", metavar="DIR", default=default,
+                        help="the profile store (default: $VOICEGATE_PROFILES, else "
+                             "$XDG_DATA_HOME/voicegate/profiles)")
+    parser.add_argument("--model", metavar="PATH", default=default, help="encoder to check the profiles against")
+    parser.add_argument("--json", action="store_true", default=default if default is not None else False,
+                        help="print JSON")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXIT_CODES_HELP
-    parser.add_argument("--profiles", metavar="DIR",
-                        help="the profile store (default: $VOICEGATE_PROFILES, else "
-                             "$XDG_DATA_HOME/voicegate/profiles)")
-    parser.add_argument("--model", metavar="PATH", help="encoder to check the profiles against")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    _common(parser)
+    # the same options after the action too (`profiles list --profiles DIR`); SUPPRESS keeps a
+    # value given before the action when it is not repeated after it
+    after = argparse.ArgumentParser(add_help=False)
+    _common(after, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    sub.add_parser("list", help="the enrolled people")
-    p = sub.add_parser("show", help="one profile in detail")
+    sub.add_parser("list", help="the enrolled people", parents=[after])
+    p = sub.add_parser("show", help="one profile in detail", parents=[after])
     p.add_argument("name", metavar="NAME")
-    p = sub.add_parser("remove", help="delete a profile")
+    p = sub.add_parser("remove", help="delete a profile", parents=[after])
     p.add_argument("name", metavar="NAME")
-    p = sub.add_parser("rename", help="rename a profile")
+    p = sub.add_parser("rename", help="rename a profile", parents=[after])
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
 

@@ -227,9 +227,14 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)["profiles"]
     assert [r["name"] for r in rows] == ["alice", "bob"]
     assert all(r["speech_seconds"] == 12.0 and r["sessions"] == 1 for r in rows)
+    assert cli("list", "--json", "--profiles", root) == 0  # the options after the action work too
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)["profiles"]] == ["alice", "bob"]
+    assert cli("--profiles", str(tmp_path / "elsewhere"), "list", "--profiles", root) == 0  # the later one wins
+    capsys.readouterr()
     assert cli("--profiles", root, "show", "alice") == 0
     out = capsys.readouterr().out
     assert "rec1.wav" in out and SHA_A in out
+    assert cli("show", "alice", "--profiles", root) == 0
     assert cli("--profiles", root, "rename", "alice", "carol") == 0
     assert cli("--profiles", root, "remove", "bob") == 0
     assert store.names() == ["carol"]
