@@ -16,7 +16,7 @@ never heard): EER 7.80 % -> 6.59 %, FRR at FAR 1 % 32.1 -> 30.3 %.
 **Not the default** (``voicegate export --backend wccn`` asks for it): whitening amplifies the
 directions in which real voices hardly vary, and a voice from outside that world lands anywhere.
 Against the demo household, 24 espeak-ng voices x 3 tries (``benchmarks/synthetic_voices.py``)
-were GRANTED 16 times of 72 with WCCN, 0 times without it (``benchmarks/synthetic-voices.json``). A door must not open to a speech
+were GRANTED 14 times of 72 with WCCN (16 in a first run), 0 times without it (``benchmarks/synthetic-voices.json``). A door must not open to a speech
 synthesiser, so the shipped encoders carry no back-end.
 """
 
