@@ -67,6 +67,7 @@ def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray
 
 def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
     from voicegate.device.scoring import normalise
+    from voicegate.export.backend import fit_wccn
     from voicegate.train.data.encoder_data import EncoderData
     from voicegate.train.eval.encoder_eval import load_plans
     from voicegate.train.eval.enrolment import OnnxEmbedder, ProtocolConfig, run_protocol
@@ -94,11 +95,9 @@ def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
         out[name] = rates(as_norm(s, att_c, prof_c, a_idx, p_idx, top), gen)
     mu = X.mean(0)
     out["centred"] = rates(np.einsum("ad,pd->ap", normalise(e - mu), normalise(C - mu))[a_idx, p_idx], gen)
-    within = X - np.stack([X[Y == c].mean(0) for c in classes])[np.searchsorted(classes, Y)]
-    sw = within.T @ within / len(X) + 1e-3 * np.eye(X.shape[1])
-    w = np.linalg.cholesky(np.linalg.inv(sw))
-    ew = normalise((normalise(E) - mu) @ w)
-    cw = normalise((C - mu) @ w)
+    wccn = fit_wccn(X, Y)  # the back-end `voicegate export --backend wccn` builds in
+    ew = normalise((normalise(E) - wccn["mu"]) @ wccn["transform"])
+    cw = normalise((C - wccn["mu"]) @ wccn["transform"])
     out["wccn"] = rates(np.einsum("asd,pd->ap", ew, cw)[a_idx, p_idx] / E.shape[1], gen)
     return {
         "benchmark": "score normalisation and back-ends", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

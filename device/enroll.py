@@ -37,7 +37,7 @@ from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE, ModelErro
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
-from .scoring import calibrate, centroid, normalise, sample_embeddings, window_embeddings
+from .scoring import centroid, normalise, score_profiles, window_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,11 @@ def segments(recordings: list, windows_per: list) -> list[tuple[str, np.ndarray]
 
 
 def door_p(samples: np.ndarray, profile_centroid: np.ndarray, encoder) -> float:
-    """p_allow of a stretch as the door scores an utterance: its (W, S, D) embeddings -> per-sample
-    utterance embeddings -> cosine with the centroid -> calibration -> mean over the samples (the
-    calibration is fitted on exactly these cosines, for MC samples and ensemble members alike)."""
-    cos = sample_embeddings(samples) @ np.asarray(profile_centroid, np.float64)
-    return float(calibrate(cos, encoder.calibration).mean())
+    """p_allow of a stretch as the door scores an utterance (``scoring.score_profiles`` on its
+    (W, S, D) embeddings): the calibration is fitted on exactly those per-sample cosines, for MC
+    samples and ensemble members alike."""
+    centroids = np.asarray(profile_centroid, np.float64)[None]
+    return score_profiles(samples, ["profile"], centroids, encoder.calibration, encoder.measure)[0].p_allow
 
 
 def agreement_problems(embs: np.ndarray, stretches: list, encoder, samples: np.ndarray) -> list[Problem]:

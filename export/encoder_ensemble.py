@@ -35,10 +35,10 @@ def load_members(runs: list, checkpoint: str) -> list:
         path = Path(run) / checkpoint
         encoder, ckpt = load_encoder(path)
         members.append((encoder, ckpt, path))
-    first_cfg = {k: v for k, v in members[0][0].cfg.to_dict().items() if k != "seed"}
+    first_cfg = members[0][0].cfg.to_dict()
     first_val = members[0][1].get("data", {}).get("validation_speakers")
     for (enc, ckpt, path), run in zip(members[1:], runs[1:]):
-        cfg = {k: v for k, v in enc.cfg.to_dict().items() if k != "seed"}
+        cfg = enc.cfg.to_dict()
         if cfg != first_cfg:
             diff = sorted(k for k in set(cfg) | set(first_cfg) if cfg.get(k) != first_cfg.get(k))
             raise ValueError(f"{run}: encoder config differs from {runs[0]} in {', '.join(diff)}")

@@ -235,14 +235,14 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
         raise ExportError("--method ensemble needs >= 2 encoder runs (trained with different --seed)")
     if out.suffix != ".onnx":
         raise ExportError(f"--out must name a .onnx file, got {out}")
-    ckpt_path = run / checkpoint
-    encoder, ckpt = load_encoder(ckpt_path)
-    members = [(encoder, ckpt, ckpt_path)]
     if cfg.method == "ensemble":
         try:
             members = encoder_ensemble.load_members(runs, checkpoint)
         except ValueError as e:
             raise ExportError(str(e)) from None
+    else:
+        members = [(*load_encoder(run / checkpoint), run / checkpoint)]
+    encoder, ckpt, ckpt_path = members[0]
     fv = feature_contract()["feature_version"]
     if encoder.cfg.feature_version != fv:
         raise ExportError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "

@@ -24,6 +24,25 @@ def _shared(name: str) -> Path:
     return path
 
 
+_HOUSEHOLDS: dict = {}
+
+
+def demo_household_for(model: Path) -> Path:
+    """The demo household (models/make_demo.py) enrolled with encoder ``model``, once per session
+    (the shipped one in models/demo-profiles is tied to the default encoder)."""
+    import subprocess
+    import tempfile
+
+    if model not in _HOUSEHOLDS:
+        corpus = _shared("librispeech")
+        out = Path(tempfile.mkdtemp(prefix="vg-demo-"))
+        r = subprocess.run([sys.executable, str(REPO / "models" / "make_demo.py"), "--model", str(model),
+                            "--corpus", str(corpus), "--out", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        _HOUSEHOLDS[model] = out / "demo-profiles"
+    return _HOUSEHOLDS[model]
+
+
 @pytest.fixture(scope="session")
 def librispeech() -> Path:
     """../shared/data/librispeech (skips without it; fails under VOICEGATE_REQUIRE_SHARED=1)."""

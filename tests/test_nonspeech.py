@@ -87,33 +87,10 @@ def open_decider(path: Path):
     demo = ProfileStore(demo_dir())
     if all(p.encoder_sha256 == encoder.sha256 for p in demo.load_all(None)):
         return ProfileGate(encoder, demo), ["--demo"]
+    from conftest import demo_household_for
+
     store = demo_household_for(path)  # the same household enrolled with this (non-default) encoder
     return ProfileGate(encoder, ProfileStore(store)), ["--profiles", str(store)]
-
-
-_HOUSEHOLDS: dict = {}
-
-
-def demo_household_for(model: Path) -> Path:
-    """The demo household (models/make_demo.py) enrolled with ``model``, once per session."""
-    import subprocess
-    import sys
-    import tempfile
-
-    if model not in _HOUSEHOLDS:
-        corpus = _shared_librispeech()
-        out = Path(tempfile.mkdtemp(prefix="vg-demo-"))
-        r = subprocess.run([sys.executable, str(REPO / "models" / "make_demo.py"), "--model", str(model),
-                            "--corpus", str(corpus), "--out", str(out)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
-        _HOUSEHOLDS[model] = out / "demo-profiles"
-    return _HOUSEHOLDS[model]
-
-
-def _shared_librispeech() -> Path:
-    from conftest import _shared
-
-    return _shared("librispeech")
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_there_are_shipped_gate_models_of_both_methods():
 
 
 @pytest.mark.parametrize("name", gate_models())
-def test_each_shipped_model_loads_and_never_grants_the_example(name, tmp_path, request):
+def test_each_shipped_model_loads_and_never_grants_the_example(name, tmp_path):
     from voicegate.device.encoder import DEFAULT_ENCODER_NAME
 
     kind = contract_of(MODELS / name).kind
@@ -95,13 +95,9 @@ def test_each_shipped_model_loads_and_never_grants_the_example(name, tmp_path, r
     if kind == "encoder" and name == DEFAULT_ENCODER_NAME:
         argv.append("--demo")  # against the shipped demo household (made with the default encoder)
     elif kind == "encoder":  # the same household, enrolled with this encoder
-        corpus = request.getfixturevalue("librispeech")
-        demo = tmp_path / "demo"
-        demo.mkdir()
-        made = run([sys.executable, str(MODELS / "make_demo.py"), "--model", str(MODELS / name), "--corpus",
-                    str(corpus), "--out", str(demo)], tmp_path)
-        assert made.returncode == 0, made.stdout + made.stderr
-        argv += ["--profiles", str(demo / "demo-profiles")]
+        from conftest import demo_household_for
+
+        argv += ["--profiles", str(demo_household_for(MODELS / name))]
     r = run(argv, tmp_path)
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["model_sha256"] == manifest()[name]
