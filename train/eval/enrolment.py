@@ -239,12 +239,6 @@ class OnnxEmbedder:
         return window_embeddings(self.windows(speech))
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    from voicegate.device.scoring import normalise as device_normalise
-
-    return device_normalise(x)
-
-
 # --- audio ------------------------------------------------------------------------------------
 ChannelFn = Callable[..., np.ndarray]
 
