@@ -191,7 +191,7 @@ def long_speech(seconds: float) -> np.ndarray:
             if n >= seconds * SR:
                 break
         return np.concatenate(xs)[: int(seconds * SR)]
-    x = load_audio(REPO / "models" / "example.wav")
+    x = load_audio(REPO / "models" / "example-espeak.wav")
     return np.tile(x, int(np.ceil(seconds * SR / x.size)))[: int(seconds * SR)]
 
 

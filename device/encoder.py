@@ -36,13 +36,13 @@ from .runtime import (
 log = logging.getLogger(__name__)
 
 ENCODER_ENV = "VOICEGATE_ENCODER"
-DEFAULT_ENCODER_NAME = "voicegate-encoder-ensemble.onnx"
+DEFAULT_ENCODER_NAME = "voicegate-encoder-mc.onnx"
 MAX_BATCH = 32  # windows per onnxruntime run when embedding long enrolment audio (bounds memory)
 NORM_TOLERANCE = 1e-2  # embedding rows must have |norm - 1| below this
 
 
 def resolve_encoder_path(model_path: PathLike | None = None) -> Path:
-    """``model_path`` > ``$VOICEGATE_ENCODER`` > the shipped ``models/voicegate-encoder-ensemble.onnx``."""
+    """``model_path`` > ``$VOICEGATE_ENCODER`` > the shipped ``models/voicegate-encoder-mc.onnx``."""
     if model_path:
         return Path(model_path)
     env = os.environ.get(ENCODER_ENV)

@@ -37,6 +37,7 @@ from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE, ModelErro
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
+from .options import default_threads
 from .scoring import centroid, normalise, score_profiles, window_embeddings
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="enrol despite warnings (never errors)")
     parser.add_argument("--min-speech", type=_min_speech, default=MIN_SPEECH_SECONDS, metavar="S",
                         help=f"seconds of speech needed (default {MIN_SPEECH_SECONDS:.0f})")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help=f"onnxruntime threads (default {default_threads()})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -14,7 +14,13 @@ with, and the device refuses profiles of another encoder.
   ``--clip-speaker`` (never used for enrolment) is decided against the demo household; the first
   one GRANTED as that speaker is written to ``example-librispeech-<id>.flac``. How many of the
   speaker's test clips were granted is printed and written to ``demo-household.json``, so the
-  choice is not hidden. ``models/example.wav`` (espeak-ng, nobody's voice) is decided too.
+  choice is not hidden.
+* The stranger: the first ``--clip-seconds`` of every recording of the ``--strangers``
+  (LibriSpeech's two test-other **held-out impostors**, 367 (F) and 3005 (M): never seen by the
+  encoder, nobody in the household) are decided the same way; the first one DENIED (in speaker,
+  then recording order) is written to ``models/example.wav``, and the count of DENIED,
+  UNCERTAIN and GRANTED among them goes to ``demo-household.json``.
+  ``models/example-espeak.wav`` (espeak-ng, nobody's voice) is decided too.
 
 Needs the training extra (it reads the corpus with voicegate.train) and the shared corpus.
 LibriSpeech is CC BY 4.0 (Panayotov et al., 2015); see models/README.md for the attribution.
@@ -41,8 +47,10 @@ NAME_PREFIX = "librispeech-"
 BUILD_REPORT = "demo-household.json"  # beside demo-profiles/ (a .json inside would read as a profile)
 LICENSE_NAME = "demo-household.LICENSE"
 LICENSE_TEXT = """\
-The demo household (demo-profiles/*.json: voice embeddings) and {clip}
-(the first {seconds:.0f} s of LibriSpeech test-other {recording}) are derived from:
+The demo household (demo-profiles/*.json: voice embeddings), {clip}
+(the first {seconds:.0f} s of LibriSpeech test-other {recording}) and example.wav (the first
+{stranger_seconds:.0f} s of LibriSpeech test-other {stranger}, a stranger to the household) are
+derived from:
 
 LibriSpeech (c) 2014 by Vassil Panayotov
 
@@ -53,7 +61,7 @@ See <http://creativecommons.org/licenses/by/4.0/>.
 
 V. Panayotov, G. Chen, D. Povey and S. Khudanpur, "LibriSpeech: an ASR corpus based on public
 domain audio books", ICASSP 2015. The recordings are LibriVox readings of public-domain books.
-Changes: the clip is cut to its first {seconds:.0f} s and written as 16-bit FLAC; the profiles
+Changes: the clips are cut to their first seconds and written as 16-bit FLAC / WAV; the profiles
 hold embeddings computed from speakers {speakers}'s train-split recordings (models/make_demo.py).
 """
 
@@ -61,10 +69,12 @@ hold embeddings computed from speakers {speakers}'s train-split recordings (mode
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "data" / "librispeech"))
-    ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-ensemble.onnx)")
+    ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-mc.onnx)")
     ap.add_argument("--out", default=str(HERE), help="where demo-profiles/ and the clip go (default: models/)")
     ap.add_argument("--clip-speaker", default="2414")
     ap.add_argument("--clip-seconds", type=float, default=5.0)
+    ap.add_argument("--strangers", default="367,3005",
+                    help="held-out impostors whose clips are candidates for models/example.wav")
     ap.add_argument("--force", action="store_true", help="enrol despite enrolment warnings")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -114,9 +124,29 @@ def main(argv=None) -> int:
                 chosen = (r, clip)
         build["clips"]["test_split_candidates"] = results
         build["clips"]["granted"] = f"{sum(x['speaker'] == name for x in results)} of {len(results)}"
-        synthetic = gate.decide_file(HERE / "example.wav")
-        build["clips"]["example.wav"] = {"decision": synthetic.decision, "scores": synthetic.scores}
-        print(f"models/example.wav (espeak-ng): {synthetic.decision} {synthetic.scores}")
+        strangers = [s.strip() for s in args.strangers.split(",") if s.strip()]
+        if any(s not in corpus.roles.heldout_impostors for s in strangers):
+            print(f"make_demo: --strangers must be held-out impostors of the corpus", file=sys.stderr)
+            return 1
+        stranger, stranger_results = None, []
+        for spk in strangers:
+            for r in sorted((r for r in corpus.recordings if r.speaker == spk), key=lambda r: r.item):
+                clip = load_audio(r.path, max_seconds=args.clip_seconds)
+                d = gate.decide_audio(clip)
+                stranger_results.append({"recording": r.recording, "decision": d.decision, "p_allow": round(d.p_allow, 4),
+                                         "uncertainty": round(d.uncertainty, 4), "candidate": d.candidate})
+                print(f"stranger clip {r.recording} ({clip.size / 16000:.1f} s): {d.decision} p {d.p_allow:.3f}")
+                if stranger is None and d.decision == "DENIED":
+                    stranger = (r, clip)
+        build["clips"]["stranger_candidates"] = stranger_results
+        build["clips"]["stranger_decisions"] = {k: sum(x["decision"] == k for x in stranger_results)
+                                                for k in ("DENIED", "UNCERTAIN", "GRANTED")}
+        synthetic = gate.decide_file(HERE / "example-espeak.wav")
+        build["clips"]["example-espeak.wav"] = {"decision": synthetic.decision, "scores": synthetic.scores}
+        print(f"models/example-espeak.wav (espeak-ng): {synthetic.decision} {synthetic.scores}")
+        if stranger is None:
+            print("make_demo: no stranger clip is DENIED; no models/example.wav", file=sys.stderr)
+            return 1
         if chosen is None:
             print(f"make_demo: no test-split clip of {args.clip_speaker} is GRANTED as {name}; no example clip",
                   file=sys.stderr)
@@ -125,6 +155,10 @@ def main(argv=None) -> int:
         clip_path = out / f"example-{name}.flac"
         sf.write(clip_path, np.asarray(clip, np.float32), 16000, subtype="PCM_16")
         build["clips"]["example"] = {"file": clip_path.name, "from": rec.recording, "seconds": clip.size / 16000}
+        srec, sclip = stranger
+        sf.write(out / "example.wav", np.asarray(sclip, np.float32), 16000, subtype="PCM_16")
+        build["clips"]["stranger"] = {"file": "example.wav", "from": srec.recording, "speaker": srec.speaker,
+                                      "seconds": sclip.size / 16000}
         final = out / DEMO_DIR
         if final.exists():
             shutil.rmtree(final)
@@ -136,9 +170,10 @@ def main(argv=None) -> int:
         (out / BUILD_REPORT).write_text(json.dumps(build, indent=1) + "\n")
         (out / LICENSE_NAME).write_text(LICENSE_TEXT.format(
             clip=clip_path.name, seconds=clip.size / 16000, recording=rec.recording,
-            speakers=", ".join(allowed)))
+            speakers=", ".join(allowed), stranger=srec.recording, stranger_seconds=sclip.size / 16000))
         print(f"wrote {final}/ ({', '.join(sorted(build['profiles']))}) and {clip_path} "
-              f"(from {rec.recording}; {build['clips']['granted']} test clips granted)")
+              f"(from {rec.recording}; {build['clips']['granted']} test clips granted); models/example.wav "
+              f"from {srec.recording} (stranger clips: {build['clips']['stranger_decisions']})")
         return 0
     finally:
         if tmp.exists():

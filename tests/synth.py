@@ -1,6 +1,6 @@
 """Synthetic speech-like audio and tiny corpora for tests (no real data needed).
 
-Each synthetic "speaker" is the repository's espeak-ng recording (models/example.wav) played at
+Each synthetic "speaker" is the repository's espeak-ng recording (models/example-espeak.wav) played at
 its own speed (pitch and vocal-tract length) and coloured by its own formants, with pauses: the
 device's voice-activity model takes it for speech (only speech is scored), trimming has real
 silence to remove, and a classifier has real spectral identity to learn.
@@ -28,7 +28,7 @@ VOICES = {
 }
 
 
-EXAMPLE_SPEECH = Path(__file__).resolve().parents[1] / "models" / "example.wav"  # espeak-ng
+EXAMPLE_SPEECH = Path(__file__).resolve().parents[1] / "models" / "example-espeak.wav"  # espeak-ng
 EXAMPLE_F0 = 100.0  # Hz, about the median F0 of EXAMPLE_SPEECH
 _RESONATOR_TAPS = 512
 
@@ -77,7 +77,7 @@ def synth_voice(
     """Speech float32 audio for one of VOICES (or a voice derived from the name).
 
     Real speech, so the device's voice-activity model takes it for speech: the espeak-ng
-    recording models/example.wav made into each speaker's voice (see :func:`_base_voice`),
+    recording models/example-espeak.wav made into each speaker's voice (see :func:`_base_voice`),
     from a seeded starting point, looped to ``seconds``. With ``pauses`` it has 0.4 s
     silences (one per 2 s), so trimming has real silence to remove.
     """

@@ -68,6 +68,33 @@ def test_spectrogram_shape_dtype_range():
     assert F.spectrogram(np.zeros(F.WINDOW_SAMPLES, np.float32)).shape == (224, 224)
 
 
+def _reference_spectrogram(w):
+    """The representation written out plainly: dB of the STFT magnitude, relative, floored."""
+    n = np.arange(F.N_FFT)
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / F.N_FFT)
+    out = []
+    for x in np.atleast_2d(w).astype(np.float64):
+        frames = np.stack([x[i * F.STFT_HOP : i * F.STFT_HOP + F.N_FFT] for i in range(F.IMAGE_SIZE)])
+        mag = np.abs(np.fft.rfft(frames * hann, axis=1))[:, : F.IMAGE_SIZE]  # (time, freq)
+        db = 20 * np.log10(np.maximum(mag, F.AMIN))
+        db = np.maximum(db - db.max(), -F.IMAGE_TOP_DB)
+        out.append(((db + F.IMAGE_TOP_DB) / F.IMAGE_TOP_DB).T[::-1])  # high frequencies on top
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["voice", "silence", "near-silence", "clipped"])
+def test_spectrogram_matches_the_plain_formula(kind):
+    rng = np.random.default_rng(3)
+    w = {"voice": np.stack([synth_voice("m1", 2.0, seed=s)[: F.WINDOW_SAMPLES] for s in (0, 1)]),
+         "silence": np.zeros((1, F.WINDOW_SAMPLES)),
+         "near-silence": 1e-9 * rng.standard_normal((2, F.WINDOW_SAMPLES)),
+         "clipped": np.clip(3 * rng.standard_normal((1, F.WINDOW_SAMPLES)), -1, 1)}[kind]
+    got = F.spectrogram(w.astype(np.float32))
+    want = _reference_spectrogram(w.astype(np.float32))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5
+
+
 def test_spectrogram_low_frequency_at_bottom():
     tone = np.sin(2 * np.pi * 500 * np.arange(F.WINDOW_SAMPLES) / 16000).astype(np.float32)
     img = F.spectrogram(tone)

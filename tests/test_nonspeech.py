@@ -229,7 +229,7 @@ def test_a_voice_still_opens_the_endpointer_after_the_noise(generated_clips):
     from voicegate.device.endpoint import Endpointer
     from voicegate.device.stream import ArraySource
 
-    voice = load_audio(MODELS / "example.wav")
+    voice = load_audio(MODELS / "example-espeak.wav")
     noise = nonspeech.concatenation([x for _, x in generated_clips[:9]])
     audio = np.concatenate([noise, voice, nonspeech.gap(1.0)])
     ep = Endpointer()

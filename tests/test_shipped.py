@@ -25,7 +25,7 @@ from voicegate.device.runtime import file_sha256, make_session, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-EXAMPLE = "models/example.wav"  # espeak-ng: nobody's voice
+EXAMPLE = "models/example.wav"  # a real stranger: LibriSpeech held-out impostor 367 (make_demo.py)
 ALLOWED_CLIP = "models/example-librispeech-2414.flac"  # a demo-household member's test-split clip
 ALLOWED_NAME = "librispeech-2414"
 FIRST_COMMAND = f"voicegate enroll-check {ALLOWED_CLIP}"

@@ -1,6 +1,6 @@
 """device/speech.py: the voice-activity model and the speech rule (issue 10).
 
-Unit tests on the repository's own audio (models/example.wav, synthetic voices, generated
+Unit tests on the repository's own audio (models/example-espeak.wav, synthetic voices, generated
 noise); the `shared` tests measure speech kept against the energy trimmer on real corpora and
 the decision on allowed speech mixed with the shared noise at 5 dB SNR.
 """
@@ -22,7 +22,7 @@ from voicegate.device.contract import ModelError
 from voicegate.device.features import feature_contract, featurize
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "models" / "example.wav"
+EXAMPLE = REPO / "models" / "example-espeak.wav"
 SR = 16_000
 
 
