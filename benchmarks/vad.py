@@ -31,7 +31,8 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
 * ``--kept-detail`` (alone, ``--out benchmarks/vad-kept.json``): where ``kept``'s recall goes
   (:func:`kept_detail`: recall on pitched frames, other paddings, the worst files).
 * ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
-  in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`); an encoder
+  in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`), and with every
+  window of the raw clip straight into the model (``model_only``: no detector); an encoder
   model decides against the shipped demo household.
 * ``listen_cpu``: process CPU seconds of ``voicegate listen --from-file`` per second of audio,
   from the difference between a 10 s and a 70 s file of the same sound (startup cancels out),
@@ -423,6 +424,7 @@ def nonspeech_counts(listen: bool) -> dict:
         out["in_process"].append({"model": model.name, "sha256": file_sha256(model), "outcomes": counts,
                                   "granted": len(granted), "granted_clips": granted})
         print(f"{model.name}: GRANTED {len(granted)} of {len(clips)} ({counts})", flush=True)
+    out["model_only"] = model_only_counts(models, clips)
     if listen:
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / "nonspeech.wav"
@@ -438,6 +440,27 @@ def nonspeech_counts(listen: bool) -> dict:
                                       "counts": counts, "granted": counts.get("GRANTED", 0)})
                 print(f"listen {model.name}: GRANTED {counts.get('GRANTED', 0)} of {len(records)} decisions", flush=True)
     return out
+
+
+def model_only_counts(models, clips) -> list[dict]:
+    """Every window of each raw clip straight into the model, no speech detector: what the
+    model itself says about noise (issue 10's shortcut: the old classifiers granted 9 to 12 of
+    these clips before the detector existed, ``benchmarks/nonspeech-before.json``)."""
+    from voicegate.device.features import frame_windows, spectrogram
+
+    rows = []
+    for model, gate, _ in models:
+        counts: dict = {}
+        top = []
+        for name, x in clips:
+            d = gate.decide_images(spectrogram(frame_windows(x)))
+            counts[d.decision] = counts.get(d.decision, 0) + 1
+            top.append((round(d.p_allow, 3), name))
+        top.sort(reverse=True)
+        rows.append({"model": model.name, "outcomes": counts, "granted": counts.get("GRANTED", 0),
+                     "highest_p_allow": top[:5]})
+        print(f"model only {model.name}: GRANTED {counts.get('GRANTED', 0)} ({counts})", flush=True)
+    return rows
 
 
 def shipped_gate_models() -> list[Path]:
