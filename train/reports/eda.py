@@ -308,7 +308,7 @@ def trimming_check(durations, prep_report: dict) -> dict:
 def write_summary(report, corpus, prepared, shown, stats, role_stats, pair, pair_labels, pair_note, check, args) -> None:
     report.section(
         "Corpus",
-        f"`{corpus.root}` ({corpus.layout} layout): {len(corpus.speakers)} speakers, {len(corpus.recordings)} "
+        f"`{corpus.root.name}` ({corpus.layout} layout): {len(corpus.speakers)} speakers, {len(corpus.recordings)} "
         f"recordings; {len(prepared.index)} prepared windows ({int((prepared.index.aug == 0).sum())} clean). "
         "Durations use the device's loader and silence trimmer; intensity profiles use the clean prepared "
         f"windows of every split; F0 uses pYIN on the first {args.f0_seconds:g} s of trimmed audio per shown speaker.",
