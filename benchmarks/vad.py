@@ -29,7 +29,8 @@ Sections of the JSON (every figure measured here, on this machine, 1 thread):
   were decided on (not exit 4), the decisions, and in how many the listen Endpointer opens an
   utterance (the mixture with 1 s of the same noise, at the same level, before and after).
 * ``--kept-detail`` (alone, ``--out benchmarks/vad-kept.json``): where ``kept``'s recall goes
-  (:func:`kept_detail`: recall on pitched frames, other paddings, the worst files).
+  (:func:`kept_detail`: recall on pitched frames, other paddings and thresholds, the worst files;
+  and how many non-speech suite clips each of those other rules would decide on).
 * ``--nonspeech`` (alone): GRANTED counts on the non-speech suite per shipped gate model,
   in-process and through ``listen --from-file`` (see :func:`nonspeech_counts`), and with every
   window of the raw clip straight into the model (``model_only``: no detector); an encoder
@@ -143,6 +144,7 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
     base = speech.default_detector()
     tot: dict = {}
     per_pad = {p: [0, 0] for p in pads}
+    per_rule: dict = {}
     worst = []
     for path in corpus_files(corpus, k):
         x = load_audio(path)
@@ -160,6 +162,13 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
             d = _mask(x.size, speech.SpeechDetector(replace(base.config, pad_s=p), base.model).select(x, probs).segments)
             per_pad[p][0] += int((trim & d).sum())
             per_pad[p][1] += int(trim.sum())
+        for key, cfg in rule_variants(base.config).items():
+            d = _mask(x.size, speech.SpeechDetector(cfg, base.model).select(x, probs).segments)
+            acc = per_rule.setdefault(key, [0, 0, 0, 0])
+            acc[0] += int((trim & d).sum())
+            acc[1] += int(trim.sum())
+            acc[2] += int((pitched & d).sum())
+            acc[3] += int(pitched.sum())
         worst.append({"file": str(path.relative_to(SHARED / corpus)), "lost_s": round(float((trim & ~det).sum()) / SR, 2),
                       "trimmer_s": round(float(trim.sum()) / SR, 2), "pitched_share_of_trimmer": round(float(pitched.sum()) / max(1, trim.sum()), 3),
                       "detector_max_p": round(float(probs.max()) if probs.size else 0.0, 3)})
@@ -168,7 +177,36 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
             "pitched_recall": round(tot["pitched_both"] / max(1, tot["pitched"]), 4),
             "pitched_seconds": round(tot["pitched"] / SR, 1),
             "padding": {str(p): round(a / max(1, b), 4) for p, (a, b) in per_pad.items()},
+            "rule_variants": {k: {"recall": round(a / max(1, b), 4), "pitched_recall": round(c / max(1, d), 4)}
+                              for k, (a, b, c, d) in per_rule.items()},
             "worst_files": worst[:5]}
+
+
+def rule_variants(config) -> dict:
+    """Frame-selection rules other than the shipped one (each a contract change: every model
+    re-exported): lower start / continue thresholds, with the shipped and a longer padding."""
+    from dataclasses import replace
+
+    out = {}
+    for thr, neg in ((0.5, 0.35), (0.35, 0.2), (0.25, 0.15)):
+        for pad in (0.25, 0.5):
+            out[f"threshold {thr}/{neg}, pad {pad}"] = replace(config, threshold=thr, neg_threshold=neg, pad_s=pad)
+    return out
+
+
+def nonspeech_decidable_by_rule() -> dict:
+    """How many clips of the non-speech suite each rule variant would decide on (not 'no speech')."""
+    import nonspeech
+
+    base = speech.default_detector()
+    clips = list(nonspeech.suite(SHARED / "noise" if (SHARED / "noise").is_dir() else None))
+    probs = [(name, x, base.probabilities(x)) for name, x in clips]
+    out = {"suite_clips": len(clips)}
+    for key, cfg in rule_variants(base.config).items():
+        det = speech.SpeechDetector(cfg, base.model)
+        hits = [name for name, x, pr in probs if det.select(x, pr).decidable]
+        out[key] = {"decidable": len(hits), "clips": hits[:10]}
+    return out
 
 
 # --- cost ------------------------------------------------------------------------------------
@@ -495,7 +533,8 @@ def main(argv=None) -> int:
     if args.kept_detail:
         result = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "detector": speech.speech_contract(speech.default_detector()),
-                  "kept_detail": [kept_detail(c, args.files) for c in ("librispeech", "speechocean762")]}
+                  "kept_detail": [kept_detail(c, args.files) for c in ("librispeech", "speechocean762")],
+                  "nonspeech_decidable_by_rule": nonspeech_decidable_by_rule()}
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result["kept_detail"], indent=1))
         return 0
