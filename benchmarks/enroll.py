@@ -3,7 +3,7 @@
     python benchmarks/enroll.py [--model ENCODER.onnx] [--out benchmarks/enroll.json] [--smoke]
 
 On this machine, with the CLI's default onnxruntime threads (``--threads``; 2 on a 2-core
-machine, ``device.runtime.default_threads``), and the decisions again with 1 thread:
+machine, ``device.options.default_threads``), and the decisions again with 1 thread:
 
 * ``enrol_30s``: the time to enrol 30 s of speech already in memory (speech detector, quality
   checks, spectrograms, encoder, profile write), best and median of ``--repeats``; target < 1 s.

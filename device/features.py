@@ -142,4 +142,3 @@ def featurize(
     if max_seconds is not None:
         speech = speech[: int(max_seconds * SAMPLE_RATE)]
     return spectrogram(frame_windows(speech, hop_seconds))
-

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         build["clips"]["granted"] = f"{sum(x['speaker'] == name for x in results)} of {len(results)}"
         strangers = [s.strip() for s in args.strangers.split(",") if s.strip()]
         if any(s not in corpus.roles.heldout_impostors for s in strangers):
-            print(f"make_demo: --strangers must be held-out impostors of the corpus", file=sys.stderr)
+            print("make_demo: --strangers must be held-out impostors of the corpus", file=sys.stderr)
             return 1
         stranger, stranger_results = None, []
         for spk in strangers:

@@ -1,7 +1,7 @@
 """The shipped artefacts in models/: every file the manifest lists is intact, every gate model in
-it loads and never grants the synthetic example (a classifier DENIES it), and the README's first
-commands give their documented answers on a fresh machine: the demo household's allowed clip is
-GRANTED by name (exit 0) and the synthetic voice is not granted.
+it loads and never grants the example stranger (a classifier and the default encoder DENY it), and
+the README's first commands give their documented answers on a fresh machine: the demo household's
+allowed clip is GRANTED by name (exit 0) and the stranger is DENIED.
 
 The models are found through models/manifest.json (so retrained, re-exported or newly added
 models, classifier or encoder kind, are checked without editing this file). A manifest entry
@@ -101,10 +101,10 @@ def test_each_shipped_model_loads_and_never_grants_the_example(name, tmp_path):
     r = run(argv, tmp_path)
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["model_sha256"] == manifest()[name]
-    if kind == "classifier" or name == DEFAULT_ENCODER_NAME:  # confident about the synthetic voice
+    if kind == "classifier" or name == DEFAULT_ENCODER_NAME:  # confident about the stranger
         assert r.returncode == EXIT_DENIED, f"{name}: exit {r.returncode}\n{r.stdout}{r.stderr}"
         assert d["decision"] == "DENIED" and d["exit_code"] == EXIT_DENIED
-    else:  # the MC encoder is unsure about it (see the README): never GRANTED
+    else:  # another encoder against the household enrolled with it: never GRANTED
         assert r.returncode in (EXIT_DENIED, EXIT_UNCERTAIN), f"{name}: exit {r.returncode}\n{r.stdout}{r.stderr}"
         assert d["decision"] in ("DENIED", "UNCERTAIN") and d["exit_code"] == r.returncode
 
@@ -124,7 +124,7 @@ def test_the_readme_first_command_grants_the_demo_member_by_name(tmp_path):
     assert "demo household" in r.stderr  # a fresh machine says which profiles decided
 
 
-def test_the_readme_second_command_denies_the_synthetic_voice(tmp_path):
+def test_the_readme_second_command_denies_the_stranger(tmp_path):
     r = _readme_command(tmp_path, SECOND_COMMAND)
     assert r.returncode == EXIT_DENIED, r.stdout + r.stderr
     assert r.stdout.split()[0] == "DENIED", r.stdout
