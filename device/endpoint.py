@@ -42,6 +42,11 @@ class EndpointConfig:
     pre_roll: float = 0.2  # audio kept before the first speech frame
     tail: float = 0.064  # audio kept after the last speech frame (2 frames; the VAD lags ~0.1 s)
     hangover: float = 0.5  # this long below the detector's neg_threshold ends an utterance
+    # ... unless it holds less than short_voiced of speech so far: then the pause must last
+    # short_hangover, so "My name is ... Anna" stays one utterance instead of a 1 s fragment
+    # that can only say UNCERTAIN (the encoder needs about 1.5 s for a confident score)
+    short_voiced: float = 1.5
+    short_hangover: float = 1.0
     max_utterance: float = 10.0  # an utterance is cut at this length
 
     def frames(self, seconds: float) -> int:
@@ -76,8 +81,10 @@ class Endpointer:
     VAD_BLOCK_FRAMES whole frames (its context and state carried over), so the same audio gives
     the same frame probabilities, hence the same utterances, whatever the chunking. An
     utterance starts at a frame the detector calls speech (``threshold``) and ends after
-    ``hangover`` seconds below its ``neg_threshold`` (the detector's hysteresis); noise the
-    detector does not call speech never starts one, however loud. An utterance that fails the
+    ``hangover`` seconds below its ``neg_threshold`` (the detector's hysteresis; ``short_hangover``
+    while it holds less than ``short_voiced`` of speech, so a phrase with a pause in it stays one
+    utterance); noise the detector does not call speech never starts one, however loud. An
+    utterance that fails the
     detector's rule (``SpeechConfig.min_speech_s`` of speech, ``min_share`` of its sounding
     frames) is dropped: no decision is made on it.
     """
@@ -97,10 +104,12 @@ class Endpointer:
         self._sounding: list[bool] = []  # per frame of the utterance: above SILENCE_FLOOR_DBFS?
         self._start_frame = 0  # first frame of the utterance (pre-roll included)
         self._speech_frame = 0  # its first speech frame
+        self._held_end: Optional[int] = None  # a short utterance waiting out short_hangover: its speech end
+        self._held_until = 0  # ... and the frame at which it is finished after all
 
     @property
     def in_speech(self) -> bool:
-        return self._rule.in_speech
+        return self._rule.in_speech or self._held_end is not None
 
     @property
     def position_s(self) -> float:
@@ -122,15 +131,16 @@ class Endpointer:
         x, self._pending = self._pending, np.zeros(0, dtype=np.float32)
         out = self._run(x[: x.size // FRAME_SAMPLES * FRAME_SAMPLES])
         seg = self._rule.finish()
-        if seg is not None:
-            utt = self._finish("end_of_stream", end_frame=seg[1])
+        end = seg[1] if seg is not None else self._held_end
+        if end is not None:
+            utt = self._finish("end_of_stream", end_frame=end)
             if utt is not None:
                 out.append(utt)
         return out
 
     def abort(self) -> Optional[Utterance]:
         """Drop the utterance in progress (the source failed) and return it, however short."""
-        if not self._rule.in_speech:
+        if not self.in_speech:
             return None
         self._rule.finish()
         return self._finish("aborted", keep_short=True)
@@ -153,6 +163,17 @@ class Endpointer:
         self._frame_i += 1
         was = self._rule.in_speech
         seg = self._rule.step(p)
+        if self._held_end is not None:  # a short utterance in a pause: does the speaker go on?
+            self._frames.append(frame)
+            self._sounding.append(loud)
+            self._probs.append(p)
+            if self._rule.in_speech:
+                self._held_end = None  # yes: one utterance
+            elif i + 1 >= self._held_until:
+                return self._finish("silence", end_frame=self._held_end)
+            elif len(self._frames) >= self._max_frames:
+                return self._finish("max_length", end_frame=self._held_end)
+            return None
         if not was:
             if not self._rule.in_speech:
                 self._pre.append((frame, loud, p))
@@ -168,6 +189,12 @@ class Endpointer:
         self._sounding.append(loud)
         self._probs.append(p)
         if seg is not None:
+            c = self.config
+            voiced = sum(self._sounding[self._speech_frame - self._start_frame : seg[1] - self._start_frame])
+            if voiced * FRAME_SECONDS < c.short_voiced and c.short_hangover > c.hangover:
+                self._held_end = seg[1]
+                self._held_until = seg[1] + c.frames(c.short_hangover)
+                return None
             return self._finish("silence", end_frame=seg[1])
         if len(self._frames) >= self._max_frames:
             self._rule.finish()
@@ -176,6 +203,7 @@ class Endpointer:
 
     def _finish(self, cut: str, end_frame: int | None = None, keep_short: bool = False) -> Optional[Utterance]:
         frames, sounding, probs, start = self._frames, self._sounding, self._probs, self._start_frame
+        self._held_end = None
         speech_end = len(frames) if end_frame is None else end_frame - start
         if end_frame is not None:  # keep only a short tail after the last speech frame
             keep = speech_end + self._tail

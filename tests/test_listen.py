@@ -130,6 +130,18 @@ def test_endpointer_cuts_long_speech_and_drops_clicks():
     assert endpoint(click, 1000) == []
 
 
+@pytest.mark.parametrize("first_s, pause_s, n", [(1.0, 0.7, 1), (2.5, 0.7, 2), (1.0, 1.4, 2)])
+def test_a_short_phrase_waits_longer_for_the_rest_of_the_sentence(first_s, pause_s, n):
+    """Under short_voiced (1.5 s) of speech the pause must last short_hangover (1 s), not 0.5 s."""
+    first = synth_voice("f1", first_s, seed=4, pauses=False)
+    rest = synth_voice("f1", 2.0, seed=5, pauses=False)
+    audio = np.concatenate([noise(1.0), first, noise(pause_s), rest, noise(1.5)])
+    utts = endpoint(audio, 1600)
+    assert len(utts) == n, [(u.start_s, u.end_s, u.voiced_seconds) for u in utts]
+    assert [u.cut for u in utts] == ["silence"] * n
+    assert utts[-1].end_s >= 1.0 + first_s + pause_s + 1.8  # the rest of the sentence is kept
+
+
 def test_abort_returns_the_utterance_in_progress(stream):
     audio, spans = stream
     ep = Endpointer()
