@@ -252,6 +252,9 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     if not folder or not (Path(folder) / "meta.json").is_file():
         raise ExportError(f"the run's encoder data ({folder}) is not there; pass --cache")
     data = EncoderData(folder)
+    if data.meta.get("feature_contract") != feature_contract():  # thresholds come from its windows
+        raise ExportError(f"the encoder data in {folder} was prepared by another featurizer (speech "
+                          "detector or spectrogram settings): prepare it again and pass --cache")
     if data.meta["validation_speakers"] != summary.get("validation_speakers"):
         raise ExportError("the cache's validation speakers differ from the run's")
     parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0

@@ -368,6 +368,10 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
     ckpt = members[0][1]
     if corpus is None:
         corpus = open_corpus(ckpt.get("data_config", {}), cache)
+    rendered = (getattr(corpus, "meta", None) or {}).get("feature_contract")
+    if rendered is not None and rendered != feature_contract():  # thresholds come from its windows
+        raise ExportError("the prepared corpus was rendered by another featurizer (speech detector or "
+                          "spectrogram settings): prepare it again and pass --cache")
     utterances = validation_utterances(corpus, cfg.utterance_windows)
     parity_images = np.concatenate([u[2] for u in utterances])[: cfg.parity_windows]
     roles = ckpt.get("roles") or info.get("roles") or {}

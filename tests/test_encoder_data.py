@@ -118,6 +118,21 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 6 and "eer" in history[-1]["val"]["all"]
     assert (run / "curves.png").stat().st_size > 0
+    # --init: a fine-tune starts from the checkpoint's weights (with lr 0 it keeps them exactly)
+    import torch
+
+    from voicegate.train.models.encoder import load_encoder
+
+    tuned = train_encoder(EncoderTrainConfig(data=str(data.folder), out=str(tmp_path / "tuned"), epochs=1,
+                                             batch_size=4, lr=0.0, threads=1, init=str(run / "checkpoint.pt"),
+                                             encoder={"widths": (4, 8, 8, 16), "trunk_dim": 16, "embedding_dim": 8}))
+    before = dict(load_encoder(run / "checkpoint.pt")[0].named_parameters())
+    after = dict(load_encoder(tuned / "checkpoint.pt")[0].named_parameters())  # batch-norm statistics move
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="configuration"):
+        train_encoder(EncoderTrainConfig(data=str(data.folder), out=str(tmp_path / "x"), epochs=1, threads=1,
+                                         init=str(run / "checkpoint.pt"), encoder={"embedding_dim": 16}))
+
     out = export_encoder(run, tmp_path / "models" / "enc.onnx", ExportConfig(samples=4, parity_windows=4),
                          backend="wccn")
     enc = Encoder.load(out)
@@ -154,6 +169,19 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
         export_encoder([run, run], tmp_path / "models" / "copies.onnx", ExportConfig(method="ensemble"))
     with pytest.raises(ExportError, match="ensemble"):
         export_encoder([run, run2], tmp_path / "models" / "x.onnx", ExportConfig(method="mc"))
+
+    # a cache whose windows another featurizer selected (here: another speech-detector padding) is
+    # never used to choose thresholds, and is prepared again rather than reused
+    meta_path = data.folder / "meta.json"
+    stale = json.loads(meta_path.read_text())
+    stale["feature_contract"]["speech_detector"]["pad_s"] += 0.25
+    meta_path.write_text(json.dumps(stale))
+    with pytest.raises(ExportError, match="another featurizer"):
+        export_encoder(run, tmp_path / "models" / "stale.onnx", ExportConfig(samples=4, parity_windows=4))
+    from voicegate.device.features import feature_contract
+
+    prepare_encoder_data(cfg)
+    assert EncoderData(data.folder).meta["feature_contract"] == feature_contract()
 
 
 def test_train_encoder_cli_needs_a_corpus(tmp_path, capsys):

@@ -252,6 +252,23 @@ def test_export_command_fails_without_enough_members(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_refuses_windows_another_featurizer_selected(tmp_path, capsys):
+    """Thresholds chosen on windows the device would not select (another speech-detector padding)
+    would not hold at the door: the export stops with one line."""
+    from voicegate.device.cli import main
+
+    write_fake_cache(tmp_path / "cache", fake_corpus())
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    meta["feature_contract"]["speech_detector"]["pad_s"] += 0.25
+    (tmp_path / "cache" / "meta.json").write_text(json.dumps(meta))
+    write_run(tmp_path / "run", [tiny_compact(0)])
+    rc = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--method", "mc",
+               "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "another featurizer" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
 

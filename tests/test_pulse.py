@@ -118,4 +118,6 @@ def test_the_shipped_demo_household_grants_its_example_clip(door_sink, tmp_path)
         pytest.skip("no shipped encoder + demo household + example clip in models/ in this build")
     name = clips[0].stem[len("example-"):]
     (d,) = listen_to(door_sink, clips[0], ["--demo"], tmp_path)
+    if d["decision"] == "UNCERTAIN":  # the door asks to repeat (MC: about 1 in 200 tries of this clip)
+        (d,) = listen_to(door_sink, clips[0], ["--demo"], tmp_path)
     assert (d["decision"], d["speaker"]) == ("GRANTED", name), d

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from voicegate.device.audio import SAMPLE_RATE, AudioError, load_audio
-from voicegate.device.features import INFER_HOP_SECONDS, WINDOW_SAMPLES, frame_windows, spectrogram
+from voicegate.device.features import INFER_HOP_SECONDS, WINDOW_SAMPLES, feature_contract, frame_windows, spectrogram
 
 from .channel import ChannelConfig, random_channel
 from .corpus import load_corpus
@@ -249,9 +249,11 @@ def prepare_encoder_data(cfg: EncoderDataConfig) -> Path:
     meta_path = out / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if same_data(meta.get("config", {}), cfg.to_dict()):
+        if same_data(meta.get("config", {}), cfg.to_dict()) and meta.get("feature_contract") == feature_contract():
             log.info("%s: reusing the prepared encoder data", out)
             return out
+        log.info("%s: prepared with other settings or another featurizer (speech detector, "
+                 "spectrogram): preparing it again", out)
     out.mkdir(parents=True, exist_ok=True)
     speakers, val_speakers, train_jobs, val_jobs, per_corpus = [], [], [], [], {}
     seq = np.random.SeedSequence(cfg.seed)
@@ -313,6 +315,7 @@ def prepare_encoder_data(cfg: EncoderDataConfig) -> Path:
     meta = {
         "format": DATA_FORMAT,
         "config": cfg.to_dict(),
+        "feature_contract": feature_contract(),  # which frames were selected and how they render
         "speakers": speakers,
         "validation_speakers": [val_speakers[i] for i in sorted(val_enrol)],
         "windows": int(labels.size),

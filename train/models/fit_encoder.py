@@ -56,6 +56,7 @@ class EncoderTrainConfig:
     threads: int = 2
     seed: int = 0
     encoder: dict = field(default_factory=dict)  # EncoderConfig fields (dropout, embedding_dim, ...)
+    init: str = ""  # fine-tune: start from this encoder checkpoint (same speakers and config)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +141,8 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": data.n_speakers,
                                "teacher_dim": int(teacher.shape[1]) if use_teacher else 0})
     training = EncoderTraining(enc_cfg)
+    if cfg.init:
+        start_from(training, cfg.init, data)
     opt = torch.optim.AdamW(training.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, versions = images.shape[0], images.shape[1]
     steps_per_epoch = max(1, n // cfg.batch_size)
@@ -218,9 +221,26 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     return out
 
 
+def start_from(training, checkpoint: str, data) -> None:
+    """Load a checkpoint's weights (encoder, AAM head, teacher projection) to fine-tune them, e.g. on
+    windows selected by a new speech-detector rule. ValueError unless it learned the same speakers
+    with the same architecture."""
+    from .encoder import ENCODER_CHECKPOINT_FORMAT
+    from .torchutil import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, ENCODER_CHECKPOINT_FORMAT, "encoder checkpoint")
+    if ckpt["encoder_config"] != training.encoder.cfg.to_dict():
+        raise ValueError(f"{checkpoint}: another encoder configuration than this run's")
+    if ckpt.get("data", {}).get("speakers") != data.meta["speakers"]:
+        raise ValueError(f"{checkpoint}: trained on other speakers than {data.folder}")
+    training.load_state_dict(ckpt["training_state_dict"])
+    log.info("fine-tuning %s (epoch %s)", checkpoint, ckpt.get("epoch"))
+
+
 def _data_summary(data) -> dict:
     m = data.meta
-    return {"cache": str(data.folder), "windows": m["windows"], "versions": m["versions"],
+    return {"cache": str(data.folder), "feature_contract": m.get("feature_contract"),
+            "windows": m["windows"], "versions": m["versions"],
             "speakers": m["speakers"], "validation_speakers": m["validation_speakers"],
             "per_corpus": m["per_corpus"], "validation_attempts": m["validation_attempts"],
             "config": m["config"]}
@@ -281,6 +301,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-copies", type=int, default=3, help="augmented copies per window (default %(default)s)")
     p.add_argument("--limit-speakers", type=int, default=0, help="tiny runs: training speakers per corpus")
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--init", metavar="CHECKPOINT", default="",
+                   help="fine-tune this encoder checkpoint (same speakers and architecture) instead of "
+                        "starting from random weights; the AAM margin is then on from the first step")
     p.add_argument("--workers", type=int, default=2, help="processes preparing the data")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="training seed: initialisation, batch order, augmentation choice (default %(default)s); "
@@ -322,7 +345,12 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, distill_weight=0.0 if args.no_teacher else args.distill_weight, threads=args.threads,
         seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
                                  "margin": args.margin, "scale": args.scale},
+        init=args.init, margin_warmup=0.0 if args.init else EncoderTrainConfig.margin_warmup,
     )
-    out = train_encoder(cfg)
+    try:
+        out = train_encoder(cfg)
+    except ValueError as e:
+        print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        return 1
     print(f"encoder run: {out} (checkpoint {out / CHECKPOINT_NAME}, best {out / BEST_NAME})")
     return 0
