@@ -137,9 +137,14 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
     * ``padding``: recall with other ``pad_s`` values (the same frame probabilities): what a
       longer padding, a change of the frame-selection contract (every model re-trained), would buy.
     * ``worst_files``: the five files that lose the most trimmer seconds, with their pitched share.
+    * ``lost_seconds``: what the trimmer keeps and the detector drops: pitched, within 0.3 s of a
+      pitched frame (consonants next to a vowel), or farther from any (of which ``far_quiet``: 30 dB
+      or more below the file's loudest 32 ms frame): breath, room noise, clicks.
     """
     import librosa
     from dataclasses import replace
+
+    from scipy.ndimage import binary_dilation
 
     base = speech.default_detector()
     tot: dict = {}
@@ -158,6 +163,15 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
         pitched = np.pad(pitched, (0, x.size - pitched.size)) & trim
         tot["pitched"] = tot.get("pitched", 0) + int(pitched.sum())
         tot["pitched_both"] = tot.get("pitched_both", 0) + int((pitched & det).sum())
+        lost = trim & ~det
+        near = binary_dilation(pitched, structure=np.ones(2 * int(0.3 * SR) + 1, bool)) & ~pitched
+        far = lost & ~pitched & ~near
+        frame_db = 10 * np.log10(np.mean(x[: x.size // 512 * 512].reshape(-1, 512) ** 2, axis=1) + 1e-12)
+        quiet = np.repeat(frame_db < frame_db.max() - 30.0, 512)
+        quiet = np.pad(quiet, (0, x.size - quiet.size), constant_values=True)
+        for key, m in (("pitched", lost & pitched), ("near_pitched", lost & near), ("far", far),
+                       ("far_quiet", far & quiet)):
+            tot["lost_" + key] = tot.get("lost_" + key, 0) + int(m.sum())
         for p in pads:
             d = _mask(x.size, speech.SpeechDetector(replace(base.config, pad_s=p), base.model).select(x, probs).segments)
             per_pad[p][0] += int((trim & d).sum())
@@ -176,6 +190,7 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
     return {"corpus": corpus, "files": k, "sample": f"random.Random(0).shuffle(manifest rows)[:{k}]",
             "pitched_recall": round(tot["pitched_both"] / max(1, tot["pitched"]), 4),
             "pitched_seconds": round(tot["pitched"] / SR, 1),
+            "lost_seconds": {k[5:]: round(v / SR, 1) for k, v in tot.items() if k.startswith("lost_")},
             "padding": {str(p): round(a / max(1, b), 4) for p, (a, b) in per_pad.items()},
             "rule_variants": {k: {"recall": round(a / max(1, b), 4), "pitched_recall": round(c / max(1, d), 4)}
                               for k, (a, b, c, d) in per_rule.items()},
