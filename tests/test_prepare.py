@@ -72,7 +72,11 @@ def test_every_class_gets_the_same_copies_and_the_same_noise(prepared):
     for label in (0, 1):
         m = speech & (idx.label == label)
         ratio[label] = (m & (idx.aug > 0)).sum() / (m & (idx.aug == 0)).sum()
-    assert ratio[0] == pytest.approx(ratio[1], rel=0.1) and ratio[1] == pytest.approx(2.0, rel=0.1)
+    # a copy's time shift crops up to max_shift_seconds (0.5 s, one training hop) from the start of
+    # its speech, so a copy can give a window fewer than the clean recording (this fixture's short
+    # recordings: 1.77 per clean window): the ratio sits near, not at, the 2 copies per recording
+    # counted exactly below
+    assert ratio[0] == pytest.approx(ratio[1], rel=0.1) and 1.6 <= ratio[1] <= 2.2, ratio
     with open(prepared.root / "augmentations.csv") as f:
         rows = list(_csv.DictReader(f))
     label_of = dict(zip(idx.item, idx.label))
