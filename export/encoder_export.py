@@ -221,7 +221,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.train.models.encoder import eer, frr_at_far, load_encoder
 
     from . import graphs
-    from .onnx_export import ExportError, write_verified
+    from .onnx_export import ExportError, refuse_other_featurizer, write_verified
 
     from . import encoder_ensemble
 
@@ -252,9 +252,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     if not folder or not (Path(folder) / "meta.json").is_file():
         raise ExportError(f"the run's encoder data ({folder}) is not there; pass --cache")
     data = EncoderData(folder)
-    if data.meta.get("feature_contract") != feature_contract():  # thresholds come from its windows
-        raise ExportError(f"the encoder data in {folder} was prepared by another featurizer (speech "
-                          "detector or spectrogram settings): prepare it again and pass --cache")
+    refuse_other_featurizer(data.meta.get("feature_contract"), f"the encoder data in {folder}")
     if data.meta["validation_speakers"] != summary.get("validation_speakers"):
         raise ExportError("the cache's validation speakers differ from the run's")
     parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0

@@ -296,6 +296,17 @@ def open_corpus(data_config: dict, cache: str | None = None):
     return prepare.prepare_corpus(cfg)
 
 
+def refuse_other_featurizer(rendered, what: str) -> None:
+    """ExportError unless ``rendered`` (the feature contract a cache recorded) is this voicegate's:
+    the thresholds are chosen on the cache's validation windows, so they must be the windows the
+    device would select and render."""
+    from voicegate.device.features import feature_contract
+
+    if rendered != feature_contract():
+        raise ExportError(f"{what} was prepared by another featurizer (speech detector or spectrogram "
+                          "settings): prepare it again and pass --cache")
+
+
 def training_corpus(corpus, data_config: dict, roles: dict) -> dict:
     """The contract's corpus section: the corpus by name, the preparation config without paths,
     the roles, and the fingerprint (manifest sha256, recording ids per split) of the windows the
@@ -369,9 +380,8 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
     if corpus is None:
         corpus = open_corpus(ckpt.get("data_config", {}), cache)
     rendered = (getattr(corpus, "meta", None) or {}).get("feature_contract")
-    if rendered is not None and rendered != feature_contract():  # thresholds come from its windows
-        raise ExportError("the prepared corpus was rendered by another featurizer (speech detector or "
-                          "spectrogram settings): prepare it again and pass --cache")
+    if rendered is not None:  # a corpus object built in memory (tests) records none
+        refuse_other_featurizer(rendered, "the prepared corpus")
     utterances = validation_utterances(corpus, cfg.utterance_windows)
     parity_images = np.concatenate([u[2] for u in utterances])[: cfg.parity_windows]
     roles = ckpt.get("roles") or info.get("roles") or {}
