@@ -84,9 +84,8 @@ class Endpointer:
     ``hangover`` seconds below its ``neg_threshold`` (the detector's hysteresis; ``short_hangover``
     while it holds less than ``short_voiced`` of speech, so a phrase with a pause in it stays one
     utterance); noise the detector does not call speech never starts one, however loud. An
-    utterance that fails the
-    detector's rule (``SpeechConfig.min_speech_s`` of speech, ``min_share`` of its sounding
-    frames) is dropped: no decision is made on it.
+    utterance that fails the detector's rule (``SpeechConfig.min_speech_s`` of speech,
+    ``min_share`` of its sounding frames) is dropped: no decision is made on it.
     """
 
     def __init__(self, config: EndpointConfig | None = None, detector: SpeechDetector | None = None):
@@ -105,7 +104,6 @@ class Endpointer:
         self._start_frame = 0  # first frame of the utterance (pre-roll included)
         self._speech_frame = 0  # its first speech frame
         self._held_end: Optional[int] = None  # a short utterance waiting out short_hangover: its speech end
-        self._held_until = 0  # ... and the frame at which it is finished after all
 
     @property
     def in_speech(self) -> bool:
@@ -163,18 +161,7 @@ class Endpointer:
         self._frame_i += 1
         was = self._rule.in_speech
         seg = self._rule.step(p)
-        if self._held_end is not None:  # a short utterance in a pause: does the speaker go on?
-            self._frames.append(frame)
-            self._sounding.append(loud)
-            self._probs.append(p)
-            if self._rule.in_speech:
-                self._held_end = None  # yes: one utterance
-            elif i + 1 >= self._held_until:
-                return self._finish("silence", end_frame=self._held_end)
-            elif len(self._frames) >= self._max_frames:
-                return self._finish("max_length", end_frame=self._held_end)
-            return None
-        if not was:
+        if not was and self._held_end is None:
             if not self._rule.in_speech:
                 self._pre.append((frame, loud, p))
                 return None
@@ -188,12 +175,18 @@ class Endpointer:
         self._frames.append(frame)
         self._sounding.append(loud)
         self._probs.append(p)
+        c = self.config
+        if self._held_end is not None:  # a short utterance in a pause: does the speaker go on?
+            if self._rule.in_speech:
+                self._held_end = None  # yes: one utterance
+            elif i + 1 >= self._held_end + c.frames(c.short_hangover):
+                return self._finish("silence", end_frame=self._held_end)
+            elif len(self._frames) >= self._max_frames:
+                return self._finish("max_length", end_frame=self._held_end)
+            return None
         if seg is not None:
-            c = self.config
-            voiced = sum(self._sounding[self._speech_frame - self._start_frame : seg[1] - self._start_frame])
-            if voiced * FRAME_SECONDS < c.short_voiced and c.short_hangover > c.hangover:
+            if self._voiced_seconds(seg[1] - self._start_frame) < c.short_voiced and c.short_hangover > c.hangover:
                 self._held_end = seg[1]
-                self._held_until = seg[1] + c.frames(c.short_hangover)
                 return None
             return self._finish("silence", end_frame=seg[1])
         if len(self._frames) >= self._max_frames:
@@ -201,10 +194,16 @@ class Endpointer:
             return self._finish("max_length")
         return None
 
+    def _voiced_seconds(self, speech_end: int) -> float:
+        """Sounding frames from the first speech frame up to ``speech_end`` (an index into the
+        utterance's frames), in seconds."""
+        return sum(self._sounding[self._speech_frame - self._start_frame : speech_end]) * FRAME_SECONDS
+
     def _finish(self, cut: str, end_frame: int | None = None, keep_short: bool = False) -> Optional[Utterance]:
         frames, sounding, probs, start = self._frames, self._sounding, self._probs, self._start_frame
         self._held_end = None
         speech_end = len(frames) if end_frame is None else end_frame - start
+        voiced = self._voiced_seconds(speech_end)
         if end_frame is not None:  # keep only a short tail after the last speech frame
             keep = speech_end + self._tail
             frames, sounding, probs = frames[:keep], sounding[:keep], probs[:keep]
@@ -215,7 +214,7 @@ class Endpointer:
         found = Speech(
             audio=audio,
             segments=[],
-            speech_seconds=sum(sounding[self._speech_frame - start : speech_end]) * FRAME_SECONDS,
+            speech_seconds=voiced,
             sounding_seconds=sum(sounding) * FRAME_SECONDS,
             audio_seconds=audio.size / SAMPLE_RATE,
             config=self.detector.config,
