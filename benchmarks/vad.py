@@ -68,7 +68,8 @@ SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "tests"))
 
 from voicegate.device import speech  # noqa: E402
-from voicegate.device.audio import SAMPLE_RATE, AudioError, load_audio, voiced_intervals  # noqa: E402
+from voicegate.device.audio import (  # noqa: E402
+    SAMPLE_RATE, TRIM_HOP, AudioError, frame_rms_db, load_audio, voiced_intervals)
 
 SR = SAMPLE_RATE
 LOUD_TOP_DB = 25.0
@@ -139,7 +140,7 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
     * ``worst_files``: the five files that lose the most trimmer seconds, with their pitched share.
     * ``lost_seconds``: what the trimmer keeps and the detector drops: pitched, within 0.3 s of a
       pitched frame (consonants next to a vowel), or farther from any (of which ``far_quiet``: 30 dB
-      or more below the file's loudest 32 ms frame): breath, room noise, clicks.
+      or more below the file's loudest 25 ms trimmer frame): breath, room noise, clicks.
     """
     import librosa
     from dataclasses import replace
@@ -166,8 +167,8 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
         lost = trim & ~det
         near = binary_dilation(pitched, structure=np.ones(2 * int(0.3 * SR) + 1, bool)) & ~pitched
         far = lost & ~pitched & ~near
-        frame_db = 10 * np.log10(np.mean(x[: x.size // 512 * 512].reshape(-1, 512) ** 2, axis=1) + 1e-12)
-        quiet = np.repeat(frame_db < frame_db.max() - 30.0, 512)
+        level = frame_rms_db(x)  # the trimmer's own 25 ms frames, every TRIM_HOP samples
+        quiet = np.repeat(level < level.max() - 30.0, TRIM_HOP)[: x.size]
         quiet = np.pad(quiet, (0, x.size - quiet.size), constant_values=True)
         for key, m in (("pitched", lost & pitched), ("near_pitched", lost & near), ("far", far),
                        ("far_quiet", far & quiet)):
@@ -183,7 +184,7 @@ def kept_detail(corpus: str, k: int, pads=(0.25, 0.4, 0.5, 0.75)) -> dict:
             acc[1] += int(trim.sum())
             acc[2] += int((pitched & d).sum())
             acc[3] += int(pitched.sum())
-        worst.append({"file": str(path.relative_to(SHARED / corpus)), "lost_s": round(float((trim & ~det).sum()) / SR, 2),
+        worst.append({"file": str(path.relative_to(SHARED / corpus)), "lost_s": round(float(lost.sum()) / SR, 2),
                       "trimmer_s": round(float(trim.sum()) / SR, 2), "pitched_share_of_trimmer": round(float(pitched.sum()) / max(1, trim.sum()), 3),
                       "detector_max_p": round(float(probs.max()) if probs.size else 0.0, 3)})
     worst.sort(key=lambda r: -r["lost_s"])
