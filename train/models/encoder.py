@@ -110,6 +110,38 @@ def distill_loss(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return (1.0 - F.cosine_similarity(projected, teacher, dim=-1)).mean()
 
 
+def relation_loss(emb: torch.Tensor, teacher: torch.Tensor, tau_student: float = 0.1,
+                  tau_teacher: float = 0.05) -> torch.Tensor:
+    """Relational distillation: for each window of the batch, the softmax over the OTHER windows
+    of the student's cosines (temperature ``tau_student``) is pulled towards the teacher's
+    (``tau_teacher``), KL(teacher || student) averaged over rows. The student learns which voices
+    the teacher finds alike, with no projection to absorb the difference. ``emb``: (B, D)
+    L2-normalised; ``teacher``: (B, T) teacher embeddings."""
+    t = F.normalize(teacher, dim=-1)
+    eye = torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
+    s_logits = (emb @ emb.T / tau_student).masked_fill(eye, -1e4)
+    t_logits = (t @ t.T / tau_teacher).masked_fill(eye, -1e4)
+    p_t = F.softmax(t_logits, dim=1)
+    return (p_t * (F.log_softmax(t_logits, dim=1) - F.log_softmax(s_logits, dim=1))).sum(1).mean()
+
+
+def warp_frequency(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Pseudo-speakers: every image's frequency axis scaled by its factor (> 1: content moves up,
+    as in a faster, higher voice; the image's top rows are discarded; < 1: down, the vacated top
+    rows set to 0, the image's floor). Row 0 is the highest frequency. ``x``: (B, 1, F, T)."""
+    b, _, f, t = x.shape
+    k = torch.arange(f, dtype=x.dtype, device=x.device)  # frequency index, 0 = lowest
+    src = k[None, :] / factors[:, None].to(x.dtype)  # (B, F): the source bin of each output bin
+    lo = src.floor().clamp(0, f - 1)
+    hi = (lo + 1).clamp(max=f - 1)
+    w = (src - lo).clamp(0, 1)
+    flipped = x.flip(2)  # index 0 = lowest frequency
+    gather = lambda idx: torch.gather(flipped, 2, idx.long()[:, None, :, None].expand(b, 1, f, t))
+    out = gather(lo) * (1 - w)[:, None, :, None] + gather(hi) * w[:, None, :, None]
+    out = out * (src <= f - 1).to(x.dtype)[:, None, :, None]
+    return out.flip(2)
+
+
 class EncoderTraining(nn.Module):
     """The encoder plus its training-only parts (AAM class weights, distillation projection)."""
 

@@ -56,7 +56,13 @@ class EncoderTrainConfig:
     threads: int = 2
     seed: int = 0
     encoder: dict = field(default_factory=dict)  # EncoderConfig fields (dropout, embedding_dim, ...)
-    init: str = ""  # fine-tune: start from this encoder checkpoint (same speakers and config)
+    init: str = ""  # fine-tune: start from this encoder checkpoint or exported MC encoder (.onnx)
+    relation_weight: float = 0.0  # relational distillation (encoder.relation_loss); 0: off
+    relation_tau_student: float = 0.1
+    relation_tau_teacher: float = 0.05
+    pseudo_warps: tuple = ()  # frequency-warp factors; each makes a pseudo-speaker of every speaker
+    pseudo_prob: float = 0.0  # share of the windows shown as a pseudo-speaker
+    freeze_bn: bool = False  # BatchNorm frozen (set for a start from an exported model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +129,8 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     from voicegate.train.models.fit import spec_augment
     from voicegate.train.models.torchutil import seed_everything, set_threads
 
-    from .encoder import EncoderConfig, EncoderTraining, distill_loss, save_encoder
+    from .encoder import EncoderConfig, EncoderTraining, distill_loss, relation_loss, save_encoder, warp_frequency
+    from .from_onnx import freeze_batchnorm, start_from_onnx
 
     set_threads(cfg.threads)
     gen = seed_everything(cfg.seed)
@@ -138,11 +145,17 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     if cfg.distill_weight > 0 and data.teacher is None:
         log.warning("the data set has no teacher embeddings: training without distillation")
     teacher = torch.from_numpy(data.teacher) if use_teacher else None
-    enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": data.n_speakers,
+    warps = torch.tensor([float(w) for w in cfg.pseudo_warps])
+    classes = data.n_speakers * (1 + len(warps))  # pseudo-speaker j of speaker k: k + n * (j + 1)
+    enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": classes,
                                "teacher_dim": int(teacher.shape[1]) if use_teacher else 0})
     training = EncoderTraining(enc_cfg)
-    if cfg.init:
-        start_from(training, cfg.init, data)
+    if cfg.init.endswith(".onnx"):
+        cfg.freeze_bn = True
+        start_from_onnx(training, cfg.init, images, data.labels, data.teacher if use_teacher else None,
+                        data.n_speakers)
+    elif cfg.init:
+        cfg.freeze_bn = start_from(training, cfg.init, data) or cfg.freeze_bn
     opt = torch.optim.AdamW(training.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, versions = images.shape[0], images.shape[1]
     steps_per_epoch = max(1, n // cfg.batch_size)
@@ -158,10 +171,19 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     (out / RUN_MARKER).write_text(json.dumps({"kind": "encoder", "checkpoint": CHECKPOINT_NAME, "best": BEST_NAME,
                                               "data": str(data.folder)}, indent=1))
     history, best, step, start, done = [], None, 0, time.time(), False
+    if cfg.init:  # where the fine-tune starts, on the same validation speakers
+        val0 = validate(training.encoder, data)
+        history.append({"epoch": 0, "windows": 0, "aam_loss": None, "distill_loss": None, "train_accuracy": None,
+                        "lr": 0.0, "progress": 0.0, "elapsed_s": 0.0, "val": val0})
+        print(f"start ({Path(cfg.init).name}): val EER {val0['all']['eer']:.2%} "
+              f"FRR@FAR1% {val0['all']['frr_at_far_1pct']:.2%}", flush=True)
+        start = time.time()
     for epoch in range(1, cfg.epochs + 1):
         training.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(training.encoder)
         perm = rng.permutation(n)
-        sums = {"aam": 0.0, "distill": 0.0, "acc": 0.0, "n": 0}
+        sums = {"aam": 0.0, "distill": 0.0, "relation": 0.0, "acc": 0.0, "n": 0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=15)
         for b in bar:
             progress = max(step / total_steps, (time.time() - start) / budget if budget else 0.0)
@@ -174,16 +196,28 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
             v = np.where(rng.random(idx.size) < cfg.clean_prob, 0, rng.integers(1, max(2, versions), idx.size))
             v = np.minimum(v, versions - 1)
             x = torch.from_numpy(images[idx, v].astype(np.float32) / 255.0)[:, None]
-            x = spec_augment(x, aug, gen).contiguous(memory_format=torch.channels_last)
             y = labels[idx]
+            real = torch.ones(idx.size, dtype=torch.bool)
+            if len(warps) and cfg.pseudo_prob > 0:
+                j = torch.from_numpy(rng.integers(0, len(warps), idx.size))
+                real = torch.from_numpy(rng.random(idx.size) >= cfg.pseudo_prob)
+                if (~real).any():
+                    x[~real] = warp_frequency(x[~real], warps[j[~real]])
+                    y = torch.where(real, y, y + data.n_speakers * (j + 1))
+            x = spec_augment(x, aug, gen).contiguous(memory_format=torch.channels_last)
             emb = torch.nn.functional.normalize(training.encoder.raw(x), dim=-1)
             margin = enc_cfg.margin * min(1.0, progress / cfg.margin_warmup) if cfg.margin_warmup else None
             loss_aam, cos = training.aam(emb, y, margin)
             loss = loss_aam
-            if use_teacher:
-                loss_d = distill_loss(training.project(emb), teacher[idx])
+            if use_teacher and real.any():  # the teacher heard the real voice, not a pseudo-speaker
+                loss_d = distill_loss(training.project(emb[real]), teacher[idx][real])
                 loss = loss + cfg.distill_weight * loss_d
                 sums["distill"] += loss_d.item() * idx.size
+                if cfg.relation_weight > 0 and int(real.sum()) > 2:
+                    loss_r = relation_loss(emb[real], teacher[idx][real], cfg.relation_tau_student,
+                                           cfg.relation_tau_teacher)
+                    loss = loss + cfg.relation_weight * loss_r
+                    sums["relation"] += loss_r.item() * idx.size
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -200,6 +234,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
         val = validate(training.encoder, data)
         h = {"epoch": epoch, "windows": sums["n"], "aam_loss": round(sums["aam"] / sums["n"], 4),
              "distill_loss": round(sums["distill"] / sums["n"], 4) if use_teacher else None,
+             "relation_loss": round(sums["relation"] / sums["n"], 4) if cfg.relation_weight > 0 else None,
              "train_accuracy": round(sums["acc"] / sums["n"], 4), "lr": opt.param_groups[0]["lr"],
              "progress": round(min(1.0, progress), 3), "elapsed_s": round(time.time() - start, 1), "val": val}
         history.append(h)
@@ -221,10 +256,10 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     return out
 
 
-def start_from(training, checkpoint: str, data) -> None:
+def start_from(training, checkpoint: str, data) -> bool:
     """Load a checkpoint's weights (encoder, AAM head, teacher projection) to fine-tune them, e.g. on
     windows selected by a new speech-detector rule. ValueError unless it learned the same speakers
-    with the same architecture."""
+    with the same architecture. Returns whether that run kept its BatchNorm frozen (this one must too)."""
     from .encoder import ENCODER_CHECKPOINT_FORMAT
     from .torchutil import read_checkpoint
 
@@ -235,6 +270,7 @@ def start_from(training, checkpoint: str, data) -> None:
         raise ValueError(f"{checkpoint}: trained on other speakers than {data.folder}")
     training.load_state_dict(ckpt["training_state_dict"])
     log.info("fine-tuning %s (epoch %s)", checkpoint, ckpt.get("epoch"))
+    return bool(ckpt.get("train_config", {}).get("freeze_bn", False))
 
 
 def _data_summary(data) -> dict:
@@ -253,13 +289,16 @@ def plot_curves(history: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
+    ep = [h["epoch"] for h in history]  # epoch 0: a fine-tune's starting point (validation only)
+    trained = [h for h in history if h["aam_loss"] is not None]
+    te = [h["epoch"] for h in trained]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(ep, [h["aam_loss"] for h in history], marker="o", label="AAM")
-    if history[0].get("distill_loss") is not None:
-        axes[0].plot(ep, [h["distill_loss"] for h in history], marker="o", label="distillation")
+    axes[0].plot(te, [h["aam_loss"] for h in trained], marker="o", label="AAM")
+    for key, label in (("distill_loss", "distillation"), ("relation_loss", "relational distillation")):
+        if trained and trained[0].get(key) is not None:
+            axes[0].plot(te, [h[key] for h in trained], marker="o", label=label)
     axes[0].set_title("training loss")
-    axes[1].plot(ep, [h["train_accuracy"] for h in history], marker="o")
+    axes[1].plot(te, [h["train_accuracy"] for h in trained], marker="o")
     axes[1].set_title("training speaker accuracy")
     for key, label in (("eer", "EER"), ("frr_at_far_1pct", "FRR at FAR 1%")):
         axes[2].plot(ep, [100 * h["val"]["all"][key] for h in history], marker="o", label=label)
@@ -311,6 +350,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the prepared data (validation speakers, channels; default %(default)s): keep it "
                         "equal across ensemble members so they share one cache and one validation split")
+    p.add_argument("--relation-weight", type=float, default=d.relation_weight,
+                   help="weight of the relational distillation loss (the student's batch cosines follow the "
+                        "teacher's; default %(default)s: off)")
+    p.add_argument("--pseudo-warps", default="",
+                   help="frequency-warp factors, e.g. 0.9,1.1: each makes a pseudo-speaker of every speaker")
+    p.add_argument("--pseudo-prob", type=float, default=0.3,
+                   help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -346,6 +392,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
                                  "margin": args.margin, "scale": args.scale},
         init=args.init, margin_warmup=0.0 if args.init else EncoderTrainConfig.margin_warmup,
+        relation_weight=args.relation_weight,
+        pseudo_warps=tuple(float(w) for w in args.pseudo_warps.split(",") if w.strip()),
+        pseudo_prob=args.pseudo_prob if args.pseudo_warps.strip() else 0.0,
     )
     try:
         out = train_encoder(cfg)
