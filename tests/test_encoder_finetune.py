@@ -99,3 +99,13 @@ def test_relation_loss_is_zero_when_the_student_sees_voices_as_the_teacher_does(
     other = relation_loss(torch.nn.functional.normalize(torch.randn(12, 32), dim=-1), t, 0.05, 0.05)
     assert float(same) == pytest.approx(0.0, abs=1e-6)
     assert float(other) > 0.1
+
+
+def test_a_start_from_a_model_of_another_width_is_refused(tmp_path):
+    from voicegate.train.models.encoder import EncoderTraining
+    from voicegate.train.models.from_onnx import start_from_onnx
+
+    write_mc_model(trained_looking_encoder(), tmp_path / "enc.onnx")
+    run = EncoderTraining(EncoderConfig(n_speakers=2, **{**TINY, "trunk_dim": 32}))
+    with pytest.raises(ValueError, match="another architecture"):
+        start_from_onnx(run, tmp_path / "enc.onnx", np.zeros((2, 1, 224, 224), np.uint8), np.array([0, 1]), None, 2)

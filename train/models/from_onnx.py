@@ -126,10 +126,12 @@ def start_from_onnx(training, path, images: np.ndarray, labels: np.ndarray, teac
     from .fit_encoder import embed_images
 
     cfg, state = encoder_state_from_onnx(path)
-    mine = training.encoder.cfg.to_dict()
-    for key in ("widths", "trunk_dim", "embedding_dim", "dropout"):
-        if cfg[key] != mine[key] and not (key == "widths" and mine[key] is None and list(cfg[key]) == [16, 32, 64, 128]):
-            raise ValueError(f"{path}: its {key} is {cfg[key]}, this run's {mine[key]}")
+    mine = training.encoder.state_dict()  # the run's architecture, its default widths resolved
+    differ = [k for k, v in state.items() if mine[k].shape != v.shape]
+    if cfg["dropout"] != training.encoder.cfg.dropout:
+        differ.append(f"dropout {cfg['dropout']} (this run's {training.encoder.cfg.dropout})")
+    if differ:
+        raise ValueError(f"{path}: another architecture than this run's: {', '.join(differ)} differ")
     training.encoder.load_state_dict(state)
     emb = embed_images(training.encoder, images[:, 0])  # clean windows, eval mode
     means = np.stack([emb[labels == k].mean(0) for k in range(n_real)])
