@@ -240,6 +240,18 @@ def probe_images(n: int = 2) -> np.ndarray:
     return noise
 
 
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """p(allowed) -> log(p / (1 - p)) in float64, finite even where float32 rounded p to 0 or 1.
+
+    The load-time probe compares samples in this space: a working model can be so sure of a
+    probe input that its samples differ only as 1e-25 against 6e-25, which the p scale calls
+    identical. Samples that float32 rounded to exactly 0 or 1 stay equal here, as they should.
+    """
+    q = np.asarray(p, dtype=np.float64)
+    tiny = np.finfo(np.float64).tiny
+    return np.log(np.maximum(q, tiny)) - np.log(np.maximum(1.0 - q, tiny))
+
+
 def check_samples_differ(outputs: np.ndarray, method: str, path) -> float:
     """Refuse (ModelError) a model whose S output samples cannot disagree; return their spread.
 
@@ -378,7 +390,7 @@ class Gate:
         if contract.samples < 2:
             check_samples_differ(np.zeros((1, contract.samples)), contract.method, path)
         gate = cls(session, contract, path, digest, thresholds, contract.uncertainty_measure, loosened)
-        spread = check_samples_differ(gate.predict(probe_images()), contract.method, path)
+        spread = check_samples_differ(log_odds(gate.predict(probe_images())), contract.method, path)
         log.info(
             "model %s (%s, S=%d, sha256 %s..., probe spread %.3g), thresholds %s%s",
             path, contract.method, contract.samples, digest[:12], spread, thresholds.to_dict(),

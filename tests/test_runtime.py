@@ -37,6 +37,7 @@ from voicegate.device.runtime import (
     MODEL_ENV,
     Gate,
     check_samples_differ,
+    log_odds,
     probe_images,
     resolve_model_path,
     write_sidecar,
@@ -341,6 +342,12 @@ def test_check_samples_differ_is_generic_over_output_shapes():
             check_samples_differ(rng.random((shape[0], 1) + shape[2:]), "ensemble", "m.onnx")
     with pytest.raises(ModelError, match="identical"):
         check_samples_differ(np.full((2, 4), np.nan), "mc", "m.onnx")  # NaN never counts as varying
+    # the gate probes in log-odds: saturated but varying samples pass, float32-rounded 1.0s do not
+    sure = np.array([[1e-25, 6e-25, 3e-14, 5e-11], [1.0, 1.0 - 6e-8, 1.0, 1.0]], dtype=np.float32)
+    assert np.ptp(sure.astype(np.float64), axis=1).max() < 1e-7  # the p scale calls them identical
+    assert check_samples_differ(log_odds(sure), "mc", "m.onnx") > 1
+    with pytest.raises(ModelError, match="identical"):
+        check_samples_differ(log_odds(np.ones((2, 8), dtype=np.float32)), "mc", "m.onnx")
     x = probe_images()
     assert x.shape == (2, 224, 224) and 0 <= x.min() and x.max() <= 1 and x.std() > 0.1
 
