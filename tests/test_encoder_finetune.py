@@ -109,3 +109,20 @@ def test_a_start_from_a_model_of_another_width_is_refused(tmp_path):
     run = EncoderTraining(EncoderConfig(n_speakers=2, **{**TINY, "trunk_dim": 32}))
     with pytest.raises(ValueError, match="another architecture"):
         start_from_onnx(run, tmp_path / "enc.onnx", np.zeros((2, 1, 224, 224), np.uint8), np.array([0, 1]), None, 2)
+
+
+def test_centred_teacher_targets_keep_what_tells_voices_apart():
+    from voicegate.train.models.fit_encoder import center_teacher
+
+    rng = np.random.default_rng(0)
+    common = np.abs(rng.normal(size=32)) * 3.0  # GE2E-like: every embedding shares a positive direction
+    voices = np.abs(common + rng.normal(size=(2, 32)))
+    t = np.concatenate([voices[0] + 0.1 * rng.normal(size=(20, 32)), voices[1] + 0.1 * rng.normal(size=(20, 32))])
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    c = center_teacher(t)
+    assert c.dtype == np.float32 and c.shape == t.shape
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    raw_other = float((t[:20] @ t[20:].T).mean())
+    centred_other, centred_same = float((c[:20] @ c[20:].T).mean()), float((c[:20] @ c[:20].T).mean())
+    assert raw_other > 0.5  # raw: two different voices still look alike
+    assert centred_other < -0.5 < 0.5 < centred_same  # centred: they point apart

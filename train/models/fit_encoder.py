@@ -49,6 +49,7 @@ class EncoderTrainConfig:
     margin_warmup: float = 0.15  # share of the run over which the AAM margin grows from 0
     clean_prob: float = 0.3
     distill_weight: float = 2.0  # 0: no teacher
+    distill_center: bool = False  # distil to the teacher's embeddings minus their training mean
     time_masks: int = 1
     time_mask_max: int = 24
     freq_masks: int = 1
@@ -73,6 +74,19 @@ def lr_factor(progress: float, warmup: float) -> float:
         return max(progress / warmup, 0.02)
     q = (progress - warmup) / max(1e-9, 1.0 - warmup)
     return 0.5 * (1.0 + np.cos(np.pi * min(1.0, q)))
+
+
+def center_teacher(teacher: np.ndarray) -> np.ndarray:
+    """The teacher's embeddings minus their mean over the training windows, re-normalised.
+
+    GE2E embeddings live in the positive orthant (a ReLU before the normalisation): any two
+    voices have a cosine of about 0.7, so a student that outputs the common direction already
+    scores a cosine of 0.8 with every target and the plain cosine loss says little about *whose*
+    voice it is. Centred, the targets keep only what tells the voices apart.
+    """
+    t = np.asarray(teacher, np.float32)
+    c = t - t.mean(axis=0, keepdims=True)
+    return (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
 def embed_images(encoder, images, batch: int = 128) -> np.ndarray:
@@ -144,7 +158,8 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     use_teacher = cfg.distill_weight > 0 and data.teacher is not None
     if cfg.distill_weight > 0 and data.teacher is None:
         log.warning("the data set has no teacher embeddings: training without distillation")
-    teacher = torch.from_numpy(data.teacher) if use_teacher else None
+    teacher = torch.from_numpy(center_teacher(data.teacher) if cfg.distill_center else data.teacher) \
+        if use_teacher else None
     warps = torch.tensor([float(w) for w in cfg.pseudo_warps])
     classes = data.n_speakers * (1 + len(warps))  # pseudo-speaker j of speaker k: k + n * (j + 1)
     enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": classes,
@@ -152,7 +167,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     training = EncoderTraining(enc_cfg)
     if cfg.init.endswith(".onnx"):
         cfg.freeze_bn = True
-        start_from_onnx(training, cfg.init, images, data.labels, data.teacher if use_teacher else None,
+        start_from_onnx(training, cfg.init, images, data.labels, teacher.numpy() if use_teacher else None,
                         data.n_speakers)
     elif cfg.init:
         cfg.freeze_bn = start_from(training, cfg.init, data) or cfg.freeze_bn
@@ -331,6 +346,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="0 trains without the teacher")
+    p.add_argument("--distill-center", action="store_true",
+                   help="distil to the teacher's embeddings minus their training mean (the part that tells "
+                        "voices apart) rather than to the raw, all-positive embeddings")
     p.add_argument("--no-teacher", action="store_true", help="prepare no teacher embeddings (and train without)")
     p.add_argument("--dropout", type=float, default=0.2, help="head dropout = the MC-dropout rate (default %(default)s)")
     p.add_argument("--embedding-dim", type=int, default=128)
@@ -392,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
                                  "margin": args.margin, "scale": args.scale},
         init=args.init, margin_warmup=0.0 if args.init else EncoderTrainConfig.margin_warmup,
-        relation_weight=args.relation_weight,
+        relation_weight=args.relation_weight, distill_center=args.distill_center,
         pseudo_warps=tuple(float(w) for w in args.pseudo_warps.split(",") if w.strip()),
         pseudo_prob=args.pseudo_prob if args.pseudo_warps.strip() else 0.0,
     )
