@@ -110,6 +110,16 @@ def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
     }
 
 
+def write_result(result: dict, out, name: str) -> None:
+    """Print the result as JSON and, with a folder ``out``, write it there as ``name``."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -117,13 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", required=True, help="the encoder's training data cache (cohort and WCCN)")
     ap.add_argument("--out", help="folder for <corpus>-<model>.json (default: stdout only)")
     args = ap.parse_args(argv)
-    result = measure(args.model, args.corpus, args.cache)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        d = Path(args.out)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{Path(args.corpus).name}-{Path(args.model).stem}.json").write_text(text + "\n")
+    write_result(measure(args.model, args.corpus, args.cache), args.out,
+                 f"{Path(args.corpus).name}-{Path(args.model).stem}.json")
     return 0
 
 

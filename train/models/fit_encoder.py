@@ -86,7 +86,7 @@ def center_teacher(teacher: np.ndarray) -> np.ndarray:
     """
     t = np.asarray(teacher, np.float32)
     c = t - t.mean(axis=0, keepdims=True)
-    return (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), np.float32(1e-6))
 
 
 def embed_images(encoder, images, batch: int = 128) -> np.ndarray:
