@@ -132,6 +132,9 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="configuration"):
         train_encoder(EncoderTrainConfig(data=str(data.folder), out=str(tmp_path / "x"), epochs=1, threads=1,
                                          init=str(run / "checkpoint.pt"), encoder={"embedding_dim": 16}))
+    with pytest.raises(ValueError, match="speaker-fraction"):  # the ablation trains from scratch only
+        train_encoder(EncoderTrainConfig(data=str(data.folder), out=str(tmp_path / "x"), epochs=1, threads=1,
+                                         init=str(run / "checkpoint.pt"), speaker_fraction=0.5))
 
     out = export_encoder(run, tmp_path / "models" / "enc.onnx", ExportConfig(samples=4, parity_windows=4),
                          backend="wccn")
@@ -195,3 +198,20 @@ def test_train_encoder_cli_needs_a_corpus(tmp_path, capsys):
     assert fit_encoder.run(p.parse_args(["--corpus", str(tmp_path)])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("voicegate train-encoder:") for line in err)
+
+
+def test_speaker_subset_keeps_each_corpus_share_and_renumbers_labels():
+    from voicegate.train.data.encoder_data import speaker_subset
+
+    speakers = [f"a/{i}" for i in range(10)] + [f"b/{i}" for i in range(4)]
+    labels = np.repeat(np.arange(len(speakers)), 3)  # 3 windows per speaker
+    mask, new, chosen = speaker_subset(speakers, labels, 0.5, seed=1)
+    assert sum(s.startswith("a/") for s in chosen) == 5 and sum(s.startswith("b/") for s in chosen) == 2
+    assert mask.sum() == 3 * len(chosen)
+    assert sorted(set(new.tolist())) == list(range(len(chosen)))  # dense, 0..m-1
+    # every kept window keeps its speaker: the renumbered label names the same person
+    assert [chosen[k] for k in new] == [speakers[k] for k in labels[mask]]
+    assert speaker_subset(speakers, labels, 0.5, seed=1)[2] == chosen  # the seed decides
+    assert speaker_subset(speakers, labels, 1.0, seed=1)[0].all()
+    with pytest.raises(ValueError, match="fraction"):
+        speaker_subset(speakers, labels, 0.0, seed=1)

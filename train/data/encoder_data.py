@@ -344,6 +344,24 @@ def _save_val(path: Path, enrol: dict, attempts: dict) -> None:
 
 
 # --- reading it back ---------------------------------------------------------------------------
+def speaker_subset(speakers: list, labels: np.ndarray, fraction: float, seed: int) -> tuple:
+    """Train on a share of the training speakers (the speaker-count ablation): the same share of each
+    corpus's speakers (at least 2), drawn with ``seed``. Returns (window mask, labels renumbered
+    0..m-1, the chosen speakers). The validation speakers are not touched."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the speaker fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    by_corpus: dict = {}
+    for k, s in enumerate(speakers):
+        by_corpus.setdefault(s.split("/")[0], []).append(k)
+    chosen = sorted(int(k) for ks in by_corpus.values()
+                    for k in rng.permutation(ks)[: max(2, round(fraction * len(ks)))])
+    new = np.full(len(speakers), -1, np.int64)
+    new[chosen] = np.arange(len(chosen))
+    mask = new[labels] >= 0
+    return mask, new[labels[mask]], [speakers[k] for k in chosen]
+
+
 class EncoderData:
     """The cache: ``images`` (memmap uint8), ``labels``, ``teacher`` (or None), ``meta``, validation."""
 

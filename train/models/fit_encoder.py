@@ -64,6 +64,7 @@ class EncoderTrainConfig:
     pseudo_warps: tuple = ()  # frequency-warp factors; each makes a pseudo-speaker of every speaker
     pseudo_prob: float = 0.0  # share of the windows shown as a pseudo-speaker
     freeze_bn: bool = False  # BatchNorm frozen (set for a start from an exported model)
+    speaker_fraction: float = 1.0  # < 1: train on this share of each corpus's speakers (ablation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +140,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     import torch
     from tqdm import tqdm
 
-    from voicegate.train.data.encoder_data import EncoderData
+    from voicegate.train.data.encoder_data import EncoderData, speaker_subset
     from voicegate.train.models.fit import spec_augment
     from voicegate.train.models.torchutil import seed_everything, set_threads
 
@@ -153,15 +154,21 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = EncoderData(cfg.data)
     t_load = time.time()
-    images = np.ascontiguousarray(data.images)  # into memory: epochs read it at random
-    labels = torch.from_numpy(data.labels.astype(np.int64))
+    keep, y_all, speakers = np.ones(len(data.labels), bool), data.labels.astype(np.int64), data.meta["speakers"]
+    if cfg.speaker_fraction < 1.0:
+        if cfg.init:
+            raise ValueError("--speaker-fraction trains from scratch; it cannot be combined with --init")
+        keep, y_all, speakers = speaker_subset(speakers, data.labels, cfg.speaker_fraction, cfg.seed)
+    n_spk = len(speakers)
+    images = np.ascontiguousarray(data.images if keep.all() else data.images[keep])  # into memory
+    labels = torch.from_numpy(y_all)
     use_teacher = cfg.distill_weight > 0 and data.teacher is not None
     if cfg.distill_weight > 0 and data.teacher is None:
         log.warning("the data set has no teacher embeddings: training without distillation")
-    teacher = torch.from_numpy(center_teacher(data.teacher) if cfg.distill_center else data.teacher) \
-        if use_teacher else None
+    t_raw = data.teacher[keep] if use_teacher else None
+    teacher = torch.from_numpy(center_teacher(t_raw) if cfg.distill_center else t_raw) if use_teacher else None
     warps = torch.tensor([float(w) for w in cfg.pseudo_warps])
-    classes = data.n_speakers * (1 + len(warps))  # pseudo-speaker j of speaker k: k + n * (j + 1)
+    classes = n_spk * (1 + len(warps))  # pseudo-speaker j of speaker k: k + n * (j + 1)
     enc_cfg = EncoderConfig(**{**cfg.encoder, "n_speakers": classes,
                                "teacher_dim": int(teacher.shape[1]) if use_teacher else 0})
     training = EncoderTraining(enc_cfg)
@@ -176,13 +183,14 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     steps_per_epoch = max(1, n // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     budget = cfg.minutes * 60.0
-    print(f"encoder training: {data.n_speakers} speakers, {n} windows x {versions} versions "
+    print(f"encoder training: {n_spk} speakers, {n} windows x {versions} versions "
           f"(loaded in {time.time() - t_load:.0f} s), {len(data.meta['validation_speakers'])} validation "
           f"speakers, teacher {'on' if use_teacher else 'off'}, up to {cfg.epochs} epochs"
           + (f" / {cfg.minutes:g} min" if budget else ""))
     aug = SimpleNamespace(time_roll=True, time_masks=cfg.time_masks, time_mask_max=cfg.time_mask_max,
                           freq_masks=cfg.freq_masks, freq_mask_max=cfg.freq_mask_max)
-    extra = {"train_config": cfg.to_dict(), "data": _data_summary(data)}
+    extra = {"train_config": cfg.to_dict(), "data": _data_summary(data),
+             "trained_speakers": len(speakers), "trained_windows": int(n)}
     (out / RUN_MARKER).write_text(json.dumps({"kind": "encoder", "checkpoint": CHECKPOINT_NAME, "best": BEST_NAME,
                                               "data": str(data.folder)}, indent=1))
     history, best, step, start, done = [], None, 0, time.time(), False
@@ -218,7 +226,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
                 real = torch.from_numpy(rng.random(idx.size) >= cfg.pseudo_prob)
                 if (~real).any():
                     x[~real] = warp_frequency(x[~real], warps[j[~real]])
-                    y = torch.where(real, y, y + data.n_speakers * (j + 1))
+                    y = torch.where(real, y, y + n_spk * (j + 1))
             x = spec_augment(x, aug, gen).contiguous(memory_format=torch.channels_last)
             emb = torch.nn.functional.normalize(training.encoder.raw(x), dim=-1)
             margin = enc_cfg.margin * min(1.0, progress / cfg.margin_warmup) if cfg.margin_warmup else None
@@ -373,6 +381,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "teacher's; default %(default)s: off)")
     p.add_argument("--pseudo-warps", default="",
                    help="frequency-warp factors, e.g. 0.9,1.1: each makes a pseudo-speaker of every speaker")
+    p.add_argument("--speaker-fraction", type=float, default=1.0,
+                   help="ablation: train (from scratch) on this share of each corpus's training speakers, "
+                        "drawn with --seed; validation speakers unchanged (default %(default)s: all)")
     p.add_argument("--pseudo-prob", type=float, default=0.3,
                    help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
 
@@ -413,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
         relation_weight=args.relation_weight, distill_center=args.distill_center,
         pseudo_warps=tuple(float(w) for w in args.pseudo_warps.split(",") if w.strip()),
         pseudo_prob=args.pseudo_prob if args.pseudo_warps.strip() else 0.0,
+        speaker_fraction=args.speaker_fraction,
     )
     try:
         out = train_encoder(cfg)
