@@ -155,7 +155,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> Path:
     data = EncoderData(cfg.data)
     t_load = time.time()
     keep, y_all, speakers = np.ones(len(data.labels), bool), data.labels.astype(np.int64), data.meta["speakers"]
-    if cfg.speaker_fraction < 1.0:
+    if cfg.speaker_fraction != 1.0:  # speaker_subset refuses a fraction outside (0, 1]
         if cfg.init:
             raise ValueError("--speaker-fraction trains from scratch; it cannot be combined with --init")
         keep, y_all, speakers = speaker_subset(speakers, data.labels, cfg.speaker_fraction, cfg.seed)
@@ -381,11 +381,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "teacher's; default %(default)s: off)")
     p.add_argument("--pseudo-warps", default="",
                    help="frequency-warp factors, e.g. 0.9,1.1: each makes a pseudo-speaker of every speaker")
+    p.add_argument("--pseudo-prob", type=float, default=0.3,
+                   help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
     p.add_argument("--speaker-fraction", type=float, default=1.0,
                    help="ablation: train (from scratch) on this share of each corpus's training speakers, "
                         "drawn with --seed; validation speakers unchanged (default %(default)s: all)")
-    p.add_argument("--pseudo-prob", type=float, default=0.3,
-                   help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
 
 
 def run(args: argparse.Namespace) -> int:
