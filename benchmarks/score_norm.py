@@ -1,10 +1,12 @@
 """Does score normalisation or a linear back-end help the encoder? Measured, as JSON (issue 12).
 
     python benchmarks/score_norm.py --model models/voicegate-encoder-mc.onnx \
-        --corpus ../shared/data/speechocean762 --cache cache/encoder-v1 --out benchmarks/score-norm
+        --corpus ../shared/data/speechocean762 --cache cache/encoder-v2 --out benchmarks/score-norm \
+        --channels all
 
-On the enrolment protocol's clean trials (``voicegate eval``'s: the corpus's allowed and held-out
-speakers, never heard by the encoder, enrolled from <= 30 s, 3 s attempts), the same embeddings
+On the enrolment protocol's trials (``voicegate eval``'s: the corpus's allowed and held-out
+speakers, never heard by the encoder, enrolled from <= 30 s, 3 s attempts; clean, and with
+``--channels`` through each same-microphone channel as well), the same embeddings
 are scored five ways and each gets its EER and FRR at FAR 1 %, with the trial counts:
 
 * ``raw``: the device's rule (mean over the samples of the cosine with the profile centroid);
@@ -65,21 +67,9 @@ def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray
     return 0.5 * ((s - ma[a_idx]) / sa[a_idx] + (s - mp[p_idx]) / sp[p_idx])
 
 
-def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
+def channel_scores(run, cohort: np.ndarray, X: np.ndarray, wccn: dict) -> dict:
+    """The five scorings of one protocol run (one channel): EER and FRR at FAR 1 % each."""
     from voicegate.device.scoring import normalise
-    from voicegate.export.backend import fit_wccn
-    from voicegate.train.data.encoder_data import EncoderData
-    from voicegate.train.eval.encoder_eval import load_plans
-    from voicegate.train.eval.enrolment import OnnxEmbedder, ProtocolConfig, run_protocol
-
-    t0 = time.perf_counter()
-    emb = OnnxEmbedder(model)
-    _, plans, unseen = load_plans(Path(corpus), 0, (0.6, 0.2, 0.2), emb.contract)
-    run = run_protocol(plans, emb, ProtocolConfig(corpus=str(corpus), progress=progress))
-    data = EncoderData(cache)
-    X, Y = training_embeddings(emb.encoder, data)
-    classes = np.unique(Y)
-    cohort = normalise(np.stack([X[Y == c].mean(0) for c in classes]))  # one centroid per training speaker
 
     E, C = run.attempt_embeddings, run.centroids  # (A, S, D), (P, D)
     a_idx, p_idx, gen = run.trials.attempt, run.trials.profile, run.trials.genuine
@@ -95,18 +85,42 @@ def measure(model: str, corpus: str, cache: str, progress: bool = True) -> dict:
         out[name] = rates(as_norm(s, att_c, prof_c, a_idx, p_idx, top), gen)
     mu = X.mean(0)
     out["centred"] = rates(np.einsum("ad,pd->ap", normalise(e - mu), normalise(C - mu))[a_idx, p_idx], gen)
-    wccn = fit_wccn(X, Y)  # the back-end `voicegate export --backend wccn` builds in
     ew = normalise((normalise(E) - wccn["mu"]) @ wccn["transform"])
     cw = normalise((C - wccn["mu"]) @ wccn["transform"])
     out["wccn"] = rates(np.einsum("asd,pd->ap", ew, cw)[a_idx, p_idx] / E.shape[1], gen)
+    return {"failed_attempts_left_out": int((~ok).sum()), "scores": out}
+
+
+def measure(model: str, corpus: str, cache: str, channels=("clean",), progress: bool = True) -> dict:
+    """Every scoring on every channel (enrolment and attempts through the same one)."""
+    from voicegate.device.scoring import normalise
+    from voicegate.export.backend import fit_wccn
+    from voicegate.train.data.encoder_data import EncoderData
+    from voicegate.train.eval.encoder_eval import load_plans
+    from voicegate.train.eval.enrolment import OnnxEmbedder, ProtocolConfig, run_protocol
+
+    t0 = time.perf_counter()
+    emb = OnnxEmbedder(model)
+    _, plans, unseen = load_plans(Path(corpus), 0, (0.6, 0.2, 0.2), emb.contract)
+    data = EncoderData(cache)
+    X, Y = training_embeddings(emb.encoder, data)
+    classes = np.unique(Y)
+    cohort = normalise(np.stack([X[Y == c].mean(0) for c in classes]))  # one centroid per training speaker
+    wccn = fit_wccn(X, Y)  # the back-end `voicegate export --backend wccn` builds in
+    per_channel = {}
+    for ch in channels:
+        run = run_protocol(plans, emb, ProtocolConfig(corpus=str(corpus), channel=ch, progress=progress))
+        per_channel[ch] = channel_scores(run, cohort, X, wccn)
+    first = per_channel[channels[0]]
     return {
         "benchmark": "score normalisation and back-ends", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"file": Path(model).name, "sha256": emb.sha256, "method": emb.contract.method,
                   "samples": emb.samples},
-        "corpus": Path(corpus).name, "channel": "clean", "unseen_check": unseen,
-        "cohort": {"from": "the encoder's training speakers (data cache), one centroid each",
-                   "speakers": int(len(cohort)), "windows": int(len(X))},
-        "failed_attempts_left_out": int((~ok).sum()), "scores": out, "seconds": round(time.perf_counter() - t0, 1),
+        "corpus": Path(corpus).name, "channel": channels[0], "unseen_check": unseen,
+        "cohort": {"from": "the encoder's training speakers (data cache, clean and first augmented "
+                           "copy of each window), one centroid each", "speakers": int(len(cohort)), "windows": int(len(X))},
+        "failed_attempts_left_out": first["failed_attempts_left_out"], "scores": first["scores"],
+        "channels": per_channel, "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -126,8 +140,17 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--cache", required=True, help="the encoder's training data cache (cohort and WCCN)")
     ap.add_argument("--out", help="folder for <corpus>-<model>.json (default: stdout only)")
+    ap.add_argument("--channels", default="clean",
+                    help="comma-separated: clean and/or telephone, cheap_mic, noisy_room, far_field, or 'all' "
+                         "(default clean; 'scores' holds the first, 'channels' every one)")
     args = ap.parse_args(argv)
-    write_result(measure(args.model, args.corpus, args.cache), args.out,
+    from voicegate.train.data.channel import CHANNELS
+
+    channels = ("clean", *CHANNELS) if args.channels == "all" else tuple(c.strip() for c in args.channels.split(","))
+    unknown = [c for c in channels if c != "clean" and c not in CHANNELS]
+    if unknown or not channels:
+        ap.error(f"unknown channel(s) {', '.join(unknown)}; choose from clean, {', '.join(CHANNELS)} or all")
+    write_result(measure(args.model, args.corpus, args.cache, channels), args.out,
                  f"{Path(args.corpus).name}-{Path(args.model).stem}.json")
     return 0
 
