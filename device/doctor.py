@@ -205,7 +205,8 @@ def bench_report(checks: list[Check], model: Path, threads: int) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "exit codes: 0 READY (every check passed or does not apply), 1 NOT READY, 2 usage error"
+    p.epilog = ("exit codes: 0 READY (every check passed or does not apply), 1 NOT READY, 2 usage error, "
+                "10 --help printed")
     p.add_argument("--model", metavar="PATH",
                    help="the door's model (default: $VOICEGATE_MODEL, else the shipped encoder, else classifier)")
     p.add_argument("--method", choices=("mc", "ensemble"), help="check the shipped classifier of this method")
@@ -221,18 +222,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def door_model(model: str | None, method: str | None) -> Path:
-    """The model a door would use: ``--model`` > ``$VOICEGATE_MODEL`` > the shipped encoder when
-    this build has one (the default of enroll-check and listen) > the shipped classifier
-    (``--method`` picks which)."""
+    """The model a door would use (``identify``'s rule): ``--model`` > ``$VOICEGATE_MODEL`` > the
+    shipped encoder of ``--method`` when this build has an encoder (the default of enroll-check
+    and listen) > the shipped classifier (``--method`` picks which)."""
     from .runtime import MODEL_ENV, resolve_model_path
 
-    if model or method or os.environ.get(MODEL_ENV):
+    if model or os.environ.get(MODEL_ENV):
         return resolve_model_path(model, method)
     try:
-        encoder = importlib.import_module(".encoder", __package__).resolve_encoder_path()
+        enc = importlib.import_module(".encoder", __package__)
     except ImportError:
-        return resolve_model_path(None, None)
-    return encoder if encoder.is_file() else resolve_model_path(None, None)
+        return resolve_model_path(None, method)
+    encoder = enc.resolve_encoder_path(None, method)
+    return encoder if (encoder.is_file() or enc.shipped_encoder().is_file()) else resolve_model_path(None, method)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The speaker encoder: a verified encoder-kind ONNX model -> voice embeddings, on onnxruntime.
 
-    enc = Encoder.load()                      # $VOICEGATE_ENCODER, else the shipped encoder
+    enc = Encoder.load()                      # $VOICEGATE_MODEL, else the shipped encoder
     emb = enc.embed(images)                   # (windows, S, D), every (w, s) row L2-normalised
 
 The graph (the encoder contract, see ``contract.py``): input ``spectrogram`` float32
@@ -35,20 +35,29 @@ from .runtime import (
 
 log = logging.getLogger(__name__)
 
-ENCODER_ENV = "VOICEGATE_ENCODER"
+MODEL_ENV = "VOICEGATE_MODEL"  # the door's model, for every command (runtime.MODEL_ENV)
+ENCODER_ENV = "VOICEGATE_ENCODER"  # the older name, read after $VOICEGATE_MODEL
 DEFAULT_ENCODER_NAME = "voicegate-encoder-mc.onnx"
 MAX_BATCH = 32  # windows per onnxruntime run when embedding long enrolment audio (bounds memory)
 NORM_TOLERANCE = 1e-2  # embedding rows must have |norm - 1| below this
 
 
-def resolve_encoder_path(model_path: PathLike | None = None) -> Path:
-    """``model_path`` > ``$VOICEGATE_ENCODER`` > the shipped ``models/voicegate-encoder-mc.onnx``."""
+def shipped_encoder(method: str | None = None) -> Path:
+    """``models/voicegate-encoder-{mc|ensemble}.onnx`` (mc when ``method`` is None)."""
+    return models_dir() / (DEFAULT_ENCODER_NAME if method in (None, "mc") else f"voicegate-encoder-{method}.onnx")
+
+
+def resolve_encoder_path(model_path: PathLike | None = None, method: str | None = None) -> Path:
+    """``model_path`` > ``$VOICEGATE_MODEL`` > ``$VOICEGATE_ENCODER`` > the shipped encoder
+    (``method`` picks mc or ensemble). enroll, profiles, enroll-check and listen all read the
+    same variable, so a door enrols with the encoder it decides with."""
     if model_path:
         return Path(model_path)
-    env = os.environ.get(ENCODER_ENV)
-    if env:
-        return Path(env)
-    return models_dir() / DEFAULT_ENCODER_NAME
+    for var in (MODEL_ENV, ENCODER_ENV):
+        env = os.environ.get(var)
+        if env:
+            return Path(env)
+    return shipped_encoder(method)
 
 
 def model_kind(model_path: PathLike) -> str:
@@ -110,7 +119,7 @@ class Encoder:
         if contract.kind != "encoder":
             raise ModelError(
                 f"{path}: is a {contract.kind} model; enrolment and profiles need an encoder-kind "
-                f"model (name one with --model or ${ENCODER_ENV})"
+                f"model (name one with --model or ${MODEL_ENV})"
             )
         if contract.embedding_dim < 1:
             raise ModelError(f"{path}: encoder contract has no embedding_dim")

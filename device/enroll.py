@@ -17,7 +17,11 @@ Checks, one line each (an **error** always refuses; a **warning** refuses unless
   whose embedding, scored against the rest with the model's calibration, falls below the deny
   threshold (two voices in one file, or one file of someone else);
 - warning: the new voice already matches another enrolled person (both would become
-  UNCERTAIN at the door).
+  UNCERTAIN at the door);
+- warning: adding to NAME's existing profile (no ``--replace``), the new speech does not
+  match it: its median stretch scores below :data:`EXTEND_MIN_P` (the calibrated even-odds
+  point: more likely someone else than NAME), so nobody's voice is slipped into another
+  person's profile.
 
 Exit codes: 0 enrolled, 2 usage, 4 refused or unusable audio, 5 model or profile store.
 """
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audio import TRIM_HOP, AudioError, frame_rms_db, load_audio
-from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_MODEL, EXIT_USAGE, ModelError
+from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
@@ -47,6 +51,7 @@ MIN_SPEECH_FLOOR = 2.0  # --min-speech cannot go below this (one window is 2 s)
 CLIP_LEVEL = 0.999  # |sample| at or above this is clipped (full scale)
 CLIP_WARN_FRACTION = 0.001  # warn when more than 0.1 % of the samples are clipped
 MIN_SNR_DB = 12.0  # warn below this estimated SNR (see estimate_snr_db)
+EXTEND_MIN_P = 0.5  # a session added to an existing profile must score at least this against it
 SEGMENT_WINDOWS = 5  # windows (1 s hop, so about 6 s of speech) per stretch in the agreement check
 MIN_NOISE_FRAMES = 50  # non-speech frames (10 ms) needed to measure the noise floor directly
 EXIT_ENROLLED = 0
@@ -57,7 +62,8 @@ exit codes:
   {EXIT_USAGE}  usage error (bad command line, bad name)
   {EXIT_AUDIO}  refused: a recording is unusable, too little speech, or a warning without --force
   {EXIT_MODEL}  the encoder model or the profile store cannot be used
-  {EXIT_DEVICE}  --mic: the audio device is unavailable"""
+  {EXIT_DEVICE}  --mic: the audio device is unavailable
+  {EXIT_INFO}  --help was printed: nothing was enrolled"""
 
 
 class EnrolmentRefused(AudioError):
@@ -217,6 +223,22 @@ def rival_problems(samples: np.ndarray, stretches: list, name: str, store, encod
     return out
 
 
+def extension_problems(samples: np.ndarray, stretches: list, name: str, store, encoder, replace: bool) -> list[Problem]:
+    """Adding to NAME's profile: the new speech must sound like NAME (median stretch, door_p)."""
+    if replace or name not in store.names():
+        return []
+    try:
+        prof = store.load(name, encoder.sha256)
+    except ProfileError:
+        return []  # another encoder or a broken profile: add_session refuses it with its reason
+    p = float(np.median([door_p(samples[idx], prof.centroid(), encoder) for _, idx in stretches]))
+    log.info("extension: the new speech vs %s's profile: p %.3f", name, p)
+    if p < EXTEND_MIN_P:
+        return [Problem("warning", f"this voice does not match {name}'s profile (p {p:.2f} < {EXTEND_MIN_P:.2f}): "
+                        f"someone else? (--replace starts {name}'s profile again)")]
+    return []
+
+
 def enrol(encoder, store: ProfileStore, name: str, recordings: list, replace: bool = False,
           force: bool = False, min_speech: float = MIN_SPEECH_SECONDS, sources: list | None = None):
     """Check the recordings, embed them and add a session to NAME.
@@ -244,6 +266,7 @@ def enrol(encoder, store: ProfileStore, name: str, recordings: list, replace: bo
     stretches = segments(usable, counts)
     problems += agreement_problems(embs, stretches, encoder, samples)
     problems += rival_problems(samples, stretches, name, store, encoder)
+    problems += extension_problems(samples, stretches, name, store, encoder, replace)
     if problems and not force:
         raise EnrolmentRefused(problems + [Problem("hint", "--force enrols despite warnings")])
     session = Session(normalise(embs).astype(np.float32), total,

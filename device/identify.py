@@ -2,20 +2,25 @@
 the enrolled profiles; and which profiles (the demo rule).
 
 The model: ``--model`` > ``$VOICEGATE_MODEL`` decide by their contract's kind (a classifier
-decides allowed/not as it always did; an encoder decides by name). With neither, ``--method``
-picks a shipped classifier as before; otherwise the shipped encoder is used when this build has
-one, else the shipped classifier.
+decides allowed/not as it always did; an encoder decides by name). With neither, the shipped
+encoder decides (``--method`` picks ``voicegate-encoder-mc`` or ``-ensemble``); the study's
+classifiers decide only when named (``--model models/voicegate-compact-mc.onnx``) or in a build
+that ships no encoder at all. ``--method`` alone never swaps the enrolled people for the
+classifier's three baked-in readers.
 
 The profiles (encoder only), **the demo rule**:
 
 1. ``--profiles DIR`` or ``$VOICEGATE_PROFILES``: that store and nothing else. Empty or missing
-   is an error (exit 5), never the demo household.
+   is an error (exit 5), never the demo household; so is an empty value (``--profiles ''``).
 2. ``--demo``: the demo household shipped in ``models/demo-profiles`` (and nothing else).
 3. Neither: the per-user store (``$XDG_DATA_HOME/voicegate/profiles``) once it exists, i.e. as
    soon as anyone has enrolled on this machine (even if all were removed since: then it is
-   empty, an error). Only while no store has ever been created does a decision use the demo
-   household, and it says so on stderr. So once a person has enrolled, or on a service started
-   with ``--profiles``, the demo people can never open the door.
+   empty, an error). Anything at that path counts as a store, a file or a dangling link too (a
+   store on a disk that is not mounted): it fails, it is not the demo household. Only while
+   nothing has ever been created there does ``enroll-check`` use the demo household, and it
+   says so on stderr. ``listen`` (the door) never does: without ``--demo`` it needs enrolled
+   people. So once a person has enrolled, on a service started with ``--profiles``, and at every
+   door, the demo people can never open the door.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 from pathlib import Path
 
 from .contract import ModelError
-from .profiles import PROFILES_ENV, ProfileStore
+from .profiles import PROFILES_ENV, EmptyStoreError, ProfileError, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +56,50 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"decide against the demo household shipped in models/{DEMO_DIR_NAME}")
 
 
+def _named_store(args) -> str | None:
+    """``--profiles`` > ``$VOICEGATE_PROFILES``; an empty value is an error, never "unset"."""
+    given = getattr(args, "profiles", None)
+    if given is not None:
+        if not str(given).strip():
+            raise ProfileError("--profiles is empty: name the profile store folder")
+        return given
+    env = os.environ.get(PROFILES_ENV)
+    if env is not None and not env.strip():
+        raise ProfileError(f"${PROFILES_ENV} is set but empty: name the profile store folder, or unset it")
+    return env
+
+
 def _asked_for_profiles(args) -> bool:
-    return bool(getattr(args, "profiles", None) or getattr(args, "demo", False))
+    return bool(getattr(args, "profiles", None) is not None or getattr(args, "demo", False)
+                or os.environ.get(PROFILES_ENV) is not None)
 
 
-def profile_store(args) -> tuple[ProfileStore, bool]:
-    """(the store to decide against, is it the demo household?) by the demo rule above."""
+def profile_store(args, implicit_demo: bool = True) -> tuple[ProfileStore, bool]:
+    """(the store to decide against, is it the demo household?) by the demo rule above.
+
+    ``implicit_demo=False`` (``listen``): no demo household unless ``--demo`` asks for it.
+    """
     if getattr(args, "demo", False):
         return ProfileStore(demo_dir()), True
-    explicit = getattr(args, "profiles", None) or os.environ.get(PROFILES_ENV)
+    explicit = _named_store(args)
     if explicit:
         return ProfileStore(explicit), False
     personal = ProfileStore(None)
-    if personal.exists() or not demo_dir().is_dir():
-        return personal, False
+    if os.path.lexists(personal.root) or not demo_dir().is_dir():
+        return personal, False  # a file or a dangling link there fails when loaded: no demo people
+    if not implicit_demo:
+        raise EmptyStoreError(f"nobody is enrolled on this machine ({personal.root} does not exist): "
+                              "enrol with: voicegate enroll NAME FILE... (or pass --demo to try the demo household)")
     return ProfileStore(demo_dir()), True
+
+
+def _method(args) -> str | None:
+    return getattr(args, "method", None)
 
 
 def wants_encoder(args) -> bool:
     """Does this command line decide with an encoder (by name) rather than the classifier?"""
-    from .encoder import model_kind, resolve_encoder_path
+    from .encoder import model_kind, resolve_encoder_path, shipped_encoder
 
     named = getattr(args, "model", None) or os.environ.get(MODEL_ENV)
     if named:
@@ -78,29 +107,27 @@ def wants_encoder(args) -> bool:
         if kind != "encoder" and _asked_for_profiles(args):
             raise ModelError(f"{named}: is a {kind} model; --profiles/--demo need an encoder-kind model")
         return kind == "encoder"
-    if _asked_for_profiles(args):
-        return True
-    if getattr(args, "method", None):  # --method picks a shipped classifier (mc | ensemble)
-        return False
-    return resolve_encoder_path().is_file()
+    # an encoder build decides by name, whatever --method says (a missing ensemble encoder then
+    # fails: exit 5); only a build without any encoder falls back to the study's classifier
+    return (_asked_for_profiles(args) or shipped_encoder().is_file()
+            or resolve_encoder_path(None, _method(args)).is_file())
 
 
-def load_profile_gate(args, warmup: bool = False):
+def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
     """The encoder gate the command line names, with its profiles (ModelError, ProfileError...)."""
-    from .encoder import Encoder
+    from .encoder import Encoder, resolve_encoder_path
     from .scoring import ProfileGate
 
-    named = getattr(args, "model", None) or os.environ.get(MODEL_ENV)
+    method = _method(args)
+    store, demo = profile_store(args, implicit_demo)  # a usage problem of the store first: no model load
     encoder = Encoder.load(
-        named, accept=getattr(args, "accept", None),
+        resolve_encoder_path(getattr(args, "model", None), method), accept=getattr(args, "accept", None),
         uncertainty_limit=getattr(args, "uncertainty_limit", None), deny=getattr(args, "deny", None),
         threads=max(1, int(getattr(args, "threads", 1) or 1)),
         unsafe_thresholds=getattr(args, "unsafe_thresholds", False),
     )
-    method = getattr(args, "method", None)
     if method is not None and method != encoder.method:
         raise ModelError(f"{encoder.path}: is a {encoder.method} encoder, but --method {method} was asked for")
-    store, demo = profile_store(args)
     gate = ProfileGate(encoder, store)
     gate.demo = demo
     if demo and not getattr(args, "demo", False):

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_gate_factory(args: argparse.Namespace):
     """The real gate from the command line's model options, warmed up."""
-    return load_gate(args, warmup=True)
+    return load_gate(args, warmup=True, implicit_demo=False)  # a door: enrolled people or --demo
 
 
 def default_source_factory(args: argparse.Namespace) -> Callable[[], AudioSource]:

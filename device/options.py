@@ -55,9 +55,10 @@ def non_negative(text: str) -> float:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and threshold options shared by the device commands."""
     p.add_argument("--model", metavar="PATH",
-                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped compact model)")
+                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped encoder)")
     p.add_argument("--method", choices=("mc", "ensemble"),
-                   help="MC dropout or deep ensemble: picks the shipped model, and must match --model")
+                   help="MC dropout or deep ensemble: picks the shipped encoder of that kind (the study's "
+                        "classifiers only with --model), and must match --model")
     p.add_argument("--accept", type=probability, metavar="P",
                    help="override the model's accept threshold on p(allowed)")
     p.add_argument("--uncertainty-limit", type=non_negative, metavar="U",
@@ -73,17 +74,18 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "or more, else 1)")
 
 
-def load_gate(args: argparse.Namespace, warmup: bool = False):
+def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True):
     """The gate the command line's model options name (raises ModelError, ThresholdError, ...).
 
     Overrides that loosen the model's validated thresholds are said on stderr (one line). An
-    encoder-kind model decides by name against the enrolled profiles (``identify``).
+    encoder-kind model decides by name against the enrolled profiles (``identify``);
+    ``implicit_demo=False`` (the door) never falls back to the demo household.
     """
     from .identify import load_profile_gate, wants_encoder
     from .runtime import Gate
 
     if wants_encoder(args):
-        gate = load_profile_gate(args, warmup)
+        gate = load_profile_gate(args, warmup, implicit_demo)
         warn_loosened(gate.encoder)
         return gate
     gate = Gate.load(

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +262,10 @@ class ProfileStore:
         """One profile; refused if unreadable, corrupt, or made with another encoder."""
         p = self.path(name)
         try:
-            if p.stat().st_size > MAX_PROFILE_BYTES:
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+                raise ProfileError(f"{p}: is not a regular file")
+            if st.st_size > MAX_PROFILE_BYTES:
                 raise ProfileError(f"{p}: too large for a profile")
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -285,7 +289,9 @@ class ProfileStore:
         with self.lock():
             names = self.names()
             if not names:
-                where = "does not exist yet" if not self.root.is_dir() else "holds no profiles"
+                where = ("holds no profiles" if self.root.is_dir() else "does not exist yet"
+                         if not os.path.lexists(self.root) else
+                         "is not a folder (a file, or a link to something missing: a disk not mounted?)")
                 raise EmptyStoreError(
                     f"no one is enrolled: the profile store {self.root} {where}; enrol someone "
                     "with: voicegate enroll NAME FILE... (or --mic)"

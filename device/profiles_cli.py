@@ -16,16 +16,18 @@ import json
 import logging
 import sys
 
-from .contract import EXIT_MODEL, EXIT_USAGE, ModelError
+from .contract import EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
 from .profiles import ProfileError, ProfileStore, check_name
 
 log = logging.getLogger(__name__)
 
 EXIT_CODES_HELP = f"""\
 exit codes:
-  0  done
+  0  done (list: every profile is usable by the door)
   {EXIT_USAGE}  usage error (bad command line, bad name)
-  {EXIT_MODEL}  the profile (or the store) is missing, corrupt, or cannot be written"""
+  {EXIT_MODEL}  the profile (or the store) is missing, corrupt, made with another encoder, or cannot
+     be written (list: the door would refuse, or nobody is enrolled)
+  {EXIT_INFO}  --help was printed: nothing was done"""
 
 
 def _common(parser: argparse.ArgumentParser, default=None) -> None:
@@ -97,9 +99,12 @@ def _list(args, store: ProfileStore) -> int:
         return EXIT_MODEL
     sha = _encoder_sha256(args)
     rows = [_summary(store, n, sha) for n in store.names()]
+    # one unusable profile refuses the whole store at the door: a health check must see it
+    unusable = [r["name"] for r in rows if r["status"] != "ok" and not r["status"].startswith("unchecked")]
+    code = EXIT_MODEL if unusable or not rows else 0
     if args.json:
-        print(json.dumps({"store": str(store.root), "profiles": rows}))
-        return 0
+        print(json.dumps({"store": str(store.root), "profiles": rows, "door_ready": code == 0}))
+        return code
     print(f"{len(rows)} profile(s) in {store.root}")
     for r in rows:
         if "speech_seconds" in r:
@@ -107,7 +112,12 @@ def _list(args, store: ProfileStore) -> int:
                   f"updated {r['updated']}  {r['status']}")
         else:
             print(f"  {r['name']:<20} {r['status']}: {r['error']}")
-    return 0
+    if unusable:
+        print(f"voicegate profiles: the door refuses every decision until {', '.join(unusable)} "
+              "is re-enrolled or removed", file=sys.stderr)
+    elif not rows:
+        print("voicegate profiles: nobody is enrolled: the door lets no one in", file=sys.stderr)
+    return code
 
 
 def _show(args, store: ProfileStore) -> int:

@@ -232,13 +232,21 @@ def test_low_disk_fails(tmp_path, monkeypatch):
 
 # --- the command -------------------------------------------------------------------------------
 def test_door_model_is_the_one_a_door_would_use(tmp_path, monkeypatch):
-    monkeypatch.delenv("VOICEGATE_MODEL", raising=False)
-    monkeypatch.setenv("VOICEGATE_ENCODER", str(tmp_path / "none.onnx"))  # a build without an encoder
+    from voicegate.device import encoder as enc
+
+    for var in ("VOICEGATE_MODEL", "VOICEGATE_ENCODER"):
+        monkeypatch.delenv(var, raising=False)
+    real = enc.shipped_encoder
+    monkeypatch.setattr(enc, "shipped_encoder", lambda method=None: tmp_path / "none.onnx")  # a build without an encoder
     assert doctor.door_model(None, None) == SHIPPED
+    assert doctor.door_model(None, "ensemble").name == "voicegate-compact-ensemble.onnx"
+    monkeypatch.setattr(enc, "shipped_encoder", real)
+    if real().is_file():  # an encoder build: --method picks the encoder of that method, never a classifier
+        assert doctor.door_model(None, None) == real()
+        assert doctor.door_model(None, "ensemble") == real("ensemble")
     (tmp_path / "enc.onnx").write_bytes(b"x")
     monkeypatch.setenv("VOICEGATE_ENCODER", str(tmp_path / "enc.onnx"))
     assert doctor.door_model(None, None) == tmp_path / "enc.onnx"  # enroll-check's default
-    assert doctor.door_model(None, "ensemble").name == "voicegate-compact-ensemble.onnx"
     monkeypatch.setenv("VOICEGATE_MODEL", str(tmp_path / "m.onnx"))
     assert doctor.door_model(None, None) == tmp_path / "m.onnx"
 

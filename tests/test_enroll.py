@@ -106,6 +106,18 @@ def test_enrolling_again_adds_a_session(encoder, tmp_path):
     assert len(prof.sessions) == 1
 
 
+def test_another_voice_is_not_slipped_into_an_existing_profile(encoder, tmp_path):
+    store = ProfileStore(tmp_path / "p")
+    enrol(encoder, store, "alice", synthetic_recordings("f1"))
+    with pytest.raises(EnrolmentRefused) as e:
+        enrol(encoder, store, "alice", synthetic_recordings("m1", seeds=(3, 4)))  # someone else, no --replace
+    problems = [str(p) for p in e.value.problems]
+    assert any("does not match alice's profile" in p for p in problems) and problems[-1].startswith("hint: --force")
+    assert len(store.load("alice", encoder.sha256).sessions) == 1  # nothing added
+    prof, _, _ = enrol(encoder, store, "alice", synthetic_recordings("m1", seeds=(3, 4)), replace=True)
+    assert len(prof.sessions) == 1  # --replace starts the profile again: nothing to match
+
+
 # --- the command -----------------------------------------------------------------------------------
 def cli(*argv: str) -> int:
     p = argparse.ArgumentParser()

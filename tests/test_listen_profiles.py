@@ -119,6 +119,58 @@ def test_demo_household_only_until_someone_enrols(capsys, clips, household, tmp_
     assert code == 5 and "no one is enrolled" in err
 
 
+def test_the_demo_household_never_stands_in_for_an_empty_or_broken_store(capsys, clips, household, tmp_path,
+                                                                          monkeypatch, model):  # noqa: F811
+    monkeypatch.setattr(identify, "demo_dir", lambda: household)  # alice plays a demo person
+    door = [clips["f1-door"], "--model", str(model), "--json"]
+    code, _, err = run_json(capsys, ["enroll-check", *door, "--profiles", ""])
+    assert code == 5 and "--profiles is empty" in err
+    monkeypatch.setenv("VOICEGATE_PROFILES", " ")
+    code, _, err = run_json(capsys, ["enroll-check", *door])
+    assert code == 5 and "VOICEGATE_PROFILES is set but empty" in err
+    monkeypatch.delenv("VOICEGATE_PROFILES")
+    store = tmp_path / "xdg" / "voicegate" / "profiles"  # the per-user store (XDG_DATA_HOME above)
+    store.parent.mkdir(parents=True)
+    store.write_text("")  # a file where the store belongs
+    code, _, err = run_json(capsys, ["enroll-check", *door])
+    assert code == 5 and "is not a folder" in err and "demo household" not in err
+    store.unlink()
+    store.symlink_to(tmp_path / "usb-not-mounted" / "profiles")  # a store on a disk that is not mounted
+    code, _, err = run_json(capsys, ["enroll-check", *door])
+    assert code == 5 and "is not a folder" in err and "demo household" not in err
+    store.unlink()
+    # the door itself never decides against the demo household unless asked to
+    code, lines, err = run_json(capsys, ["listen", "--from-file", clips["stream"], "--model", str(model), "--json"])
+    assert code == 5 and "nobody is enrolled" in err and not lines
+    code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["stream"], "--model", str(model), "--json",
+                                       "--demo"])
+    assert code == 0 and "alice" in {d.get("speaker") for d in lines}
+
+
+def test_method_never_swaps_the_enrolled_people_for_the_classifier(capsys, clips, tmp_path, monkeypatch,
+                                                                  model):  # noqa: F811
+    from voicegate.device import encoder as enc
+
+    monkeypatch.setattr(enc, "shipped_encoder",  # this build ships the tiny MC encoder, no ensemble encoder
+                        lambda method=None: model if method in (None, "mc") else tmp_path / "no-ensemble.onnx")
+    (tmp_path / "xdg" / "voicegate" / "profiles").mkdir(parents=True)  # someone enrolled once; all removed
+    for method in ("mc", "ensemble"):
+        code, _, err = run_json(capsys, ["enroll-check", clips["f1-door"], "--method", method, "--json"])
+        assert code == 5, (method, err)  # not the study's classifier and its three baked-in readers
+    assert "no one is enrolled" in run_json(capsys, ["enroll-check", clips["f1-door"], "--method", "mc"])[2]
+
+
+def test_a_fifo_in_the_store_is_refused_not_waited_on(capsys, clips, household, tmp_path, model):  # noqa: F811
+    import os
+    import shutil
+
+    store = tmp_path / "fifo-store"
+    shutil.copytree(household, store)
+    os.mkfifo(store / "zz.json")
+    code, _, err = run_json(capsys, ["enroll-check", clips["f1-door"], "--profiles", str(store), "--model", str(model)])
+    assert code == 5 and "not a regular file" in err
+
+
 # --- listen ------------------------------------------------------------------------------------------
 def test_listen_decides_by_name_into_the_audit_log(capsys, clips, household, tmp_path, model):  # noqa: F811
     audit = tmp_path / "audit.jsonl"

@@ -222,9 +222,15 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     store.add_session("bob", SHA_A, DIM, session(2))
     assert cli("--profiles", root, "--json", "--model", missing, "list") == 5  # a named encoder must exist
     capsys.readouterr()
-    monkeypatch.delenv("VOICEGATE_ENCODER", raising=False)
+    monkeypatch.setattr(profiles_cli, "_encoder_sha256", lambda args: "b" * 64)  # the door's encoder is another
+    assert cli("--profiles", root, "list") == 5  # the door would refuse every decision: a health check sees it
+    cap = capsys.readouterr()
+    assert "other encoder: re-enrol" in cap.out and "refuses every decision" in cap.err
+    monkeypatch.setattr(profiles_cli, "_encoder_sha256", lambda args: SHA_A)  # the encoder they were made with
     assert cli("--profiles", root, "--json", "list") == 0
-    rows = json.loads(capsys.readouterr().out)["profiles"]
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["profiles"]
+    assert doc["door_ready"] is True and {r["status"] for r in rows} == {"ok"}
     assert [r["name"] for r in rows] == ["alice", "bob"]
     assert all(r["speech_seconds"] == 12.0 and r["sessions"] == 1 for r in rows)
     assert cli("list", "--json", "--profiles", root) == 0  # the options after the action work too
@@ -242,5 +248,6 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     assert "no profile named 'bob'" in capsys.readouterr().err
     assert cli("--profiles", root, "show", "../etc") == 2
     store.path("carol").write_text("{}")
-    assert cli("--profiles", root, "list") == 0
-    assert "corrupt" in capsys.readouterr().out
+    assert cli("--profiles", root, "list") == 5  # one corrupt profile locks the door for everyone
+    cap = capsys.readouterr()
+    assert "corrupt" in cap.out and "until carol is re-enrolled or removed" in cap.err
