@@ -125,7 +125,7 @@ def make_store(encoder, root: Path, n: int, base: np.ndarray) -> "object":
 
 def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
     from voicegate.device.features import INFER_HOP_SECONDS, featurize
-    from voicegate.device.scoring import ProfileGate, decide_by_name, score_profiles, window_embeddings
+    from voicegate.device.scoring import ProfileGate, decide_by_name, window_embeddings
     from voicegate.device.speech import default_detector
 
     utt = audio[: 3 * 16000]
@@ -142,7 +142,7 @@ def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict
         after = timed(lambda: gate.decide_audio(utt, speech_probs=probs), repeats)
 
         def scoring():
-            s = score_profiles(emb, gate._names, gate._centroids, encoder.calibration, encoder.measure)
+            s = encoder.score(emb, gate._names, gate._centroids)
             decide_by_name(s, encoder.thresholds, encoder.measure)
 
         part = timed(scoring, repeats * 5)

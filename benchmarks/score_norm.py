@@ -18,7 +18,8 @@ are scored five ways and each gets its EER and FRR at FAR 1 %, with the trial co
 
 The cohort and the WCCN statistics come from the encoder's TRAINING speakers (the data cache
 ``voicegate train-encoder`` wrote: clean and first augmented version of each window), never from
-the speakers evaluated. Training side only (needs the cache); nothing here is on the device.
+the speakers evaluated. The benchmark needs the cache; `voicegate export --score-norm as-norm` puts the
+top-50 AS-norm it measures into a model, for the device (export/score_norm.py).
 """
 
 from __future__ import annotations
@@ -31,21 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
-
-def training_embeddings(encoder, data, versions=(0, 1), batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(n, D) window embeddings (mean over the samples, the device's enrolment rule) and labels."""
-    from voicegate.device.scoring import window_embeddings
-
-    xs, ys = [], []
-    for v in versions:
-        if v >= data.images.shape[1]:
-            continue
-        for i in range(0, data.labels.size, batch):
-            images = data.images[i : i + batch, v].astype(np.float32) / 255.0
-            xs.append(window_embeddings(encoder.embed(images)))
-            ys.append(data.labels[i : i + batch])
-    return np.concatenate(xs).astype(np.float64), np.concatenate(ys)
 
 
 def rates(score: np.ndarray, genuine: np.ndarray) -> dict:
@@ -93,8 +79,8 @@ def channel_scores(run, cohort: np.ndarray, X: np.ndarray, wccn: dict) -> dict:
 
 def measure(model: str, corpus: str, cache: str, channels=("clean",), progress: bool = True) -> dict:
     """Every scoring on every channel (enrolment and attempts through the same one)."""
-    from voicegate.device.scoring import normalise
     from voicegate.export.backend import fit_wccn
+    from voicegate.export.score_norm import fit_cohort, training_window_embeddings
     from voicegate.train.data.encoder_data import EncoderData
     from voicegate.train.eval.encoder_eval import load_plans
     from voicegate.train.eval.enrolment import OnnxEmbedder, ProtocolConfig, run_protocol
@@ -103,9 +89,8 @@ def measure(model: str, corpus: str, cache: str, channels=("clean",), progress: 
     emb = OnnxEmbedder(model)
     _, plans, unseen = load_plans(Path(corpus), 0, (0.6, 0.2, 0.2), emb.contract)
     data = EncoderData(cache)
-    X, Y = training_embeddings(emb.encoder, data)
-    classes = np.unique(Y)
-    cohort = normalise(np.stack([X[Y == c].mean(0) for c in classes]))  # one centroid per training speaker
+    X, Y = training_window_embeddings(emb.encoder.embed, data, progress=progress)
+    cohort = fit_cohort(X, Y)  # one centroid per training speaker, as `voicegate export --score-norm` stores
     wccn = fit_wccn(X, Y)  # the back-end `voicegate export --backend wccn` builds in
     per_channel = {}
     for ch in channels:

@@ -152,6 +152,10 @@ def rss_60s(kind: str, path: str | None, workdir: Path, threads: int) -> dict:
         cmd = [sys.executable, str(REPO / "tests" / "listen_fakes.py")]
     else:
         cmd = [sys.executable, "-m", "voicegate.device.cli", "listen", "--model", path, "--threads", str(threads)]
+        from voicegate.device.encoder import model_kind
+
+        if model_kind(path) == "encoder":  # a door decides against enrolled people: the demo household here
+            cmd.append("--demo")
     cmd += ["--from-file", str(wav), "--json", "--log", str(workdir / "rss60-audit.jsonl")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     out_path, err_path = workdir / "rss60.out", workdir / "rss60.err"

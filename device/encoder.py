@@ -15,6 +15,7 @@ Every failure is a :class:`~voicegate.device.contract.ModelError` (exit 5).
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from pathlib import Path
@@ -66,10 +67,14 @@ def model_kind(model_path: PathLike) -> str:
     return contract.kind
 
 
+CALIBRATION_TYPES = ("logistic", "as-norm-logistic")  # the second: AS-norm first (scoring.ScoreNorm)
+
+
 def check_calibration(calibration, where: str = "model") -> tuple[float, float]:
-    """(a, b) of a ``{"type": "logistic", "a": A, "b": B}`` calibration, or ModelError."""
-    if not isinstance(calibration, dict) or calibration.get("type") != "logistic":
-        raise ModelError(f"{where}: encoder contract has no logistic calibration (got {calibration!r})")
+    """(a, b) of a ``{"type": "logistic" | "as-norm-logistic", "a": A, "b": B}`` calibration, or ModelError."""
+    if not isinstance(calibration, dict) or calibration.get("type") not in CALIBRATION_TYPES:
+        kind = calibration.get("type") if isinstance(calibration, dict) else calibration
+        raise ModelError(f"{where}: encoder contract has no logistic calibration (got type {kind!r})")
     try:
         a, b = float(calibration["a"]), float(calibration["b"])
     except (KeyError, TypeError, ValueError):
@@ -77,6 +82,29 @@ def check_calibration(calibration, where: str = "model") -> tuple[float, float]:
     if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
         raise ModelError(f"{where}: encoder calibration a={a}, b={b}: a must be finite and > 0")
     return a, b
+
+
+def encode_cohort(cohort: np.ndarray) -> str:
+    """(N, D) cohort -> base64 of little-endian float16 (what the contract stores)."""
+    return base64.b64encode(np.ascontiguousarray(cohort, dtype="<f2").tobytes()).decode("ascii")
+
+
+def check_score_norm(calibration, dim: int, where: str = "model"):
+    """The contract's AS-norm (scoring.ScoreNorm), None for a plain logistic one, or ModelError."""
+    from .scoring import ScoreNorm, normalise
+
+    if calibration.get("type") != "as-norm-logistic":
+        return None
+    try:
+        n, d = (int(v) for v in calibration["cohort_shape"])
+        top = int(calibration["top"])
+        raw = base64.b64decode(calibration["cohort"], validate=True)
+        cohort = np.frombuffer(raw, dtype="<f2").astype(np.float64).reshape(n, d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{where}: the AS-norm cohort in the contract is malformed ({e})") from None
+    if d != dim or n < 1 or top < 1 or not np.all(np.isfinite(cohort)):
+        raise ModelError(f"{where}: the AS-norm cohort is {n} x {d} (top {top}); the encoder's D is {dim}")
+    return ScoreNorm(normalise(cohort), top)
 
 
 class Encoder:
@@ -92,6 +120,7 @@ class Encoder:
         self.thresholds_loosened = list(thresholds_loosened or [])  # recorded in every decision
         self.measure = contract.uncertainty_measure
         self.calibration = check_calibration(contract.calibration, str(path))
+        self.score_norm = check_score_norm(contract.calibration, contract.embedding_dim, str(path))
 
     method = property(lambda self: self.contract.method)
     samples = property(lambda self: self.contract.samples)
@@ -174,6 +203,13 @@ class Encoder:
                      batch: int | None = MAX_BATCH) -> np.ndarray:
         """Trimmed 16 kHz speech -> (windows, S, D): cut into windows, rendered, embedded."""
         return self.embed(spectrogram(frame_windows(speech, hop_seconds)), batch=batch)
+
+    def score(self, emb: np.ndarray, names, centroids: np.ndarray) -> list:
+        """(W, S, D) embeddings against (P, D) profile centroids, best first, with this model's
+        calibration, uncertainty measure and score normalisation (``scoring.score_profiles``)."""
+        from .scoring import score_profiles
+
+        return score_profiles(emb, names, centroids, self.calibration, self.measure, self.score_norm)
 
     def warmup(self) -> None:
         """Run the encoder once, so the first real decision is warm."""

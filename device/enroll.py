@@ -42,7 +42,7 @@ from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectr
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
 from .options import default_threads
-from .scoring import centroid, normalise, score_profiles, window_embeddings
+from .scoring import centroid, normalise, window_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def door_p(samples: np.ndarray, profile_centroid: np.ndarray, encoder) -> float:
     (W, S, D) embeddings): the calibration is fitted on exactly those per-sample cosines, for MC
     samples and ensemble members alike."""
     centroids = np.asarray(profile_centroid, np.float64)[None]
-    return score_profiles(samples, ["profile"], centroids, encoder.calibration, encoder.measure)[0].p_allow
+    return encoder.score(samples, ["profile"], centroids)[0].p_allow
 
 
 def agreement_problems(embs: np.ndarray, stretches: list, encoder, samples: np.ndarray) -> list[Problem]:

@@ -18,7 +18,7 @@ from typing import Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, PathLike, load_audio
+from .audio import SAMPLE_RATE, NoSpeechError, PathLike, load_audio
 
 FEATURE_VERSION = "vg-stft-2"
 
@@ -138,7 +138,12 @@ def featurize(
     where = "audio array" if isinstance(source, np.ndarray) else str(source)
     if speech_probs is not None and (not isinstance(source, np.ndarray) or sample_rate != SAMPLE_RATE):
         raise ValueError("speech_probs only go with a 16 kHz array")
-    speech = speech_only(x, where=where, detector=detector, probs=speech_probs)
+    try:
+        speech = speech_only(x, where=where, detector=detector, probs=speech_probs)
+    except NoSpeechError as e:
+        if not isinstance(source, np.ndarray) and x.size >= int(MAX_READ_SECONDS * SAMPLE_RATE):
+            raise NoSpeechError(f"{e}; only the first {MAX_READ_SECONDS:g} s of a file are read") from None
+        raise
     if max_seconds is not None:
         speech = speech[: int(max_seconds * SAMPLE_RATE)]
     return spectrogram(frame_windows(speech, hop_seconds))

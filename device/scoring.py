@@ -13,7 +13,16 @@ The rule (the encoder contract in TEAM.md; ``voicegate eval`` uses the same func
    GRANTED as NAME / DENIED / UNCERTAIN. If a second profile also reaches the accept threshold
    the voice matches two people: UNCERTAIN, granted to neither.
 
-No cohort score normalisation (AS-norm): the shipped encoder carries no impostor cohort.
+**Score normalisation (AS-norm), when the model carries a cohort** (calibration type
+``as-norm-logistic``, :class:`ScoreNorm`): before step 4's calibration each ``cos_s`` becomes
+``0.5 * ((cos_s - mu_a) / sd_a + (cos_s - mu_p) / sd_p)``, with mu and sd the mean and spread of
+the ``top`` highest cosines of the attempt's mean embedding (a) and of the profile centroid (p)
+with the cohort: centroids of the encoder's TRAINING speakers, stored in the model. A voice that
+resembles many people (a common timbre, a shared channel) is judged against those look-alikes
+rather than against one fixed cosine. The calibration and thresholds of such a model were fitted
+on normalised scores of the validation speakers, and an older runtime refuses the model (unknown
+calibration type) rather than misreading it. The shipped encoders carry no cohort: AS-norm
+inflates voice-like sounds far from every real voice (``export/score_norm.py`` has the figures).
 
 :class:`ProfileGate` joins an :class:`~voicegate.device.encoder.Encoder` and a
 :class:`~voicegate.device.profiles.ProfileStore` into a gate with the classifier gate's
@@ -70,6 +79,34 @@ def calibrate(cos, calibration: tuple[float, float]) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
 
 
+STD_FLOOR = 1e-6  # AS-norm: the cohort spread never divides by (nearly) zero
+
+
+@dataclass(frozen=True)
+class ScoreNorm:
+    """Adaptive symmetric normalisation against a cohort of (N, D) unit-norm voice centroids."""
+
+    cohort: np.ndarray
+    top: int
+
+    def stats(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) unit embeddings -> mean and spread of each one's ``top`` best cohort cosines."""
+        c = np.einsum("nd,kd->nk", np.asarray(emb, np.float64), self.cohort)
+        k = max(1, min(self.top, c.shape[1]))
+        best = np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k:]
+        return best.mean(axis=1), np.maximum(best.std(axis=1), STD_FLOOR)
+
+    def apply(self, cos: np.ndarray, attempt: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """(S, P) cosines of one attempt (its mean embedding ``attempt``, (D,)) with P centroids."""
+        return self.apply_many(cos[None], attempt[None], centroids)[0]
+
+    def apply_many(self, cos: np.ndarray, attempts: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """(A, S, P) cosines of A attempts (mean embeddings (A, D)) with P centroids -> normalised."""
+        mu_a, sd_a = self.stats(normalise(attempts))
+        mu_p, sd_p = self.stats(centroids)
+        return 0.5 * ((cos - mu_a[:, None, None]) / sd_a[:, None, None] + (cos - mu_p) / sd_p)
+
+
 @dataclass
 class ProfileScore:
     name: str
@@ -80,11 +117,14 @@ class ProfileScore:
 
 
 def score_profiles(emb: np.ndarray, names: Sequence[str], centroids: np.ndarray,
-                   calibration: tuple[float, float], measure: str = "std") -> list[ProfileScore]:
+                   calibration: tuple[float, float], measure: str = "std",
+                   norm: Optional[ScoreNorm] = None) -> list[ProfileScore]:
     """Score an utterance's (W, S, D) embeddings against (P, D) centroids, best first.
 
     Vectorised over profiles: p_allow, std, entropy and mutual information of every profile's
-    S probabilities at once (the same formulas as ``policy.summarize``).
+    S probabilities at once (the same formulas as ``policy.summarize``). ``norm``: the model's
+    AS-norm (``Encoder.score_norm``), applied to the cosines before the calibration; use
+    ``Encoder.score`` rather than passing the pieces by hand.
     """
     if len(names) == 0:
         return []
@@ -94,7 +134,7 @@ def score_profiles(emb: np.ndarray, names: Sequence[str], centroids: np.ndarray,
     # einsum, not @: a (S, D) x (D, P) product is tiny, and a multithreaded BLAS on a busy CPU
     # can take 70 ms for it (measured here: 74 ms with @, 0.2 ms with one BLAS thread)
     cos = np.einsum("sd,pd->sp", e, np.asarray(centroids, dtype=np.float64))  # (S, P)
-    p = calibrate(cos, calibration)
+    p = calibrate(cos if norm is None else norm.apply(cos, e.mean(axis=0), centroids), calibration)
     p_allow = p.mean(axis=0)
     if measure == "std":
         unc = p.std(axis=0)
@@ -180,8 +220,7 @@ class ProfileGate:
         if self.reload:
             self.refresh()
         emb = self.encoder.embed(images)
-        scores = score_profiles(emb, self._names, self._centroids, self.encoder.calibration,
-                                self.encoder.measure)
+        scores = self.encoder.score(emb, self._names, self._centroids)
         verdict, speaker, reason = decide_by_name(scores, self.encoder.thresholds, self.encoder.measure)
         best = summarize(scores[0].samples[None, :])
         return NamedDecision(

@@ -11,15 +11,11 @@
 2. **Parity** on real validation windows: p = 0 matches torch eval within PARITY_ATOL; the mean
    cosine of the onnx samples to the eval embedding matches torch's MC mean within sampling error;
    the samples vary under onnxruntime's default session options.
-3. **Calibration and thresholds** on the VALIDATION speakers (training speakers held out of
-   encoder training; never the allowed or held-out speakers of any corpus): each is enrolled from
-   <= 30 s, every 3 s attempt is scored against every profile of its own corpus (a door's
-   impostors share its microphone; cross-corpus pairs are easy) with the device's scoring rule
-   (``voicegate.device.scoring``) and MC samples, one attempt per onnxruntime run. A logistic
-   map cosine -> probability is fitted on those trials (class-balanced, so p = 0.5 sits near the
-   equal-error point), then accept / uncertainty limit / deny are chosen on the calibrated
-   probabilities exactly as for the classifier (``thresholds.choose_thresholds``: FAR <= target
-   on impostor trials).
+3. **Calibration and thresholds** on the VALIDATION speakers (:mod:`.encoder_calibration`:
+   training speakers held out of encoder training, enrolled and attacked as at a door; a
+   logistic map cosine -> probability, then accept / uncertainty limit / deny for FAR <= target).
+   ``--score-norm as-norm`` first fits a cohort of the training speakers (:mod:`.score_norm`;
+   not the default) and calibrates the normalised scores instead.
 4. The model, its contract (kind ``encoder``), sha256 sidecar and manifest entry are written,
    then loaded back through the device (``voicegate.device.encoder.Encoder``).
 """
@@ -33,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from .encoder_calibration import _run, _session, calibrate_encoder, fit_calibration  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +97,6 @@ def export_encoder_mc(encoder, samples: int, opset: int = 17):
     return proto
 
 
-def _run(session, images: np.ndarray) -> np.ndarray:
-    from voicegate.device.runtime import as_model_input
-
-    return session.run(None, {session.get_inputs()[0].name: as_model_input(images)})[0]
-
-
-def _session(proto, threads: int = 1):
-    from voicegate.device.runtime import make_session
-
-    return make_session(proto.SerializeToString(), threads=threads)
-
-
 def check_parity(proto, encoder, images: np.ndarray, samples: int) -> dict:
     """Raise ExportError unless the graph reproduces ``encoder`` (see the module docstring)."""
     import torch
@@ -144,72 +130,15 @@ def check_parity(proto, encoder, images: np.ndarray, samples: int) -> dict:
             "windows": int(len(images)), "mc_samples_compared": int(onnx_cos.shape[1])}
 
 
-# --- validation trials, calibration, thresholds ------------------------------------------------
-def validation_trials(session, data) -> dict:
-    """Every validation attempt against every validation profile, MC samples: see encoder.trials."""
-    from voicegate.train.models.encoder import trials
-
-    rows, imgs = data.val_rows, data.val_images
-    enrol, attempts = [], []
-    for k in np.unique(rows[:, 0]):
-        mine = rows[:, 0] == k
-        e = np.flatnonzero(mine & (rows[:, 1] < 0))
-        enrol.append(_run(session, imgs[e].astype(np.float32) / 255.0))
-        for j in np.unique(rows[mine & (rows[:, 1] >= 0), 1]):
-            a = np.flatnonzero(mine & (rows[:, 1] == j))
-            attempts.append((int(k), _run(session, imgs[a].astype(np.float32) / 255.0)))
-    return trials(enrol, attempts)
-
-
-def same_corpus(trial: dict, speakers: list) -> dict:
-    """Only the trials whose profile and attempt come from the same corpus: a door's impostors
-    speak into the same microphone, and cross-corpus pairs (other language, other recording
-    chain) are easy, so they would loosen a threshold chosen for FAR <= 1 %."""
-    corpus = np.array([s.split("/")[0] for s in speakers])
-    keep = corpus[trial["profile"]] == corpus[trial["speaker"]]
-    return {k: v[keep] for k, v in trial.items()}
-
-
-def fit_calibration(cos_genuine: np.ndarray, cos_impostor: np.ndarray) -> dict:
-    """Class-balanced logistic regression of "same speaker" on the (trial-mean) cosine."""
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.concatenate([cos_genuine, cos_impostor]).reshape(-1, 1)
-    y = np.concatenate([np.ones(cos_genuine.size), np.zeros(cos_impostor.size)])
-    lr = LogisticRegression(C=1e4, class_weight="balanced", max_iter=1000).fit(x, y)
-    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
-    if not a > 0:
-        raise ValueError(f"calibration is not increasing in the cosine (a = {a:.3f}): the encoder does not separate voices")
-    return {"type": "logistic", "a": round(a, 6), "b": round(b, 6),
-            "fitted_on": "validation speakers' trial-mean cosines, class-balanced"}
-
-
-def choose(trial: dict, calibration: dict, target_far: float, measure: str, placement: str) -> tuple:
-    from voicegate.device.policy import summarize
-    from voicegate.device.scoring import calibrate
-
-    from .thresholds import choose_thresholds
-
-    p = calibrate(trial["cos"], (calibration["a"], calibration["b"]))  # (n, S)
-    stats = [summarize(row[None, :]) for row in p]
-    gen = trial["genuine"]
-    pos = [s for s, g in zip(stats, gen) if g]
-    neg = [s for s, g in zip(stats, gen) if not g]
-    thresholds, report = choose_thresholds(pos, neg, target_far, measure, placement=placement)
-    report["data"] = ("validation speakers (held out of encoder training; no allowed or held-out "
-                      "speaker of any corpus): genuine = own attempts, impostor = every other profile "
-                      "of the same corpus")
-    return thresholds, report
-
-
 # --- the export ------------------------------------------------------------------------------
 def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "checkpoint.pt",
-                   backend: str = "none") -> Path:
+                   backend: str = "none", score_norm: str = "none") -> Path:
     """Export an encoder run (``--method mc``) or several (``--method ensemble``: a deep ensemble
     of runs trained with different seeds, :mod:`.encoder_ensemble`) as ``cfg``
     (onnx_export.ExportConfig) says; returns the model path. ``backend``: "none" (default) or
     "wccn" (each member gets its own, fitted on its training windows: :mod:`.backend`; not the
-    default: it lets synthetic voices through, see there)."""
+    default: it lets synthetic voices through, see there). ``score_norm``: "none" or "as-norm"
+    (a cohort of training-speaker centroids in the contract: :mod:`.score_norm`)."""
     import onnxruntime as ort
 
     import voicegate
@@ -218,7 +147,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.device.features import feature_contract
     from voicegate.device.runtime import file_sha256
     from voicegate.train.data.encoder_data import EncoderData
-    from voicegate.train.models.encoder import eer, frr_at_far, load_encoder
+    from voicegate.train.models.encoder import load_encoder
 
     from . import graphs
     from .onnx_export import ExportError, refuse_other_featurizer, write_verified
@@ -293,22 +222,12 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     log.info("encoder parity OK: %s", parity)
 
     ort.set_seed(cfg.seed)
-    everything = validation_trials(_session(proto), data)
-    trial = same_corpus(everything, data.meta["validation_speakers"])
-    mean_cos = trial["cos"].mean(axis=1)
-    gen = trial["genuine"]
-    try:
-        calibration = fit_calibration(mean_cos[gen], mean_cos[~gen])
-        thresholds, val_report = choose(trial, calibration, cfg.target_far, cfg.measure, cfg.placement)
-    except ValueError as e:
-        raise ExportError(f"calibration/threshold selection failed: {e}") from None
-    e, _ = eer(mean_cos[gen], mean_cos[~gen])
-    frr1, _ = frr_at_far(mean_cos[gen], mean_cos[~gen], 0.01)
-    val_report["cosine"] = {"eer": round(e, 4), "frr_at_far_1pct": round(frr1, 4),
-                            "genuine_trials": int(gen.sum()), "impostor_trials": int((~gen).sum()),
-                            "speakers": len(data.meta["validation_speakers"]),
-                            "trials": "same-corpus pairs only (profile and attempt from one corpus)",
-                            "all_pairs_impostor_trials": int((~everything["genuine"]).sum())}
+    norm, norm_info = None, {"type": "none"}
+    if score_norm == "as-norm":
+        from .score_norm import fit_score_norm
+
+        norm, norm_info = fit_score_norm(_session(proto), data)
+    calibration, thresholds, val_report, e = calibrate_encoder(_session(proto), data, cfg, norm, norm_info)
     contract = ModelContract(
         features=feature_contract(), method=cfg.method, samples=samples, thresholds=thresholds,
         uncertainty_measure=cfg.measure, labels=["other_voice", "enrolled_voice"],
@@ -321,6 +240,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
                 "training_windows": summary.get("windows"), "run": run.name,
                 "runs": [r.name for r in runs]},
         metrics={"validation": val_report, "parity": parity, "backend": backend_info,
+                 "score_norm": {k: v for k, v in norm_info.items() if k != "cohort"},
                  "training": {"epochs": ckpt.get("epoch"), "history": _short_history(ckpt.get("history", []))},
                  "members": [{"run": r.name, "seed": m[1].get("train_config", {}).get("seed"),
                               "distill_weight": m[1].get("train_config", {}).get("distill_weight"),
@@ -334,12 +254,13 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
         kind="encoder", embedding_dim=dim, calibration=calibration,
     )
     digest, _ = write_verified(proto, contract, out, Encoder.load)
-    pol = val_report["policy"]
+    pol, sc = val_report["policy"], val_report.get("cosine") or val_report["as_norm_score"]
     print(f"encoder {cfg.method}: {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {digest[:12]}...)  "
           f"a={calibration['a']:.3f} b={calibration['b']:.3f}  accept={thresholds.accept:.4f} "
-          f"limit={thresholds.uncertainty_limit:.4f} deny={thresholds.deny:.4f}  val cosine EER {e:.2%}  "
+          f"limit={thresholds.uncertainty_limit:.4f} deny={thresholds.deny:.4f}  "
+          f"val {'cosine' if norm is None else 'AS-norm'} EER {e:.2%}  "
           f"FAR={pol['far']:.3f} FRR={pol['frr']:.3f} uncertain(genuine)={pol['allowed']['UNCERTAIN']:.3f}  "
-          f"({int(gen.sum())} genuine / {int((~gen).sum())} impostor trials)")
+          f"({sc['genuine_trials']} genuine / {sc['impostor_trials']} impostor trials)")
     return out
 
 
@@ -366,6 +287,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder runs: a linear back-end folded into the graph: wccn = within-class covariance "
                         "normalisation fitted on the training windows (better EER on people, but it grants "
                         "synthetic voices: see export/backend.py); default %(default)s")
+    p.add_argument("--score-norm", choices=("none", "as-norm"), default="none",
+                   help="encoders: adaptive score normalisation against a cohort of the training speakers, "
+                        "stored in the model, with the calibration and thresholds refitted on normalised "
+                        "scores; RUN may then also be an exported encoder .onnx, re-scored without its run "
+                        "folder (needs --cache). Better EER on people, but it lets a voice-like buzz in "
+                        "(export/score_norm.py); default %(default)s")
     p.add_argument("--checkpoint", default="checkpoint.pt",
                    help="encoder runs: checkpoint.pt (last epoch, default) or best.pt (lowest validation EER)")
 
@@ -375,6 +302,10 @@ def run(args: argparse.Namespace) -> int:
     from . import onnx_export
 
     runs = [args.run] if isinstance(args.run, str) else list(args.run)
+    if len(runs) == 1 and str(runs[0]).endswith(".onnx"):  # an exported encoder, re-scored
+        from .score_norm import run_rescore
+
+        return run_rescore(runs[0], args)
     if not is_encoder_run(runs[0]):
         if len(runs) != 1:
             print("voicegate export: a classifier run is one folder (its members are inside it)", file=sys.stderr)
@@ -391,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
         print("voicegate export: --samples must be >= 2 and --target-far in [0, 1)", file=sys.stderr)
         return 2
     try:
-        export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint, backend=args.backend)
+        export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint, backend=args.backend,
+                       score_norm=args.score_norm)
     except (onnx_export.ExportError, FileNotFoundError, ValueError) as e:
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("encoder export failed", exc_info=True)

@@ -122,6 +122,19 @@ def test_reading_is_capped(suite):
         A.load_audio(suite["sparse_2GB_zeros"].path)
 
 
+def test_speech_after_the_read_cap_is_named_in_the_reason(tmp_path):
+    import soundfile as sf
+
+    from voicegate.device.features import MAX_READ_SECONDS
+
+    late = tmp_path / "late.wav"  # silence past the cap, then a voice the decision never reads
+    tone = 0.3 * np.sin(np.linspace(0, 4000, 3 * A.SAMPLE_RATE)).astype(np.float32)
+    sf.write(late, np.concatenate([np.zeros(int((MAX_READ_SECONDS + 5) * A.SAMPLE_RATE), np.float32), tone]),
+             A.SAMPLE_RATE)
+    with pytest.raises(A.NoSpeechError, match=f"only the first {MAX_READ_SECONDS:g} s of a file are read"):
+        featurize(late)
+
+
 def test_arrays_with_bad_rates_shapes_or_values_are_audio_errors():
     x = np.zeros(1000, np.float32)
     for bad in (0, -16000, 4, 10**9, float("nan"), "fast"):

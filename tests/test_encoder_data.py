@@ -148,6 +148,20 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     assert emb.shape == (3, 4, 8)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
     assert (out.parent / (out.name + ".sha256")).is_file()
+    # AS-norm: the same graph re-scored against a cohort of the training speakers (export/score_norm.py)
+    from voicegate.device.scoring import ScoreNorm
+    from voicegate.export.score_norm import rescore
+
+    asn = Encoder.load(rescore(out, tmp_path / "models" / "enc-asn.onnx", str(data.folder), top=1))
+    cal = asn.contract.calibration
+    assert cal["type"] == "as-norm-logistic" and cal["a"] > 0 and cal["cohort_shape"] == [2, 8]  # 2 training voices
+    assert isinstance(asn.score_norm, ScoreNorm) and asn.score_norm.cohort.shape == (2, 8)
+    assert asn.contract.extra["rescored_from"]["sha256"] == enc.sha256 and asn.sha256 != enc.sha256
+    assert "as_norm_score" in asn.contract.metrics["validation"] and asn.contract.metrics["validation_raw_cosine"]
+    np.testing.assert_allclose(asn.embed(data.val_images[:3].astype(np.float32) / 255.0).mean(1),
+                               emb.mean(1), atol=0.3)  # the same graph (fresh MC masks)
+    with pytest.raises(ExportError, match="already normalised"):
+        rescore(tmp_path / "models" / "enc-asn.onnx", tmp_path / "models" / "x.onnx", str(data.folder))
     assert out.name in json.loads((out.parent / "manifest.json").read_text())
 
     # a deep ensemble: a second run from another seed on the same data, both in one graph
@@ -157,9 +171,9 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
     # members trained for seconds embed every synthetic voice alike in eval mode (no dropout noise to
     # fit either), so the cosine -> p fit has no slope to find: a fixed one stands in for it here
     # (the fit itself: test_encoder.test_calibration_is_monotone_and_rejects_a_non_separating_encoder)
-    import voicegate.export.encoder_export as encoder_export
+    import voicegate.export.encoder_calibration as encoder_calibration
 
-    monkeypatch.setattr(encoder_export, "fit_calibration", lambda g, i: {"type": "logistic", "a": 10.0, "b": -7.0})
+    monkeypatch.setattr(encoder_calibration, "fit_calibration", lambda g, i: {"type": "logistic", "a": 10.0, "b": -7.0})
     ens = export_encoder([run, run2], tmp_path / "models" / "enc-ens.onnx",
                          ExportConfig(method="ensemble", parity_windows=4))  # no back-end: the default
     e2 = Encoder.load(ens)

@@ -126,6 +126,48 @@ def test_encoder_refuses_a_classifier_a_modified_file_and_a_bad_calibration(tmp_
         Encoder.load(write_encoder_model(tmp_path / "nocal.onnx", calibration={"type": "platt"}))
 
 
+# --- AS-norm (a cohort in the model) -------------------------------------------------------------------
+def test_as_norm_is_the_symmetric_formula_over_the_top_cohort_voices():
+    from voicegate.device.scoring import ScoreNorm
+
+    rng = np.random.default_rng(0)
+    cohort = unit(rng.normal(size=(20, 6)))
+    norm = ScoreNorm(cohort, top=5)
+    e = unit(rng.normal(size=(SAMPLES, 6)))  # one attempt's sample embeddings
+    centroids = unit(rng.normal(size=(3, 6)))
+    cos = e @ centroids.T
+    got = norm.apply(cos, e.mean(0), centroids)
+    top_a = np.sort(cohort @ unit(e.mean(0)))[-5:]
+    for j in range(3):
+        top_p = np.sort(cohort @ centroids[j])[-5:]
+        want = 0.5 * ((cos[:, j] - top_a.mean()) / top_a.std() + (cos[:, j] - top_p.mean()) / top_p.std())
+        np.testing.assert_allclose(got[:, j], want, atol=1e-12)
+    # score_profiles calibrates the normalised scores, and only those
+    emb = np.repeat(e[None], 2, axis=0)  # (W=2, S, D): the same windows twice
+    with_norm = score_profiles(emb, ["a", "b", "c"], centroids, AB, norm=norm)
+    order = np.argsort(-calibrate(got, AB).mean(0), kind="stable")
+    assert [s.name for s in with_norm] == [["a", "b", "c"][j] for j in order]
+    np.testing.assert_allclose(with_norm[0].samples, calibrate(got[:, order[0]], AB), atol=1e-12)
+
+
+def test_a_model_with_a_cohort_loads_and_a_broken_or_unknown_one_is_refused(tmp_path):
+    from tiny_encoder import DIM
+
+    from voicegate.device.encoder import encode_cohort
+
+    cohort = unit(np.random.default_rng(1).normal(size=(7, DIM)))
+    cal = {**CALIBRATION, "type": "as-norm-logistic", "top": 3, "cohort": encode_cohort(cohort),
+           "cohort_shape": [7, DIM]}
+    enc = Encoder.load(write_encoder_model(tmp_path / "asn.onnx", calibration=cal))
+    assert enc.score_norm.top == 3 and enc.score_norm.cohort.shape == (7, DIM)
+    np.testing.assert_allclose(enc.score_norm.cohort, cohort, atol=2e-3)  # float16 in the contract
+    for broken in ({"cohort_shape": [7, DIM + 1]}, {"cohort": "not base64!"}, {"top": 0}):
+        with pytest.raises(ModelError, match="cohort"):
+            Encoder.load(write_encoder_model(tmp_path / "bad.onnx", calibration={**cal, **broken}))
+    with pytest.raises(ModelError, match="no logistic calibration"):  # a newer kind this runtime cannot read
+        Encoder.load(write_encoder_model(tmp_path / "new.onnx", calibration={**cal, "type": "as-norm-v2"}))
+
+
 def test_encoder_refuses_unnormalised_output(encoder, monkeypatch):
     class Doubling:
         def run(self, names, feeds):

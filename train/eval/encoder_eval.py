@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         c = embedder.contract
         info = {"name": embedder.name, "path": str(embedder.path), "sha256": embedder.sha256, "kind": c.kind,
                 "method": c.method, "samples": c.samples, "embedding_dim": c.embedding_dim,
-                "architecture": c.architecture, "thresholds": c.thresholds.to_dict(), "calibration": c.calibration}
+                "architecture": c.architecture, "thresholds": c.thresholds.to_dict(),
+                "calibration": {k: v for k, v in c.calibration.items() if k != "cohort"}}  # not 90 kB of cohort
         result = evaluate_corpus(embedder, args.corpus, channel_names(args.channels), c, args.out, info,
                                  enrol_seconds=args.enrol_seconds, attempt_seconds=args.attempt_seconds,
                                  seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress,

@@ -414,7 +414,13 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
     dim = centroids[0].size
     E = np.stack([e if e.shape[-1] == dim else np.zeros((embedder.samples, dim)) for e in embs])  # (A, S, D)
     C = np.stack(centroids)  # (P, D)
-    cos = np.einsum("asd,pd->aps", E, C).reshape(len(attempts) * len(profiles), -1)
+    norm = getattr(getattr(embedder, "encoder", None), "score_norm", None)  # the model's AS-norm, if any
+    if norm is None:
+        cos = np.einsum("asd,pd->aps", E, C).reshape(len(attempts) * len(profiles), -1)
+    else:  # the device's rule: each sample's cosine normalised against the model's cohort
+        cos = norm.apply_many(np.einsum("asd,pd->asp", E, C), E.mean(axis=1), C)
+        cos = cos.transpose(0, 2, 1).reshape(len(attempts) * len(profiles), -1)
+        info["score_norm"] = {"type": "as-norm", "top": norm.top, "cohort_speakers": int(len(norm.cohort))}
     info["attempt_speech_seconds"] = round(info["attempt_speech_seconds"], 1)
     if embed_ms:  # featurize + embed of one attempt, this process's load included
         info["attempt_embed_ms"] = {"median": round(float(np.median(embed_ms)), 2),

@@ -113,7 +113,8 @@ def operating_point(cos, failed, genuine, groups, calibration: dict, thresholds:
     p, d = decisions(cos, failed, calibration, thresholds, measure)
     g = np.asarray(groups, dtype=object)
     return {
-        "thresholds": thresholds.to_dict(), "calibration": dict(calibration), "uncertainty_measure": measure,
+        "thresholds": thresholds.to_dict(), "uncertainty_measure": measure,
+        "calibration": {k: v for k, v in calibration.items() if k != "cohort"},  # not 90 kB of AS-norm cohort
         "plain": plain_report(p[genuine], p[~genuine], thresholds.accept),
         "policy": policy_report(d[genuine], d[~genuine], g[genuine], g[~genuine]),
     }
@@ -247,8 +248,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {same} | {_pct(c['eer'])} | "
                          f"{_pct(c['peer_eer'])}{_ci(c['peer_eer_ci95'])} | {_pct(r['frr_at_far']['1%']['frr'])} | "
                          f"{_pct(c['peer_frr_at_far_1'])} |")
+    cal = result["model"].get("calibration") or {}
+    score = ("the cosine with the profile" if cal.get("type") != "as-norm-logistic" else
+             f"the AS-normalised cosine with the profile (top {cal.get('top')} of the model's cohort of "
+             f"{(cal.get('cohort_shape') or ['?'])[0]} training voices)")
     lines += ["", "EER interval: 95 % bootstrap over enrolled speakers; other intervals: 95 % Wilson. "
-              "Score: mean over samples of the cosine with the profile. Operating point: only GRANTED "
+              f"Score: mean over samples of {score}. Operating point: only GRANTED "
               "opens (UNCERTAIN and FAILED count as rejects); a retry is the same speaker's next attempt "
               "against the same profile.", ""]
     return "\n".join(lines)

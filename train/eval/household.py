@@ -52,10 +52,8 @@ class HouseholdGate:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(W, S): the best profile's p_s for every window (the scores are kept for the decision)."""
-        from voicegate.device.scoring import score_profiles
-
         emb = self.encoder.embed(images)
-        self._scores = score_profiles(emb, self.names, self.centroids, self.encoder.calibration, self.measure)
+        self._scores = self.encoder.score(emb, self.names, self.centroids)
         return np.repeat(self._scores[0].samples[None, :], emb.shape[0], axis=0)
 
     def decide_samples(self, samples: np.ndarray, started: Optional[float] = None):
