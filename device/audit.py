@@ -36,7 +36,9 @@ class AuditLog:
         self.path = Path(path)
         self.fsync = fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab")
+        # 0600 like the profiles: the log names who came to the door and when (an existing file
+        # keeps its mode, so an administrator may share it on purpose)
+        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
         if self._f.tell() > 0 and not _ends_with_newline(self.path):
             log.warning("%s: last line was partial (a crash?); starting a new line", self.path)
             self._f.write(b"\n")

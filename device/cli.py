@@ -24,7 +24,7 @@ import sys
 from typing import Sequence
 
 from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
-from .options import add_model_arguments, load_gate
+from .options import add_model_arguments, load_gate, one_line
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
-    print(f"voicegate: {kind}: {message}", file=sys.stderr)
+    print(f"voicegate: {kind}: {one_line(message)}", file=sys.stderr)
     if getattr(args, "json", False):
         import json
 

@@ -41,7 +41,7 @@ from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
 from .profiles import ProfileError, ProfileStore, Session, check_name
-from .options import default_threads
+from .options import default_threads, one_line, threads_count
 from .scoring import centroid, normalise, window_embeddings
 
 log = logging.getLogger(__name__)
@@ -304,15 +304,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="enrol despite warnings (never errors)")
     parser.add_argument("--min-speech", type=_min_speech, default=MIN_SPEECH_SECONDS, metavar="S",
                         help=f"seconds of speech needed (default {MIN_SPEECH_SECONDS:.0f})")
-    parser.add_argument("--threads", type=int, default=default_threads(),
+    parser.add_argument("--threads", type=threads_count, default=default_threads(),
                         help=f"onnxruntime threads (default {default_threads()})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _fail(args, code: int, message: str, extra: list | None = None) -> int:
-    print(f"voicegate enroll: {message}", file=sys.stderr)
+    print(f"voicegate enroll: {one_line(message)}", file=sys.stderr)
     for line in extra or []:
-        print(f"voicegate enroll: {line}", file=sys.stderr)
+        print(f"voicegate enroll: {one_line(line)}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"enrolled": False, "error": message, "problems": extra or [],
                           "exit_code": code}))

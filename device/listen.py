@@ -33,7 +33,7 @@ from .contract import (
 from .listener import DECISIONS, EXIT_OK, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
 from .door import add_door_arguments, door_from_args
 from .identify import add_profile_arguments
-from .options import add_model_arguments, load_gate
+from .options import add_model_arguments, load_gate, one_line
 from .policy import ThresholdError
 from .stream import (
     DEFAULT_CHUNK_SAMPLES,
@@ -97,7 +97,7 @@ def default_source_factory(args: argparse.Namespace) -> Callable[[], AudioSource
 
 
 def _error(message: str) -> None:
-    print(f"voicegate listen: error: {message}", file=sys.stderr)
+    print(f"voicegate listen: error: {one_line(message)}", file=sys.stderr)
 
 
 def _print_devices() -> int:

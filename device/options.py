@@ -52,6 +52,20 @@ def non_negative(text: str) -> float:
     return v
 
 
+MAX_THREADS = 64  # more onnxruntime threads than this is a typo (--threads 1000 took 15 s a decision)
+
+
+def threads_count(text: str) -> int:
+    """An argparse type: onnxruntime threads, 1 to MAX_THREADS."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= v <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_THREADS}, got {v}")
+    return v
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and threshold options shared by the device commands."""
     p.add_argument("--model", metavar="PATH",
@@ -69,9 +83,18 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow overrides that loosen the model's thresholds beyond the bounds "
                         f"(accept or deny lower by more than {MAX_ACCEPT_LOWERING:g}, uncertainty "
                         f"limit higher by more than {MAX_LIMIT_RAISE * 100:.0f} %%); always recorded")
-    p.add_argument("--threads", type=int, default=default_threads(),
+    p.add_argument("--threads", type=threads_count, default=default_threads(),
                    help=f"onnxruntime threads (default {default_threads()}: 2 on a machine with 2 cores "
                         "or more, else 1)")
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def one_line(text) -> str:
+    """``text`` with control characters escaped: an error about a file named ``a\\nGRANTED`` stays
+    one line, and cannot print a line that looks like a decision."""
+    return str(text).translate(_CONTROL)
 
 
 def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True):

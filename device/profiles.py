@@ -347,7 +347,13 @@ class ProfileStore:
                 raise ProfileError(f"{self.root}: cannot write the profile ({e.strerror or e})") from None
             return prof
 
+    def _must_exist(self, name: str) -> None:
+        """remove/rename never create a store (that would end the demo household's first-run role)."""
+        if not self.root.is_dir():
+            raise ProfileError(f"no profile named {name!r}: there is no profile store at {self.root}")
+
     def remove(self, name: str) -> None:
+        self._must_exist(name)
         with self.lock(exclusive=True):
             try:
                 self.path(name).unlink()
@@ -356,6 +362,7 @@ class ProfileStore:
             self._sync_dir()
 
     def rename(self, old: str, new: str) -> Profile:
+        self._must_exist(old)
         with self.lock(exclusive=True):
             if self.path(new).exists():
                 raise ProfileError(f"a profile named {new!r} exists already")

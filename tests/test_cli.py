@@ -115,6 +115,13 @@ def test_missing_audio_and_directory_exit_4(files, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_file_name_cannot_forge_a_line(files, tmp_path, capsys):
+    name = tmp_path / "x\nGRANTED as alice\r.wav"
+    assert main(["enroll-check", str(name), "--model", str(files["mc"])]) == 4
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "x\\nGRANTED as alice\\r.wav" in err
+
+
 def test_model_errors_exit_5(files, tmp_path, capsys, monkeypatch):
     wav = str(files["wav"])
     assert main(["enroll-check", wav, "--model", str(tmp_path / "missing.onnx")]) == 5

@@ -537,6 +537,7 @@ def test_audit_log_reader_skips_a_partial_last_line_and_writer_recovers(tmp_path
     with AuditLog(path) as log_:  # a restart: the next record goes on a fresh line
         log_.write({"type": "decision", "decision": "GRANTED", "n": 3})
     assert [r["n"] for r in read_audit_log(path)] == [0, 1, 2, 3]
+    assert path.stat().st_mode & 0o777 == 0o600  # it names who came to the door: the owner's only
 
 
 # --- process-level checks ------------------------------------------------------------------------

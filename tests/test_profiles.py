@@ -217,6 +217,9 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "no-encoder.onnx")
     assert cli("--profiles", root, "list") == 5  # no store yet
     assert "no profile store" in capsys.readouterr().err
+    assert cli("--profiles", root, "remove", "alice") == 5  # and a mistyped remove does not create one
+    assert cli("--profiles", root, "rename", "alice", "bob") == 5
+    assert not (tmp_path / "p").exists()
     store = ProfileStore(root)
     store.add_session("alice", SHA_A, DIM, session(1))
     store.add_session("bob", SHA_A, DIM, session(2))
