@@ -63,7 +63,7 @@ exit codes:
   {EXIT_AUDIO}  refused: a recording is unusable, too little speech, or a warning without --force
   {EXIT_MODEL}  the encoder model or the profile store cannot be used
   {EXIT_DEVICE}  --mic: the audio device is unavailable
-  {EXIT_INFO}  --help was printed: nothing was enrolled"""
+  {EXIT_INFO} --help was printed: nothing was enrolled"""
 
 
 class EnrolmentRefused(AudioError):

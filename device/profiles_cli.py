@@ -27,7 +27,7 @@ exit codes:
   {EXIT_USAGE}  usage error (bad command line, bad name)
   {EXIT_MODEL}  the profile (or the store) is missing, corrupt, made with another encoder, or cannot
      be written (list: the door would refuse, or nobody is enrolled)
-  {EXIT_INFO}  --help was printed: nothing was done"""
+  {EXIT_INFO} --help was printed: nothing was done"""
 
 
 def _common(parser: argparse.ArgumentParser, default=None) -> None:
