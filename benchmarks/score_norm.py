@@ -13,6 +13,8 @@ are scored five ways and each gets its EER and FRR at FAR 1 %, with the trial co
 * ``as_norm_top_N``: adaptive symmetric normalisation against a cohort, for N = 50, 100, 200, all:
   ``0.5 * ((s - mu_a) / sd_a + (s - mu_p) / sd_p)`` with mu, sd over the N cohort speakers
   closest to the attempt (a) and to the profile (p);
+* ``z_norm_top_N``: the profile's half of AS-norm alone, ``(s - mu_p) / sd_p`` (N = 50, all):
+  a per-profile rescaling of the cosine, blind to the attempt's own cohort neighbours;
 * ``centred``: cosine after subtracting the cohort mean;
 * ``wccn``: within-class covariance normalisation fitted on the training windows.
 
@@ -42,14 +44,15 @@ def rates(score: np.ndarray, genuine: np.ndarray) -> dict:
             "genuine_trials": int(g.size), "impostor_trials": int(i.size)}
 
 
-def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray, a_idx, p_idx, top: int) -> np.ndarray:
-    def stats(x):
-        k = min(top, x.shape[1])
-        best = -np.sort(-x, axis=1)[:, :k]
-        return best.mean(1), np.maximum(best.std(1), 1e-6)
+def as_norm_stats(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread of each row's ``top`` highest cohort cosines."""
+    best = -np.sort(-x, axis=1)[:, : min(top, x.shape[1])]
+    return best.mean(1), np.maximum(best.std(1), 1e-6)
 
-    ma, sa = stats(att_vs_cohort)
-    mp, sp = stats(prof_vs_cohort)
+
+def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray, a_idx, p_idx, top: int) -> np.ndarray:
+    ma, sa = as_norm_stats(att_vs_cohort, top)
+    mp, sp = as_norm_stats(prof_vs_cohort, top)
     return 0.5 * ((s - ma[a_idx]) / sa[a_idx] + (s - mp[p_idx]) / sp[p_idx])
 
 
@@ -69,6 +72,9 @@ def channel_scores(run, cohort: np.ndarray, X: np.ndarray, wccn: dict) -> dict:
     for top in (50, 100, 200, len(cohort)):
         name = f"as_norm_top_{top}" if top < len(cohort) else "as_norm_all"
         out[name] = rates(as_norm(s, att_c, prof_c, a_idx, p_idx, top), gen)
+    for top in (50, len(cohort)):  # the profile's half alone: an attempt's own neighbours play no part
+        mp, sp = as_norm_stats(prof_c, top)
+        out[f"z_norm_top_{top}" if top < len(cohort) else "z_norm_all"] = rates((s - mp[p_idx]) / sp[p_idx], gen)
     mu = X.mean(0)
     out["centred"] = rates(np.einsum("ad,pd->ap", normalise(e - mu), normalise(C - mu))[a_idx, p_idx], gen)
     ew = normalise((normalise(E) - wccn["mu"]) @ wccn["transform"])
