@@ -145,7 +145,7 @@ class Listener:
                             return EXIT_OK
                     return EXIT_OK
                 except AudioError as e:  # the input itself is unusable: retrying cannot help
-                    self._source_failed(e)
+                    self._source_failed(e, final=True)  # the command says why, in one line
                     return EXIT_AUDIO
                 except (KeyboardInterrupt, SystemExit):
                     raise
@@ -255,11 +255,11 @@ class Listener:
             log.warning("denying the utterance in progress (%.2f-%.2f s): %s", utt.start_s, utt.end_s, reason)
             self._record(denied_record(reason, gate=self.gate), utt)
 
-    def _source_failed(self, e: BaseException) -> None:
+    def _source_failed(self, e: BaseException, final: bool = False) -> None:
         self.stats.source_errors += 1
         name = getattr(self._source, "name", "source")
         self.last_error = str(e) or type(e).__name__
-        log.error("audio source %s failed: %s", name, e)
+        (log.info if final else log.error)("audio source %s failed: %s", name, e)
         self._deny_in_progress(f"audio source failed mid-utterance: {e}")
         self._event("source_error", source=name, error=f"{type(e).__name__}: {e}")
         self._close_source()
