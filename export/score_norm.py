@@ -156,8 +156,8 @@ def run_rescore(model: str, args: argparse.Namespace) -> int:
     from .onnx_export import ExportError
 
     if getattr(args, "score_norm", "none") != "as-norm":
-        print("voicegate export: an exported encoder (.onnx) can only be re-scored: pass --score-norm as-norm",
-              file=sys.stderr)
+        print("voicegate export: RUN is an exported model (.onnx): give a run folder to export, or re-score an "
+              "exported encoder with --score-norm as-norm --cache CACHE", file=sys.stderr)
         return 2
     try:
         rescore(model, args.out, args.cache)

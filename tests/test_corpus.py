@@ -68,6 +68,10 @@ def test_daps_versions_and_impostors(daps_root):
     assert {split[r.recording] for r in c.recordings if r.speaker == "m2"} == {HELDOUT}
     with pytest.raises(CorpusError, match="not found"):
         load_corpus(daps_root, versions=["ipad_office1"])
+    with pytest.raises(CorpusError, match="--impostors: no speaker m9"):  # a typo must not train on m2
+        load_corpus(daps_root, versions=["clean"], impostors="m2,m9")
+    with pytest.raises(CorpusError, match="--allowed: no speaker zz"):
+        load_corpus(daps_root, versions=["clean"], allowed=["zz"])
 
 
 def test_folder_per_speaker_layout(tmp_path):

@@ -94,6 +94,14 @@ def test_a_speaker_the_encoder_trained_on_is_never_enrolled(corpus):
     assert trained == {"f3"} and "validation_speakers" in P.check_unseen(plans, trained, lists)
     assert "roles only" in P.check_unseen(plans, None)
     assert P.training_speakers(None, c.root.name) == (None, [])
+    # a renamed copy of a training corpus is checked against every corpus's speakers: no leak
+    trained, lists = P.training_speakers(contract, "renamed-copy")
+    assert trained == {"f3", "m1"}
+    with pytest.raises(P.ProtocolError, match="renamed copy"):
+        P.check_unseen(plans, trained, lists)
+    trained, lists = P.training_speakers(contract, "renamed-copy")
+    unseen = P.check_unseen([p for p in plans if p.speaker not in ("f3", "m1")], trained, lists)
+    assert "every corpus" in unseen
 
 
 def test_make_trials_refuses_an_attempt_from_an_enrolment_recording():
@@ -247,3 +255,6 @@ def test_channel_names():
 
     assert EE.channel_names("all") == ["clean", *CHANNELS]
     assert EE.channel_names("clean, telephone") == ["clean", "telephone"]
+    for bad in ("bogus", "clean,telephon", ""):
+        with pytest.raises(ValueError, match="channel"):
+            EE.channel_names(bad)

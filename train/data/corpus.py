@@ -305,6 +305,11 @@ def load_corpus(
         raise CorpusError(f"{root}: no recordings found ({layout} layout)")
     speakers = {r.speaker for r in recordings}
     roles = default_roles(root, layout, speakers)
+    for flag, names in (("--allowed", allowed), ("--impostors", impostors)):
+        unknown = sorted(set(_names(names)) - speakers)
+        if unknown:  # a typo would otherwise train on the speaker meant to be held out
+            raise CorpusError(f"{flag}: no speaker {', '.join(unknown[:5])} in {root} "
+                              f"({len(speakers)} speakers, e.g. {', '.join(sorted(speakers)[:5])})")
     if allowed is not None or impostors is not None:
         roles = roles.with_overrides(allowed, impostors)
     roles = roles.resolve(speakers)

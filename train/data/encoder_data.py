@@ -252,8 +252,8 @@ def prepare_encoder_data(cfg: EncoderDataConfig) -> Path:
         if same_data(meta.get("config", {}), cfg.to_dict()) and meta.get("feature_contract") == feature_contract():
             log.info("%s: reusing the prepared encoder data", out)
             return out
-        log.info("%s: prepared with other settings or another featurizer (speech detector, "
-                 "spectrogram): preparing it again", out)
+        log.warning("%s: prepared with other settings or another featurizer (speech detector, "
+                    "spectrogram): preparing it again (runs trained on it can no longer be exported from it)", out)
     out.mkdir(parents=True, exist_ok=True)
     speakers, val_speakers, train_jobs, val_jobs, per_corpus = [], [], [], [], {}
     seq = np.random.SeedSequence(cfg.seed)
@@ -277,6 +277,9 @@ def prepare_encoder_data(cfg: EncoderDataConfig) -> Path:
                             "validation": val, "excluded_allowed": len(corpus.roles.allowed),
                             "excluded_heldout": len(corpus.roles.heldout_impostors),
                             "training_recordings": sum(len(by[s]) for s in train)}
+    if not train_jobs:
+        raise ValueError("no training speakers: every speaker of the corpora is allowed, held out or kept "
+                         "for validation (give more speakers, or fewer validation speakers)")
     t0 = time.time()
     labels, images, teacher, skipped = [], [], [], []
     ctx = mp.get_context("fork")
@@ -295,6 +298,9 @@ def prepare_encoder_data(cfg: EncoderDataConfig) -> Path:
                                       desc="encoder data: validation", unit="spk"):
             if enrol is not None and att:
                 val_enrol[index], val_attempts[index] = enrol, att
+    if not labels:
+        raise ValueError(f"no training recording gave a usable window ({len(skipped)} skipped, e.g. "
+                         f"{skipped[0] if skipped else '?'})")
     labels = np.concatenate(labels)
     np.save(out / "labels.npy", labels)
     arr = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,

@@ -40,6 +40,12 @@ def channel_names(spec: str) -> list[str]:
         from voicegate.train.data.channel import CHANNELS
 
         return [CLEAN, *CHANNELS]
+    from voicegate.train.data.channel import CHANNELS
+
+    unknown = [n for n in names if n != CLEAN and n not in CHANNELS]
+    if unknown or not names:
+        raise ValueError(f"unknown channel(s) {', '.join(unknown) or spec!r}: choose clean, all, "
+                         f"or from {', '.join(CHANNELS)}")
     return names
 
 
@@ -194,13 +200,21 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        channels = channel_names(args.channels)
+    except ValueError as e:
+        print(f"voicegate eval: {e}", file=sys.stderr)
+        return 2
+    if args.peer and not Path(args.peer).is_file():
+        print(f"voicegate eval: --peer {args.peer}: no such file (benchmarks/ge2e_peer.py writes it)", file=sys.stderr)
+        return 2
+    try:
         embedder = OnnxEmbedder(args.models[0], threads=args.threads, seed=args.seed)
         c = embedder.contract
         info = {"name": embedder.name, "path": str(embedder.path), "sha256": embedder.sha256, "kind": c.kind,
                 "method": c.method, "samples": c.samples, "embedding_dim": c.embedding_dim,
                 "architecture": c.architecture, "thresholds": c.thresholds.to_dict(),
                 "calibration": {k: v for k, v in c.calibration.items() if k != "cohort"}}  # not 90 kB of cohort
-        result = evaluate_corpus(embedder, args.corpus, channel_names(args.channels), c, args.out, info,
+        result = evaluate_corpus(embedder, args.corpus, channels, c, args.out, info,
                                  enrol_seconds=args.enrol_seconds, attempt_seconds=args.attempt_seconds,
                                  seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress,
                                  peer=args.peer, halves=args.halves)

@@ -138,13 +138,20 @@ def plan_speakers(recordings: Sequence, roles, split_seed: int = 0,
 SPEAKER_LISTS = ("training_speakers", "validation_speakers")
 
 
+ANY_CORPUS = "every corpus's ids (this corpus's name is not one the contract knows)"
+
+
 def training_speakers(contract, corpus_name: str) -> tuple[Optional[set], list]:
     """(speakers of ``corpus_name`` the encoder trained on or chose thresholds on, the names of
     the lists found) from its contract: ``corpus[...]`` or ``extra[...]`` under SPEAKER_LISTS,
-    each {corpus name: [ids]} or a list of "corpus/id" strings. (None, []) without any list."""
+    each {corpus name: [ids]} or a list of "corpus/id" strings. (None, []) without any list.
+
+    A corpus is named by its folder. When ``corpus_name`` is none of the names in the contract
+    (a renamed copy, ``LibriSpeech/`` for ``librispeech/``), its speakers are checked against
+    every corpus's ids instead, so a copy of a training corpus cannot pass as unseen."""
     if contract is None:
         return None, []
-    found, out = [], set()
+    found, per_corpus = [], {}
     for key in SPEAKER_LISTS:
         for where in (contract.corpus or {}, contract.extra or {}):
             value = where.get(key)
@@ -152,10 +159,20 @@ def training_speakers(contract, corpus_name: str) -> tuple[Optional[set], list]:
                 continue
             found.append(key)
             if isinstance(value, dict):
-                out.update(str(s) for s in value.get(corpus_name, ()))
+                for name, ids in value.items():
+                    per_corpus.setdefault(str(name), set()).update(map(str, ids))
             else:
-                out.update(s.split("/", 1)[1] for s in map(str, value) if s.startswith(corpus_name + "/"))
-    return (out if found else None), sorted(set(found))
+                for s in map(str, value):
+                    name, _, sid = s.partition("/")
+                    if sid:
+                        per_corpus.setdefault(name, set()).add(sid)
+    if not found:
+        return None, []
+    known = set(per_corpus) | set((contract.corpus or {}).get("corpora") or {})
+    lists = sorted(set(found))
+    if corpus_name in known or not known:
+        return per_corpus.get(corpus_name, set()), lists
+    return set().union(*per_corpus.values()), lists + [ANY_CORPUS]
 
 
 def check_unseen(plans: Sequence[SpeakerPlan], trained: Optional[set], lists: Sequence[str] = SPEAKER_LISTS) -> str:
@@ -164,10 +181,16 @@ def check_unseen(plans: Sequence[SpeakerPlan], trained: Optional[set], lists: Se
     if trained is None:
         return "the model's contract lists no training or validation speakers: checked by roles only"
     seen = sorted(p.speaker for p in plans if p.speaker in trained)
+    renamed = ANY_CORPUS in lists
+    lists = [x for x in lists if x != ANY_CORPUS]
     if seen:
-        raise ProtocolError(f"speakers the encoder trained on would be enrolled or attack: {seen[:10]}")
+        hint = (": is this folder a renamed copy of a corpus the encoder trained on? give it that "
+                "corpus's name" if renamed else "")
+        raise ProtocolError(f"speakers the encoder trained on would be enrolled or attack: {seen[:10]}{hint}")
+    where = ("speakers of every corpus (this corpus's name is not one the contract knows)" if renamed
+             else "speakers of this corpus")
     return (f"none of the {len(plans)} enrolled / impostor-only speakers is among the {len(trained)} "
-            f"speakers of this corpus in the contract's {' and '.join(lists)}")
+            f"{where} in the contract's {' and '.join(lists)}")
 
 
 # --- trials ---------------------------------------------------------------------------------------
@@ -246,14 +269,16 @@ ChannelFn = Callable[..., np.ndarray]
 def default_channel_fn(corpus: str, door_seed: int = 0) -> ChannelFn:
     """The training side's named channels (``voicegate.train.data.channel.apply_channel``), with
     the shared real noise beside the corpus (``<corpus>/../noise``) for the noisy room, and one
-    door: the same simulated room for every recording (``room_seed``), fresh noise per recording."""
+    door: the same simulated room for every recording (``room_seed``), fresh noise per recording.
+    The noise is the EVALUATION part of each file (``augment.noise_part``: the stretch training's
+    augmentation never reads), so the noisy room is not a room the encoder trained in."""
     import inspect
     from functools import partial
 
     from voicegate.train.data.augment import find_noise_dir, load_noises
     from voicegate.train.data.channel import apply_channel
 
-    kw = {"noises": load_noises(find_noise_dir(corpus)) or None}
+    kw = {"noises": load_noises(find_noise_dir(corpus), part="eval") or None}
     if "room_seed" in inspect.signature(apply_channel).parameters:
         kw["room_seed"] = door_seed
     else:

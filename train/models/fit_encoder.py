@@ -401,7 +401,9 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"voicegate train-encoder: no manifest.csv in {', '.join(missing)}", file=sys.stderr)
         return 2
-    data_cfg = EncoderDataConfig(corpora=[str(c) for c in corpora], cache=args.cache, noise_dir=args.noise,
+    # absolute paths in the run's records: its export must find the cache from any folder
+    data_cfg = EncoderDataConfig(corpora=[str(c.resolve()) for c in corpora], cache=str(Path(args.cache).resolve()),
+                                 noise_dir=str(Path(args.noise).resolve()) if args.noise else args.noise,
                                  max_windows=args.max_windows, aug_copies=args.aug_copies,
                                  teacher=not args.no_teacher, workers=args.workers, seed=args.data_seed,
                                  limit_speakers=args.limit_speakers)
@@ -416,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
               f"{c['validation_speakers']} validation speakers; excluded {c['excluded_allowed']} allowed + "
               f"{c['excluded_heldout']} held-out")
     cfg = EncoderTrainConfig(
-        data=str(folder), out=args.out, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+        data=str(Path(folder).resolve()), out=str(Path(args.out).resolve()), epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
         lr=args.lr, distill_weight=0.0 if args.no_teacher else args.distill_weight, threads=args.threads,
         seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
                                  "margin": args.margin, "scale": args.scale},
@@ -430,6 +432,10 @@ def run(args: argparse.Namespace) -> int:
         out = train_encoder(cfg)
     except ValueError as e:
         print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        return 1
+    if not (out / CHECKPOINT_NAME).is_file():
+        print(f"voicegate train-encoder: no epoch finished within --minutes {args.minutes:g}, so {out} holds "
+              "no checkpoint; give it more time", file=sys.stderr)
         return 1
     print(f"encoder run: {out} (checkpoint {out / CHECKPOINT_NAME}, best {out / BEST_NAME})")
     return 0

@@ -59,7 +59,11 @@ def read_checkpoint(path, fmt: str, what: str = "checkpoint") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own messages run to many lines (and advise weights_only=False)
+        raise ValueError(f"{path}: not a readable {what} (torch.load failed: {type(e).__name__}; "
+                         "truncated, or not a voicegate checkpoint?)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise ValueError(f"{path}: not a voicegate {what} (expected format {fmt})")
     return ckpt
