@@ -296,6 +296,10 @@ def run_protocol(plans: Sequence[SpeakerPlan], embedder, cfg: ProtocolConfig,
         a["enrolled"] = a["speaker"] in enrolled
     trials = make_trials([a["speaker"] for a in attempts], [a["recording"] for a in attempts],
                          [p["speaker"] for p in profiles], [set(p["recordings"]) for p in profiles])
+    if not trials.genuine.any() or trials.genuine.all():
+        kind = "genuine" if not trials.genuine.any() else "impostor"
+        raise ProtocolError(f"no {kind} trials: the protocol needs at least two speakers, one of them with a "
+                            f"recording left after enrolment ({len(profiles)} enrolled, {len(attempts)} attempts)")
     dim = centroids[0].size
     E = np.stack([e if e.shape[-1] == dim else np.zeros((embedder.samples, dim)) for e in embs])  # (A, S, D)
     C = np.stack(centroids)  # (P, D)

@@ -98,7 +98,7 @@ def evaluation_recordings(prep_cfg, roles: dict, split: str = "test"):
 
     root = Path(prep_cfg.corpus).expanduser()
     if not root.exists():
-        raise EvalError(f"corpus {root} (from the model's contract) not found; pass --corpus")
+        raise EvalError(f"corpus folder {root} not found (--corpus names it, else the model's contract)")
     allowed = roles.get("allowed") or prep_cfg.allowed
     impostors = roles.get("heldout_impostors") if "heldout_impostors" in roles else prep_cfg.impostors
     corpus = load_corpus(root, prep_cfg.layout, prep_cfg.versions, allowed, impostors)

@@ -99,15 +99,18 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
     set_threads(tcfg.threads)
     device = select_device(tcfg.device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     splits = {TRAIN: split_data(corpus, TRAIN)}
     for name in EVAL_SPLITS:  # evaluation always on clean windows
         splits[name] = split_data(corpus, name, aug=False)
     if tcfg.limit_train:
         splits[TRAIN] = splits[TRAIN].subset(tcfg.limit_train, tcfg.seed)
+    if len(set(splits[TRAIN].labels)) < 2:
+        raise SystemExit("the training split holds one class only: the corpus needs allowed and not-allowed "
+                         "speakers (see --allowed, and the corpus's roles.json)")
     if not len(splits[VAL]) or len(set(splits[VAL].labels)) < 2:
         raise SystemExit("the val split needs windows of both classes to select a model; prepare more recordings per speaker")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to train
     counts = np.bincount(splits[TRAIN].labels, minlength=2)
     log.info("train windows: %d not_allowed, %d allowed (class weights = inverse frequency)", counts[0], counts[1])
     for name in EVAL_SPLITS:
