@@ -329,8 +329,11 @@ def open_model(path: Path, threads: int = 1, seed: int | None = None):
     except Exception as e:  # onnxruntime raises its own types for invalid graphs
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
-    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
-    contract.check_features(feature_contract())
+    try:
+        contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+        contract.check_features(feature_contract())
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
     return session, contract, digest
 
 

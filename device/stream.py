@@ -218,9 +218,9 @@ def import_sounddevice():
     try:
         import sounddevice
     except OSError as e:  # sounddevice raises OSError when libportaudio is missing
-        raise AudioDeviceError(
-            f"PortAudio library not found ({_first_line(e)}); install libportaudio2", permanent=True
-        ) from None
+        why = _first_line(e)
+        detail = "" if why.lower().startswith("portaudio library not found") else f" ({why})"
+        raise AudioDeviceError(f"PortAudio library not found{detail}; install libportaudio2", permanent=True) from None
     except ImportError as e:
         raise AudioDeviceError(
             f"sounddevice is not installed ({_first_line(e)}); pip install sounddevice",
