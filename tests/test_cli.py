@@ -122,6 +122,18 @@ def test_a_file_name_cannot_forge_a_line(files, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "x\\nGRANTED as alice\\r.wav" in err
 
 
+def test_training_commands_check_out_before_the_work(tmp_path):
+    from voicegate.train.commands import out_problem
+
+    assert out_problem(str(tmp_path / "new" / "run")) is None and not (tmp_path / "new").exists()
+    assert out_problem(str(tmp_path / "m.onnx")) is None
+    (tmp_path / "file").write_text("x")
+    problem = out_problem(str(tmp_path / "file" / "run"))  # a file where the run's folder would go
+    assert problem and ("not a folder" in problem or "cannot write" in problem)
+    assert "cannot write" in out_problem("/proc/voicegate-nope/run")
+    assert not list(tmp_path.glob(".voicegate-out-check-*"))  # the probe leaves nothing behind
+
+
 def test_model_errors_exit_5(files, tmp_path, capsys, monkeypatch):
     wav = str(files["wav"])
     assert main(["enroll-check", wav, "--model", str(tmp_path / "missing.onnx")]) == 5

@@ -21,10 +21,45 @@ COMMANDS = {
 }
 
 
+def out_problem(out) -> str | None:
+    """Why ``--out`` cannot be written (None if it can), checked BEFORE the work: a run that
+    fails at its last step loses minutes or hours. A name with a suffix (``model.onnx``) is a
+    file, its folder must be writable; otherwise a folder. Nothing is left behind: the check
+    makes and removes a probe folder in the nearest existing ancestor."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        return f"--out {out}: exists and is neither a file nor a folder"
+    if path.suffix and path.is_dir():
+        return None
+    folder = path.parent if path.suffix else path
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"--out {out}: {ancestor} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".voicegate-out-check-", dir=ancestor))
+    except OSError as e:
+        return f"--out {out}: cannot write in {ancestor} ({e.strerror or e})"
+    return None
+
+
 def lazy_command(package: str, module: str):
-    """A `func(args) -> int` that imports `package.module` and calls its `run(args)`."""
+    """A `func(args) -> int` that checks ``--out`` (exit 2 if it cannot be written), imports
+    `package.module` and calls its `run(args)`."""
 
     def func(args: argparse.Namespace) -> int:
+        out = getattr(args, "out", None)
+        problem = out_problem(out) if isinstance(out, str) and out else None
+        if problem:
+            import sys
+
+            print(f"voicegate {getattr(args, 'command', module.split('.')[-1])}: {problem}", file=sys.stderr)
+            return 2
         mod = importlib.import_module(f"{package}.{module}")
         return mod.run(args)
 
