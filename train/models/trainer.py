@@ -158,6 +158,16 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
     return ensemble
 
 
+def no_run_message(run_dir) -> str:
+    """Why ``run_dir`` is not a classifier run: missing, an encoder run, or something else."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return f"{run_dir}: no such run folder"
+    if (run_dir / "encoder-run.json").is_file():
+        return f"{run_dir}: is a speaker-encoder run; this takes a classifier run (voicegate train)"
+    return f"{run_dir}: no run.json (not a voicegate training run)"
+
+
 def load_run(run_dir) -> list:
     """Every member of a run -> ``[(model on cpu in eval mode, checkpoint dict), ...]``."""
     from voicegate.train.models.classifier import load_checkpoint
@@ -165,7 +175,7 @@ def load_run(run_dir) -> list:
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no run.json (not a voicegate training run)")
+        raise FileNotFoundError(no_run_message(run_dir))
     info = json.loads(info_path.read_text())
     if info.get("format") != RUN_FORMAT:
         raise ValueError(f"{info_path}: unknown run format {info.get('format')!r}")

@@ -167,9 +167,11 @@ def start_report(args: argparse.Namespace, name: str, title: str) -> Report:
 
 # --- corpus, cache and run ---------------------------------------------------------------------
 def read_run_info(run_dir) -> dict:
+    from voicegate.train.models.trainer import no_run_message
+
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no run.json (not a voicegate training run)")
+        raise FileNotFoundError(no_run_message(run_dir))
     return json.loads(path.read_text())
 
 
