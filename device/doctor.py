@@ -91,7 +91,10 @@ def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Ch
     from .contract import ModelError
     from .runtime import read_verified_model
 
-    store = profiles.ProfileStore(store_dir)
+    try:
+        store = profiles.ProfileStore(store_dir)
+    except ModelError as e:  # an empty --profiles / $VOICEGATE_PROFILES
+        return Check("profiles", FAIL, str(e))
     names = store.names() if store.exists() else []
     if not names:
         status = FAIL if kind == "encoder" else SKIP

@@ -329,7 +329,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_USAGE, "give recordings (FILE...) or --mic, not both or neither")
     if not args.mic and (args.seconds or args.device):
         return _fail(args, EXIT_USAGE, "--seconds and --device go with --mic")
-    store = ProfileStore(args.profiles)
+    try:
+        store = ProfileStore(args.profiles)
+    except ProfileError as e:
+        return _fail(args, EXIT_USAGE, str(e))
     from .stream import AudioDeviceError
 
     try:

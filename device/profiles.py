@@ -75,10 +75,16 @@ def default_dir() -> Path:
 
 
 def resolve_dir(path: PathLike | None = None) -> Path:
-    """``path`` > ``$VOICEGATE_PROFILES`` > the per-user data directory."""
-    if path:
+    """``path`` > ``$VOICEGATE_PROFILES`` > the per-user data directory. An empty ``path`` or
+    variable is an error (ProfileError), never "the default": ``--profiles ''`` must not enrol
+    into, or decide against, a store nobody named."""
+    if path is not None:
+        if not str(path).strip():
+            raise ProfileError("--profiles is empty: name the profile store folder")
         return Path(path)
     env = os.environ.get(PROFILES_ENV)
+    if env is not None and not env.strip():
+        raise ProfileError(f"${PROFILES_ENV} is set but empty: name the profile store folder, or unset it")
     return Path(env) if env else default_dir()
 
 

@@ -139,7 +139,11 @@ def _show(args, store: ProfileStore) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The ``profiles`` command."""
-    store = ProfileStore(args.profiles)
+    try:
+        store = ProfileStore(args.profiles)
+    except ProfileError as e:
+        print(f"voicegate profiles: {e}", file=sys.stderr)
+        return EXIT_USAGE
     action = getattr(args, "action", None)
     if action is None:
         print("voicegate profiles: say list, show NAME, remove NAME or rename OLD NEW", file=sys.stderr)
