@@ -215,6 +215,11 @@ def cli(*argv: str) -> int:
 def test_profiles_command(tmp_path, capsys, monkeypatch):
     root = str(tmp_path / "p")
     missing = str(tmp_path / "no-encoder.onnx")
+    assert cli("--profiles", "", "list") == 2  # an empty store name is refused, never "the default"
+    monkeypatch.setenv("VOICEGATE_PROFILES", "")
+    assert cli("list") == 2
+    monkeypatch.delenv("VOICEGATE_PROFILES")
+    assert "is empty" in capsys.readouterr().err
     assert cli("--profiles", root, "list") == 5  # no store yet
     assert "no profile store" in capsys.readouterr().err
     assert cli("--profiles", root, "remove", "alice") == 5  # and a mistyped remove does not create one
