@@ -83,6 +83,20 @@ def untrained_contract(method: str, samples: int, arch: str):
     )
 
 
+def untrained(model):
+    """A random-weight model whose last layer is scaled down, so its p(allowed) stays off 0 and 1:
+    saturated outputs make every MC sample identical on the runtime's probe, which then (rightly)
+    refuses the model, and the listen run would measure nothing (seen in CI, 2026-12-03)."""
+    import torch
+
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.05)
+        if last.bias is not None:
+            last.bias.zero_()
+    return model
+
+
 def export_mc(model, samples: int, path: Path, arch: str) -> Path:
     from voicegate.export import graphs
     from voicegate.export.onnx_export import write_model
@@ -146,9 +160,9 @@ def setup_models(args, work: Path) -> dict:
         else:
             path = work / f"compact-{method}.onnx"
             if method == "mc":
-                export_mc(build_model(compact_cfg), args.samples, path, "compact")
+                export_mc(untrained(build_model(compact_cfg)), args.samples, path, "compact")
             else:
-                export_ensemble([build_model(compact_cfg) for _ in range(args.members)], path, "compact")
+                export_ensemble([untrained(build_model(compact_cfg)) for _ in range(args.members)], path, "compact")
             out[name] = {"path": path, "untrained": True,
                          "source": "the compact architecture, untrained (random weights): speed and size only"}
     for name in VARIANTS[1:]:
