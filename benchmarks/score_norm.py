@@ -44,21 +44,17 @@ def rates(score: np.ndarray, genuine: np.ndarray) -> dict:
             "genuine_trials": int(g.size), "impostor_trials": int(i.size)}
 
 
-def as_norm_stats(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and spread of each row's ``top`` highest cohort cosines."""
-    best = -np.sort(-x, axis=1)[:, : min(top, x.shape[1])]
-    return best.mean(1), np.maximum(best.std(1), 1e-6)
-
-
-def as_norm(s: np.ndarray, att_vs_cohort: np.ndarray, prof_vs_cohort: np.ndarray, a_idx, p_idx, top: int) -> np.ndarray:
-    ma, sa = as_norm_stats(att_vs_cohort, top)
-    mp, sp = as_norm_stats(prof_vs_cohort, top)
+def as_norm(s: np.ndarray, e: np.ndarray, C: np.ndarray, a_idx, p_idx, norm) -> np.ndarray:
+    """The device's AS-norm (``device.scoring.ScoreNorm``) of the trials' raw scores ``s``: the
+    attempts' mean embeddings ``e`` (A, D) and the profiles' centroids ``C`` (P, D) against the cohort."""
+    ma, sa = norm.stats(e)
+    mp, sp = norm.stats(C)
     return 0.5 * ((s - ma[a_idx]) / sa[a_idx] + (s - mp[p_idx]) / sp[p_idx])
 
 
 def channel_scores(run, cohort: np.ndarray, X: np.ndarray, wccn: dict) -> dict:
     """The five scorings of one protocol run (one channel): EER and FRR at FAR 1 % each."""
-    from voicegate.device.scoring import normalise
+    from voicegate.device.scoring import ScoreNorm, normalise
 
     E, C = run.attempt_embeddings, run.centroids  # (A, S, D), (P, D)
     a_idx, p_idx, gen = run.trials.attempt, run.trials.profile, run.trials.genuine
@@ -68,12 +64,11 @@ def channel_scores(run, cohort: np.ndarray, X: np.ndarray, wccn: dict) -> dict:
     raw = np.einsum("asd,pd->ap", normalise(E), C) / E.shape[1]
     s = raw[a_idx, p_idx]
     out = {"raw": rates(s, gen)}
-    att_c, prof_c = e @ cohort.T, C @ cohort.T
     for top in (50, 100, 200, len(cohort)):
         name = f"as_norm_top_{top}" if top < len(cohort) else "as_norm_all"
-        out[name] = rates(as_norm(s, att_c, prof_c, a_idx, p_idx, top), gen)
+        out[name] = rates(as_norm(s, e, C, a_idx, p_idx, ScoreNorm(cohort, top)), gen)
     for top in (50, len(cohort)):  # the profile's half alone: an attempt's own neighbours play no part
-        mp, sp = as_norm_stats(prof_c, top)
+        mp, sp = ScoreNorm(cohort, top).stats(C)
         out[f"z_norm_top_{top}" if top < len(cohort) else "z_norm_all"] = rates((s - mp[p_idx]) / sp[p_idx], gen)
     mu = X.mean(0)
     out["centred"] = rates(np.einsum("ad,pd->ap", normalise(e - mu), normalise(C - mu))[a_idx, p_idx], gen)

@@ -101,7 +101,7 @@ class Lockout:
             event = {"type": "event", "event": "lockout", "cooloff_s": self.cooloff_s,
                      "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s"}
             log.info("lockout: %d denied/uncertain within %.0f s; no access for %.0f s",
-                        self.max_failures, self.window_s, self.cooloff_s)
+                     self.max_failures, self.window_s, self.cooloff_s)
         self._save()
         return event
 

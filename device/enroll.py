@@ -181,6 +181,11 @@ def door_p(samples: np.ndarray, profile_centroid: np.ndarray, encoder) -> float:
     return encoder.score(samples, ["profile"], centroids)[0].p_allow
 
 
+def median_door_p(samples: np.ndarray, stretches: list, profile_centroid: np.ndarray, encoder) -> float:
+    """The median over the new speech's stretches of :func:`door_p` against one profile."""
+    return float(np.median([door_p(samples[idx], profile_centroid, encoder) for _, idx in stretches]))
+
+
 def agreement_problems(embs: np.ndarray, stretches: list, encoder, samples: np.ndarray) -> list[Problem]:
     """Stretches of speech whose voice does not match the rest (below the deny threshold).
 
@@ -216,7 +221,7 @@ def rival_problems(samples: np.ndarray, stretches: list, name: str, store, encod
             prof = store.load(other, encoder.sha256)
         except ProfileError:
             continue  # a stale or broken profile is reported by listen / profiles list
-        p = float(np.median([door_p(samples[idx], prof.centroid(), encoder) for _, idx in stretches]))
+        p = median_door_p(samples, stretches, prof.centroid(), encoder)
         if p >= encoder.thresholds.accept:
             out.append(Problem("warning", f"this voice already matches {other} (p {p:.2f}): "
                                "at the door both would be UNCERTAIN; same person twice?"))
@@ -231,7 +236,7 @@ def extension_problems(samples: np.ndarray, stretches: list, name: str, store, e
         prof = store.load(name, encoder.sha256)
     except ProfileError:
         return []  # another encoder or a broken profile: add_session refuses it with its reason
-    p = float(np.median([door_p(samples[idx], prof.centroid(), encoder) for _, idx in stretches]))
+    p = median_door_p(samples, stretches, prof.centroid(), encoder)
     log.info("extension: the new speech vs %s's profile: p %.3f", name, p)
     if p < EXTEND_MIN_P:
         return [Problem("warning", f"this voice does not match {name}'s profile (p {p:.2f} < {EXTEND_MIN_P:.2f}): "

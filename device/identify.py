@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from .contract import ModelError
-from .profiles import PROFILES_ENV, EmptyStoreError, ProfileError, ProfileStore
+from .profiles import PROFILES_ENV, EmptyStoreError, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +56,13 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"decide against the demo household shipped in models/{DEMO_DIR_NAME}")
 
 
-def _named_store(args) -> str | None:
-    """``--profiles`` > ``$VOICEGATE_PROFILES``; an empty value is an error, never "unset"."""
-    given = getattr(args, "profiles", None)
-    if given is not None:
-        if not str(given).strip():
-            raise ProfileError("--profiles is empty: name the profile store folder")
-        return given
-    env = os.environ.get(PROFILES_ENV)
-    if env is not None and not env.strip():
-        raise ProfileError(f"${PROFILES_ENV} is set but empty: name the profile store folder, or unset it")
-    return env
+def _store_named(args) -> bool:
+    """Is a store named, by ``--profiles`` or ``$VOICEGATE_PROFILES`` (even empty: an error)?"""
+    return getattr(args, "profiles", None) is not None or os.environ.get(PROFILES_ENV) is not None
 
 
 def _asked_for_profiles(args) -> bool:
-    return bool(getattr(args, "profiles", None) is not None or getattr(args, "demo", False)
-                or os.environ.get(PROFILES_ENV) is not None)
+    return _store_named(args) or bool(getattr(args, "demo", False))
 
 
 def profile_store(args, implicit_demo: bool = True) -> tuple[ProfileStore, bool]:
@@ -81,9 +72,8 @@ def profile_store(args, implicit_demo: bool = True) -> tuple[ProfileStore, bool]
     """
     if getattr(args, "demo", False):
         return ProfileStore(demo_dir()), True
-    explicit = _named_store(args)
-    if explicit:
-        return ProfileStore(explicit), False
+    if _store_named(args):  # that store and nothing else (profiles.resolve_dir refuses an empty name)
+        return ProfileStore(getattr(args, "profiles", None)), False
     personal = ProfileStore(None)
     if os.path.lexists(personal.root) or not demo_dir().is_dir():
         return personal, False  # a file or a dangling link there fails when loaded: no demo people

@@ -28,20 +28,19 @@ WCCN_EPS = 1e-3  # ridge on S_w (its trace is about 1: unit-norm embeddings)
 
 
 def training_embeddings(encoder, data, versions=(0, 1), batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(n, D) eval-mode embeddings of the training windows (clean + first augmented) and labels."""
+    """(n, D) eval-mode embeddings of the training windows (clean + first augmented) and labels:
+    the cohort's loop (``score_norm.training_window_embeddings``) with the torch encoder."""
     import torch
 
-    xs, ys = [], []
+    from .score_norm import training_window_embeddings
+
     encoder.eval()
-    with torch.no_grad():
-        for v in versions:
-            if v >= data.images.shape[1]:
-                continue
-            for i in range(0, data.labels.size, batch):
-                x = torch.from_numpy(data.images[i : i + batch, v].astype(np.float32)[:, None] / 255.0)
-                xs.append(encoder(x).numpy().astype(np.float64))
-                ys.append(np.asarray(data.labels[i : i + batch]))
-    return np.concatenate(xs), np.concatenate(ys)
+
+    def embed(images: np.ndarray) -> np.ndarray:  # (n, 224, 224) -> (n, 1, D): one "sample"
+        with torch.no_grad():
+            return encoder(torch.from_numpy(images[:, None])).numpy()[:, None, :]
+
+    return training_window_embeddings(embed, data, versions, batch)
 
 
 def fit_wccn(x: np.ndarray, y: np.ndarray, eps: float = WCCN_EPS) -> dict:
