@@ -45,7 +45,7 @@ META_SAMPLES = "voicegate.samples"
 META_VERSION = "voicegate.version"
 
 # --- exit codes (the CLI and `listen` share them) ------------------------------------------
-EXIT_GRANTED = 0  # enroll-check: GRANTED, and nothing else (listen: stopped cleanly)
+EXIT_GRANTED = 0  # GRANTED, and nothing else (listen: its last decision, at --max-utterances)
 EXIT_DENIED = 1
 EXIT_USAGE = 2
 EXIT_UNCERTAIN = 3
@@ -54,6 +54,7 @@ EXIT_MODEL = 5  # the model is missing, invalid, modified or mismatched (also in
 EXIT_DEVICE = 6  # listen: the audio device is unavailable (no PortAudio, no input device, or it
 #                  failed and --exit-on-error was given)
 EXIT_AUDIT = 7  # listen: the audit log cannot be opened or written
+EXIT_STOPPED = 8  # listen: stopped (Ctrl-C, SIGTERM, end of --from-file): no decision in the code
 EXIT_INFO = 10  # --help or --version was printed: nothing was decided (never 0, which opens)
 
 DECISION_EXIT = {GRANTED: EXIT_GRANTED, DENIED: EXIT_DENIED, UNCERTAIN: EXIT_UNCERTAIN}
@@ -69,11 +70,13 @@ EXIT_MEANINGS = {
     EXIT_DEVICE: "the audio device is unavailable: PortAudio missing, no input device, or the device\n"
                  "     failed with --exit-on-error (without it, listen retries with back-off)",
     EXIT_AUDIT: "the audit log cannot be opened or written",
+    EXIT_STOPPED: "stopped (Ctrl-C, SIGTERM, end of --from-file) before --max-utterances: no decision",
     EXIT_INFO: "help or version printed: nothing was decided",
 }
 ENROLL_CHECK_EXITS = (EXIT_GRANTED, EXIT_DENIED, EXIT_UNCERTAIN, EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL,
                       EXIT_INFO)
-LISTEN_EXITS = (EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL, EXIT_DEVICE, EXIT_AUDIT, EXIT_INFO)
+LISTEN_EXITS = (EXIT_GRANTED, EXIT_DENIED, EXIT_UNCERTAIN, EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL,
+                EXIT_DEVICE, EXIT_AUDIT, EXIT_STOPPED, EXIT_INFO)
 
 
 def exit_codes_help(codes=ENROLL_CHECK_EXITS, overrides: Mapping[int, str] | None = None,
@@ -86,10 +89,14 @@ def exit_codes_help(codes=ENROLL_CHECK_EXITS, overrides: Mapping[int, str] | Non
 
 EXIT_CODES_HELP = exit_codes_help()
 LISTEN_EXIT_CODES_HELP = exit_codes_help(
-    (EXIT_GRANTED, *LISTEN_EXITS),
-    {EXIT_GRANTED: "stopped cleanly (end of --from-file, --max-utterances reached, Ctrl-C or SIGTERM)",
-     EXIT_AUDIO: "the --from-file audio cannot be used (the reason is printed)"},
-    "Each decision is a printed line (GRANTED, DENIED or UNCERTAIN), never an exit code.",
+    LISTEN_EXITS,
+    {EXIT_GRANTED: "GRANTED    --max-utterances reached and the last decision was GRANTED",
+     EXIT_DENIED: "DENIED     --max-utterances reached and the last decision was DENIED",
+     EXIT_UNCERTAIN: "UNCERTAIN  --max-utterances reached and the last decision was UNCERTAIN",
+     EXIT_AUDIO: "the --from-file audio cannot be used (the reason is printed)",
+     EXIT_INFO: "help or the device list printed: nothing was decided"},
+    "Each decision is a printed line; only --max-utterances turns the last one into the exit\n"
+    "code. Anything but 0 means no access (fail closed).",
 )
 
 # Feature-contract fields whose mismatch makes a model unusable with this featurizer.

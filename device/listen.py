@@ -3,7 +3,8 @@
 The command line around :class:`~voicegate.device.listener.Listener` (the loop: endpointing,
 deciding, the audit log, lost audio and device failures; see its module). Every decision is
 appended to the audit log (flushed and fsync'd) before it is printed. Ctrl-C or SIGTERM stops it
-cleanly (exit 0) after closing the log. Exit codes: ``LISTEN_EXIT_CODES_HELP`` in
+cleanly (exit 8, never 0) after closing the log; with ``--max-utterances N`` the N-th decision is
+the exit code (0 only for GRANTED). Exit codes: ``LISTEN_EXIT_CODES_HELP`` in
 :mod:`~voicegate.device.contract`.
 
 sounddevice is imported only when the microphone source opens (never for ``--from-file``).
@@ -27,10 +28,11 @@ from .contract import (
     EXIT_DEVICE,
     EXIT_INFO,
     EXIT_MODEL,
+    EXIT_STOPPED,
     EXIT_USAGE,
     LISTEN_EXIT_CODES_HELP,
 )
-from .listener import DECISIONS, EXIT_OK, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
+from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
 from .door import add_door_arguments, door_from_args
 from .identify import add_profile_arguments
 from .options import add_model_arguments, load_gate, one_line
@@ -75,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exit-on-error", action="store_true", help="exit (code 6) when the device fails instead of retrying"
     )
     parser.add_argument(
-        "--max-utterances", type=int, metavar="N", help="stop after N decisions (default: run until stopped)"
+        "--max-utterances", type=int, metavar="N", help="stop after N decisions and exit with the last one's code: 0 GRANTED, 1 DENIED, 3 UNCERTAIN "
+        "(default: run until stopped, exit 8)"
     )
 
 
@@ -112,7 +115,7 @@ def _print_devices() -> int:
     for d in devices:
         mark = "*" if d["default"] else " "
         print(f"{mark} {d['index']:>3}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
-    return EXIT_OK
+    return EXIT_INFO  # information, not a decision: never 0
 
 
 class _SigtermAsInterrupt:
@@ -164,7 +167,7 @@ def run(
                     return EXIT_AUDIT
             code = _listen(args, audit, gate_factory, source_factory, listener_options)
         except KeyboardInterrupt:  # Ctrl-C while loading the model or opening the source
-            code = EXIT_OK
+            code = EXIT_STOPPED
         except BaseException:
             _close_audit(audit, EXIT_AUDIT)  # quietly: the exception is what gets reported
             raise

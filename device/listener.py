@@ -21,13 +21,11 @@ from typing import Callable, Optional
 
 from .audio import SAMPLE_RATE, AudioError, NoSpeechError
 from .audit import AuditLog, stamped
-from .contract import EXIT_AUDIO, EXIT_DEVICE
+from .contract import DECISION_EXIT, EXIT_AUDIO, EXIT_DEVICE, EXIT_STOPPED
 from .policy import DENIED, GRANTED, UNCERTAIN
 from .stream import AudioSource, Endpointer, Utterance
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0  # stopped cleanly: end of the replayed file, --max-utterances, Ctrl-C or SIGTERM
 
 DECISIONS = (GRANTED, DENIED, UNCERTAIN)
 
@@ -60,7 +58,8 @@ class ListenStats:
     reopens: int = 0
     dropped_chunks: int = 0  # over every source opened so far
     audio_lost: int = 0  # utterances denied because audio was lost in them
-    exit_code: int = EXIT_OK
+    exit_code: int = EXIT_STOPPED
+    last_decision: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +120,7 @@ class Listener:
         except KeyboardInterrupt:
             log.info("interrupted: stopping")
             self._deny_in_progress("listen stopped mid-utterance")
-            code = EXIT_OK
+            code = EXIT_STOPPED
         finally:
             self._close_source()
         self.stats.exit_code = code
@@ -142,8 +141,8 @@ class Listener:
                 except StopIteration:
                     for utt in self.endpointer.flush():
                         if self._decide(utt):
-                            return EXIT_OK
-                    return EXIT_OK
+                            return self._reached_code()
+                    return EXIT_STOPPED
                 except AudioError as e:  # the input itself is unusable: retrying cannot help
                     self._source_failed(e, final=True)  # the command says why, in one line
                     return EXIT_AUDIO
@@ -161,7 +160,11 @@ class Listener:
                 self._note_loss(len(chunk))
                 for utt in self.endpointer.feed(chunk):
                     if self._decide(utt):
-                        return EXIT_OK
+                        return self._reached_code()
+
+    def _reached_code(self) -> int:
+        """At ``max_utterances``: the last decision's exit code (0 only for GRANTED)."""
+        return DECISION_EXIT.get(self.stats.last_decision, EXIT_STOPPED)
 
     def _decide(self, utt: Utterance) -> bool:
         """Decide one utterance and record it; True once ``max_utterances`` is reached."""
@@ -207,6 +210,7 @@ class Listener:
         record = self._write(record)
         self.stats.decisions += 1
         self.stats.counts[record["decision"]] = self.stats.counts.get(record["decision"], 0) + 1
+        self.stats.last_decision = record["decision"]
         self.emit(record)
         return record
 

@@ -25,6 +25,7 @@ from badaudio import DECISION, EXIT4, KINDS
 from voicegate.device import audio as A
 from voicegate.device import cli
 from voicegate.device.audit import read_audit_log
+from voicegate.device.contract import EXIT_STOPPED
 from voicegate.device.features import IMAGE_SIZE, featurize
 
 NAMES = [k.name for k in KINDS]
@@ -270,11 +271,11 @@ def test_listen_from_file_outcome(suite, grant_model, name, capfd, tmp_path):
     decisions = [json.loads(line).get("decision") for line in out.splitlines() if line.startswith("{")]
     assert "Traceback" not in err and "Traceback" not in out
     if case.expect == DECISION:  # decided: at least one utterance, and the model grants them all
-        assert code == 0, err
+        assert code == EXIT_STOPPED, err  # the end of the file, not a decision: never 0
         assert decisions and set(decisions) == {"GRANTED"}, (out, err)
         assert [r["decision"] for r in read_audit_log(log) if r["type"] == "decision"] == decisions
     elif case.kind.reason == "no speech":  # a stream of silence holds no utterance
-        assert code == 0 and decisions == [] and err.strip() == "", (code, out, err)
+        assert code == EXIT_STOPPED and decisions == [] and err.strip() == "", (code, out, err)
     else:
         lines = err.strip().splitlines()
         assert code == 4 and decisions == [] and len(lines) == 1, (code, out, err)

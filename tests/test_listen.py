@@ -20,6 +20,7 @@ from synth import synth_voice, write_wav
 from voicegate.device import listen, listener as loop
 from voicegate.device.audio import AudioError, NoSpeechError, load_audio
 from voicegate.device.audit import AuditError, AuditLog, read_audit_log
+from voicegate.device.contract import DECISION_EXIT, EXIT_STOPPED as STOPPED
 from voicegate.device.stream import (
     ArraySource,
     AudioDeviceError,
@@ -104,7 +105,7 @@ def test_listen_decisions_are_chunk_size_invariant(stream):
     runs = []
     for chunk in (160, 1000, 4096):
         lst, records = listener(FakeGate(), [ArraySource(audio, chunk)])
-        assert lst.run() == 0
+        assert lst.run() == STOPPED
         runs.append([stable(r) for r in records])
     assert len(runs[0]) == 4
     assert runs[0] == runs[1] == runs[2]
@@ -272,7 +273,7 @@ def test_missing_portaudio_is_one_line_exit_6(tmp_path, monkeypatch, capsys):
 
 def test_list_devices_prints_inputs_only(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice([]))
-    assert listen.run(parse("--list-devices")) == 0
+    assert listen.run(parse("--list-devices")) == listen.EXIT_INFO  # information, not a decision: never 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "USB mic" in out[0] and out[0].startswith("*") and "array mic" in out[1]
 
@@ -282,7 +283,7 @@ def test_from_file_gives_one_decision_per_utterance(tmp_path, stream, capsys):
     audio, spans = stream
     wav = write_wav(tmp_path / "talk.wav", audio)
     log_path = tmp_path / "audit.jsonl"
-    assert listen.run(parse("--from-file", wav, "--log", log_path), gate_factory=lambda a: FakeGate()) == 0
+    assert listen.run(parse("--from-file", wav, "--log", log_path), gate_factory=lambda a: FakeGate()) == STOPPED
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(spans)
     assert all(line.split()[1] in ("GRANTED", "DENIED", "UNCERTAIN") for line in lines)
@@ -294,11 +295,34 @@ def test_from_file_gives_one_decision_per_utterance(tmp_path, stream, capsys):
                     "utt_start_s", "utt_end_s", "reason", "dropped_chunks"):
             assert key in r
 
-    # --json: one object per line, same decisions; --max-utterances stops early
-    args = parse("--from-file", wav, "--json", "--chunk-samples", 4096, "--max-utterances", 3)
-    assert listen.run(args, gate_factory=lambda a: FakeGate()) == 0
-    objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [stable(o) for o in objs] == [stable(r) for r in records[:3]]
+    # --json: one object per line, same decisions; --max-utterances stops early, and the exit
+    # code is then the last decision's (0 only for GRANTED)
+    for n in (1, 2, 3):
+        args = parse("--from-file", wav, "--json", "--chunk-samples", 4096, "--max-utterances", n)
+        code = listen.run(args, gate_factory=lambda a: FakeGate())
+        objs = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [stable(o) for o in objs] == [stable(r) for r in records[:n]]
+        assert code == DECISION_EXIT[objs[-1]["decision"]], (n, code, objs[-1]["decision"])
+
+
+@pytest.mark.parametrize("decision", ["GRANTED", "DENIED", "UNCERTAIN"])
+def test_exit_0_only_for_a_granted_last_decision_at_max_utterances(stream, decision):
+    """`listen --max-utterances N && open` opens only on GRANTED; any other stop is exit 8."""
+    audio, spans = stream
+
+    class OneWay(FakeGate):
+        def decide_audio(self, a, speech_probs=None):
+            d = super().decide_audio(a)
+            d.decision = decision
+            return d
+
+    lst, records = listener(OneWay(), [ArraySource(audio, 1600)], max_utterances=2)
+    assert lst.run() == DECISION_EXIT[decision] and len(records) == 2
+    assert (DECISION_EXIT[decision] == 0) == (decision == "GRANTED")
+    lst, records = listener(OneWay(), [ArraySource(audio, 1600)])  # the stream ends first
+    assert lst.run() == STOPPED != 0 and len(records) == len(spans)
+    lst, records = listener(OneWay(), [ArraySource(audio, 1600)], max_utterances=len(spans) + 1)
+    assert lst.run() == STOPPED and len(records) == len(spans)  # not reached: no decision code
 
 
 def test_gate_errors_fail_closed(stream, tmp_path):
@@ -317,7 +341,7 @@ def test_gate_errors_fail_closed(stream, tmp_path):
 
     audit = AuditLog(tmp_path / "audit.jsonl")
     lst, records = listener(BadGate(), [ArraySource(audio)], audit=audit)
-    assert lst.run() == 0
+    assert lst.run() == STOPPED
     audit.close()
     # no speech after all: no decision (nothing opens), only an event in the audit log
     assert [r["decision"] for r in records[:2]] == ["DENIED"] * 2
@@ -376,7 +400,7 @@ def test_listen_records_a_loosened_threshold_in_every_record_and_refuses_past_th
     assert main(argv + ["--uncertainty-limit", "0.3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad thresholds" in err and "--unsafe-thresholds" in err
-    assert main(argv + ["--uncertainty-limit", "0.12", "--json"]) == 0
+    assert main(argv + ["--uncertainty-limit", "0.12", "--json"]) == STOPPED
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "thresholds looser than the model's" in err
     records = read_audit_log(log_path)
@@ -406,7 +430,7 @@ def test_listen_help_is_not_exit_0(capsys):
     assert "exit codes:" in capsys.readouterr().out
 
 
-def test_keyboard_interrupt_denies_in_progress_and_exits_0(tmp_path, stream):
+def test_keyboard_interrupt_denies_in_progress_and_exits_8(tmp_path, stream):
     audio, spans = stream
     stop_at = int((spans[1][0] + 0.6) * SR) // 1600  # in the middle of the second utterance
 
@@ -415,7 +439,7 @@ def test_keyboard_interrupt_denies_in_progress_and_exits_0(tmp_path, stream):
     code = listen.run(
         parse("--log", log_path), gate_factory=lambda a: FakeGate(), source_factory=lambda a: (lambda: src)
     )
-    assert code == 0 and src.closed
+    assert code == STOPPED and src.closed
     records = read_audit_log(log_path)
     assert [r["decision"] for r in records][-1] == "DENIED"
     assert len(records) == 2 and "stopped mid-utterance" in records[-1]["reason"]
@@ -435,7 +459,7 @@ def test_device_failure_denies_in_progress_and_retries_with_backoff(stream, tmp_
     sleeps = []
     audit = AuditLog(tmp_path / "audit.jsonl")
     lst, records = listener(FakeGate(), sources, audit=audit, sleep=sleeps.append)
-    assert lst.run() == 0
+    assert lst.run() == STOPPED
     audit.close()
     assert sleeps == [0.5, 1.0, 2.0]
     assert len(records) == 1 + 1 + 4  # one decided, one denied mid-utterance, then all four again
@@ -455,7 +479,7 @@ def test_an_utterance_with_lost_audio_is_denied_and_says_why(stream, tmp_path, k
     gate = GrantingGate()
     audit = AuditLog(tmp_path / "audit.jsonl")
     lst, records = listener(gate, [LossySource(audio, at=mid_second, kind=kind)], audit=audit)
-    assert lst.run() == 0
+    assert lst.run() == STOPPED
     audit.close()
     assert [r["decision"] for r in records] == ["GRANTED", "DENIED", "GRANTED", "GRANTED"]
     assert [r["audio_lost"] for r in records] == [False, True, False, False]
@@ -469,7 +493,7 @@ def test_audio_lost_in_a_pause_denies_nobody(stream):
     audio, spans = stream
     in_pause = int((spans[1][0] - 0.7) * SR) // 1600  # 0.7 s before the second voice starts
     lst, records = listener(GrantingGate(), [LossySource(audio, at=in_pause)])
-    assert lst.run() == 0
+    assert lst.run() == STOPPED
     assert [r["decision"] for r in records] == ["GRANTED"] * 4
     assert not any(r["audio_lost"] for r in records)
 
@@ -507,7 +531,7 @@ def test_backoff_doubles_to_the_cap_and_resets_after_audio():
                FlakySource(audio)]
     sleeps = []
     lst, _ = listener(FakeGate(), sources, sleep=sleeps.append)
-    assert lst.run() == 0 and sleeps == [0.5, 0.5]
+    assert lst.run() == STOPPED and sleeps == [0.5, 0.5]
 
 
 def test_exit_on_error_and_permanent_errors_stop(stream):
@@ -558,11 +582,11 @@ def test_no_sounddevice_import_unless_the_microphone_is_used(tmp_path, stream):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "HEAVY [] 0" in out.stdout
+    assert "HEAVY [] 8" in out.stdout
     assert sum(1 for line in out.stdout.splitlines() if line.startswith("{")) == 4
 
 
-def test_sigterm_stops_cleanly_with_exit_0(tmp_path, stream):
+def test_sigterm_stops_cleanly_with_exit_8(tmp_path, stream):
     audio, _ = stream
     wav = write_wav(tmp_path / "talk.wav", audio)
     log_path = tmp_path / "audit.jsonl"
@@ -579,7 +603,7 @@ def test_sigterm_stops_cleanly_with_exit_0(tmp_path, stream):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == 0, proc.stderr.read().decode()
+    assert rc == STOPPED, proc.stderr.read().decode()
     raw = log_path.read_bytes()
     assert raw.endswith(b"\n")  # closed cleanly: no partial line
     assert len(read_audit_log(log_path)) == raw.count(b"\n") > 5

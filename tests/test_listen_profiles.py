@@ -14,6 +14,7 @@ from tiny_encoder import model  # noqa: F401 (fixture)
 from voicegate.device import identify
 from voicegate.device.audit import read_audit_log
 from voicegate.device.cli import main
+from voicegate.device.contract import EXIT_STOPPED
 
 SR = 16000
 
@@ -144,7 +145,7 @@ def test_the_demo_household_never_stands_in_for_an_empty_or_broken_store(capsys,
     assert code == 5 and "nobody is enrolled" in err and not lines
     code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["stream"], "--model", str(model), "--json",
                                        "--demo"])
-    assert code == 0 and "alice" in {d.get("speaker") for d in lines}
+    assert code == EXIT_STOPPED and "alice" in {d.get("speaker") for d in lines}
 
 
 def test_method_never_swaps_the_enrolled_people_for_the_classifier(capsys, clips, tmp_path, monkeypatch,
@@ -176,13 +177,13 @@ def test_listen_decides_by_name_into_the_audit_log(capsys, clips, household, tmp
     audit = tmp_path / "audit.jsonl"
     code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["stream"], "--profiles", str(household),
                                        "--model", str(model), "--json", "--log", str(audit)])
-    assert code == 0
+    assert code == EXIT_STOPPED
     assert [(x["decision"], x["speaker"]) for x in lines] == [
         ("GRANTED", "alice"), ("DENIED", None), ("GRANTED", "bob")]
     logged = [r for r in read_audit_log(audit) if r.get("type") == "decision"]
     assert [r["speaker"] for r in logged] == ["alice", None, "bob"]
     assert all(set(r["scores"]) == {"alice", "bob"} and len(r["decision_id"]) == 32 for r in logged)
-    assert main(["listen", "--from-file", clips["stream"], "--profiles", str(household), "--model", str(model)]) == 0
+    assert main(["listen", "--from-file", clips["stream"], "--profiles", str(household), "--model", str(model)]) == EXIT_STOPPED
     assert "GRANTED as alice" in capsys.readouterr().out
 
 
@@ -207,7 +208,7 @@ def test_on_grant_runs_with_the_name_and_the_decision_id(capsys, clips, househol
     code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["f1-door"], "--profiles", str(household),
                                        "--model", str(model), "--json", "--log", str(audit),
                                        "--on-grant", f"{sys.executable} {script} {out}"])
-    assert code == 0 and lines[0]["speaker"] == "alice"
+    assert code == EXIT_STOPPED and lines[0]["speaker"] == "alice"
     deadline = time.monotonic() + 20
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -222,7 +223,7 @@ def test_lockout_stops_granting_and_survives_a_restart(capsys, clips, household,
             str(model), "--json", "--log", str(audit), "--lockout-after", "3", "--lockout-window", "600",
             "--lockout-cooloff", "600"]
     code, lines, err = run_json(capsys, argv)
-    assert code == 0 and [x["decision"] for x in lines] == ["DENIED"] * 4
+    assert code == EXIT_STOPPED and [x["decision"] for x in lines] == ["DENIED"] * 4
     assert lines[2].get("lockout_started") and lines[3].get("locked_out") and "lockout" in err
     assert "would have granted" in lines[3]["reason"]
     assert (tmp_path / "audit.jsonl.lockout.json").is_file()

@@ -21,6 +21,8 @@ import pytest
 from synth import synth_voice, write_wav
 from tiny_encoder import model  # noqa: F401 (fixture)
 
+from voicegate.device.contract import DECISION_EXIT
+
 SINK = "voicegate_door"
 
 
@@ -88,9 +90,10 @@ def listen_to(door: str, play: Path, argv: list[str], tmp_path: Path) -> list[di
         if proc.poll() is None:
             proc.kill()
             out, err = proc.communicate()
-    assert proc.returncode == 0, err[-2000:]
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    assert lines, f"no decision came out; stderr: {err[-2000:]}"
+    assert lines, f"no decision came out (exit {proc.returncode}); stderr: {err[-2000:]}"
+    # --max-utterances 1: the exit code is that decision's (0 only for GRANTED)
+    assert proc.returncode == DECISION_EXIT[lines[-1]["decision"]], (proc.returncode, err[-2000:])
     return lines
 
 

@@ -45,13 +45,13 @@ def test_short_soak_every_decision_logged_and_rss_flat(tmp_path, record_property
     with AuditLog(log_path) as audit:
         # warm-up: first allocations (numpy, logging, json) are not a leak
         warm = listen.Listener(FakeGate(), lambda: ArraySource(audio, loops=2), audit=audit)
-        assert warm.run() == 0
+        assert warm.run() == listen.EXIT_STOPPED
         rss_start = rss_mb()
         t0 = time.perf_counter()
         soak = listen.Listener(
             FakeGate(), lambda: ArraySource(audio, chunk_samples=1024, loops=LOOPS), audit=audit, emit=emitted.append
         )
-        assert soak.run() == 0
+        assert soak.run() == listen.EXIT_STOPPED
         duration = time.perf_counter() - t0
         rss_end = rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
