@@ -236,8 +236,7 @@ def door_model(model: str | None, method: str | None) -> Path:
         enc = importlib.import_module(".encoder", __package__)
     except ImportError:
         return resolve_model_path(None, method)
-    encoder = enc.resolve_encoder_path(None, method)
-    return encoder if (encoder.is_file() or enc.shipped_encoder().is_file()) else resolve_model_path(None, method)
+    return enc.resolve_encoder_path(None, method) if enc.build_has_encoder(method) else resolve_model_path(None, method)
 
 
 def run(args: argparse.Namespace) -> int:

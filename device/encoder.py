@@ -48,6 +48,13 @@ def shipped_encoder(method: str | None = None) -> Path:
     return models_dir() / (DEFAULT_ENCODER_NAME if method in (None, "mc") else f"voicegate-encoder-{method}.onnx")
 
 
+def build_has_encoder(method: str | None = None) -> bool:
+    """Does this build (or ``$VOICEGATE_ENCODER``) hold an encoder? Then a door decides by name
+    whatever ``--method`` says (a missing ensemble encoder fails, exit 5); only a build without
+    any encoder falls back to the study's classifier (the rule of identify and doctor)."""
+    return shipped_encoder().is_file() or resolve_encoder_path(None, method).is_file()
+
+
 def resolve_encoder_path(model_path: PathLike | None = None, method: str | None = None) -> Path:
     """``model_path`` > ``$VOICEGATE_MODEL`` > ``$VOICEGATE_ENCODER`` > the shipped encoder
     (``method`` picks mc or ensemble). enroll, profiles, enroll-check and listen all read the

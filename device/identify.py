@@ -89,7 +89,7 @@ def _method(args) -> str | None:
 
 def wants_encoder(args) -> bool:
     """Does this command line decide with an encoder (by name) rather than the classifier?"""
-    from .encoder import model_kind, resolve_encoder_path, shipped_encoder
+    from .encoder import build_has_encoder, model_kind
 
     named = getattr(args, "model", None) or os.environ.get(MODEL_ENV)
     if named:
@@ -97,10 +97,7 @@ def wants_encoder(args) -> bool:
         if kind != "encoder" and _asked_for_profiles(args):
             raise ModelError(f"{named}: is a {kind} model; --profiles/--demo need an encoder-kind model")
         return kind == "encoder"
-    # an encoder build decides by name, whatever --method says (a missing ensemble encoder then
-    # fails: exit 5); only a build without any encoder falls back to the study's classifier
-    return (_asked_for_profiles(args) or shipped_encoder().is_file()
-            or resolve_encoder_path(None, _method(args)).is_file())
+    return _asked_for_profiles(args) or build_has_encoder(_method(args))
 
 
 def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
