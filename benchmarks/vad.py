@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import random
 import resource
@@ -64,7 +65,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))  # as the tests
 sys.path.insert(0, str(REPO / "tests"))
 
 from voicegate.device import speech  # noqa: E402

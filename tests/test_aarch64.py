@@ -10,13 +10,12 @@ machine's normal-range onnxruntime. Downloads are cached in tools/aarch64/.cache
 
 Tolerances (pi_emu.compare): same decision, exit code, model sha256, windows and samples; the
 ensemble's p_allow and uncertainty within 1e-4; an MC model's within its sampling error (new
-dropout masks every run). Without qemu the emulated tests skip, except under CI=true (or
-VOICEGATE_REQUIRE_AARCH64=1), where .ci/run installs qemu-user-static and they must run.
+dropout masks every run). Without qemu the emulated tests skip, except under .ci/run (VOICEGATE_REQUIRE_SHARED=1), CI=true or
+VOICEGATE_REQUIRE_AARCH64=1, where .ci/run installs qemu-user-static and they must run.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools" / "aarch64"))
 
 import pi_emu  # noqa: E402
+from conftest import skip_or_fail  # noqa: E402
 
 EXAMPLE = REPO / "models" / "example.wav"
 ALLOWED = REPO / "models" / "example-librispeech-2414.flac"  # the demo household's allowed voice
@@ -42,18 +42,12 @@ CASES = [
 ]
 
 
-def _required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("VOICEGATE_REQUIRE_AARCH64") == "1"
-
-
 @pytest.fixture(scope="module")
 def pi() -> pi_emu.Pi:
     try:
         return pi_emu.Pi.build()
     except pi_emu.EmulationError as e:
-        if _required():
-            pytest.fail(f"aarch64 emulation unavailable: {e} (CI=true makes this a failure)")
-        pytest.skip(f"aarch64 emulation unavailable: {e}")
+        skip_or_fail(f"aarch64 emulation unavailable: {e}")
 
 
 def x86(args) -> dict:

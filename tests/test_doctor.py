@@ -148,7 +148,7 @@ def test_slow_decision_fails_the_budget():
 # --- profiles ----------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    profiles = pytest.importorskip("voicegate.device.profiles")
+    from voicegate.device import profiles
     encoder = tmp_path / "enc.onnx"  # only its sha256 matters to the check
     shutil.copy(SHIPPED, encoder)
     write_sidecar(encoder)
@@ -176,7 +176,6 @@ def test_profile_made_with_another_encoder_fails(store, tmp_path):
 
 
 def test_profile_checks_without_a_store(tmp_path, monkeypatch):
-    pytest.importorskip("voicegate.device.profiles")
     assert doctor.check_profiles(tmp_path / "none", "classifier").status == doctor.SKIP
     c = doctor.check_profiles(tmp_path / "none", "encoder")
     assert c.status == doctor.FAIL and "no one is enrolled" in c.message
@@ -241,9 +240,9 @@ def test_door_model_is_the_one_a_door_would_use(tmp_path, monkeypatch):
     assert doctor.door_model(None, None) == SHIPPED
     assert doctor.door_model(None, "ensemble").name == "voicegate-compact-ensemble.onnx"
     monkeypatch.setattr(enc, "shipped_encoder", real)
-    if real().is_file():  # an encoder build: --method picks the encoder of that method, never a classifier
-        assert doctor.door_model(None, None) == real()
-        assert doctor.door_model(None, "ensemble") == real("ensemble")
+    assert real().is_file()  # this build ships an encoder: --method picks its encoder, never a classifier
+    assert doctor.door_model(None, None) == real()
+    assert doctor.door_model(None, "ensemble") == real("ensemble")
     (tmp_path / "enc.onnx").write_bytes(b"x")
     monkeypatch.setenv("VOICEGATE_ENCODER", str(tmp_path / "enc.onnx"))
     assert doctor.door_model(None, None) == tmp_path / "enc.onnx"  # enroll-check's default

@@ -13,6 +13,7 @@ import pytest
 from voicegate.device.audio import SAMPLE_RATE
 from voicegate.train.data import channel
 
+from conftest import skip_or_fail
 from synth import make_manifest_corpus, synth_voice
 
 
@@ -77,7 +78,7 @@ def test_teacher_batched_mels_match_resemblyzer():
     from voicegate.train.models import teacher
 
     if importlib.util.find_spec("resemblyzer") is None:
-        pytest.skip("the GE2E teacher is not installed (pip install --no-deps resemblyzer)")
+        skip_or_fail("the GE2E teacher is not installed (pip install --no-deps resemblyzer)")
     had = "pkg_resources" in sys.modules
     t = teacher.Teacher(threads=1)
     assert ("pkg_resources" in sys.modules) == had  # the stand-in does not outlive the import

@@ -233,16 +233,32 @@ def test_speaker_bootstrap_of_a_perfect_system_is_zero():
     assert R.bootstrap_eer(score, genuine, np.zeros(6, int)) is None  # one speaker: no interval
 
 
-def test_a_classifier_and_an_encoder_are_scored_on_the_same_attempts(corpus, encoder, tmp_path):
+def test_a_classifier_and_an_encoder_are_scored_on_the_same_attempts(corpus, encoder, tmp_path, monkeypatch):
     """`voicegate eval CLASSIFIER ENCODER`: the study's closed-set protocol, the encoder deciding as a
     household of the enrolled allowed speakers, both models on the very same attempts."""
+    import hashlib
+
     from test_evaluate import write_tiny
 
     from voicegate.train.eval import evaluate as E
 
+    seen: dict = {}  # gate name -> digest of every attempt's spectrogram images, in order
+    real = E.score_attempts
+
+    def spy(gates, *args, **kw):
+        for name, gate in gates.items():
+            def predict(images, _predict=gate.predict, _name=name):
+                seen.setdefault(_name, []).append(hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest())
+                return _predict(images)
+            gate.predict = predict
+        return real(gates, *args, **kw)
+
+    monkeypatch.setattr(E, "score_attempts", spy)
     clf = write_tiny(tmp_path / "clf-mc.onnx", corpus, "mc")
     result = E.evaluate(E.EvalConfig(models=[str(clf), str(encoder)], corpus=str(corpus), progress=False))
     names = list(result["models"])
+    assert list(seen) == names and len(seen[names[0]]) > 0
+    assert seen[names[0]] == seen[names[1]]  # the same attempts, image for image, in the same order
     assert names[0] == "clf-mc" and names[1].startswith("tiny-encoder (household of 2)")
     old, new = (result["models"][n]["verification"]["heldout_impostors"] for n in names)
     assert old["n_genuine"] == new["n_genuine"] > 0 and old["n_impostor"] == new["n_impostor"] > 0

@@ -1,4 +1,4 @@
-"""The README's training recipe produces what its results table shows (issue 14).
+"""The README's training recipe asks for what the shipped study needs (issue 14).
 
 The DAPS recipe is read from the README and parsed with the commands' own argument parsers, so
 a recipe that would train without held-out impostors (no open set), choose thresholds on other

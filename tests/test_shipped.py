@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from voicegate.device.contract import EXIT_DENIED, EXIT_GRANTED, EXIT_UNCERTAIN, ModelContract, ModelError
+from voicegate.device.contract import EXIT_DENIED, EXIT_GRANTED, EXIT_UNCERTAIN, META_CONTRACT, ModelContract
 from voicegate.device.runtime import file_sha256, make_session, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +39,9 @@ def manifest() -> dict:
 def contract_of(path: Path) -> ModelContract | None:
     """The model's voicegate contract, or None for an ONNX file that carries none."""
     meta = make_session(str(path)).get_modelmeta().custom_metadata_map
-    try:
-        return ModelContract.from_metadata(meta)
-    except ModelError:
+    if META_CONTRACT not in meta:
         return None
+    return ModelContract.from_metadata(meta)  # a malformed contract raises: never dropped unseen
 
 
 def gate_models() -> list[str]:
