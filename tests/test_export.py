@@ -20,6 +20,7 @@ from voicegate.device.runtime import Gate, file_sha256, run_session
 from voicegate.export import graphs
 from voicegate.export.onnx_export import (
     ExportConfig,
+    MC_PARITY_ROUNDS,
     ExportError,
     check_ensemble_parity,
     check_mc_parity,
@@ -114,7 +115,7 @@ def test_mc_parity_check_passes_and_reports(windows):
     report = check_mc_parity(proto, model, windows, 50)
     assert report["max_abs_dropout_off"] < 1e-4
     assert report["onnx_sample_std_max"] > 0
-    assert report["mc_samples_compared"] == 50 * 20
+    assert report["mc_samples_compared"] == 50 * MC_PARITY_ROUNDS
 
 
 def test_mc_masks_are_shared_by_the_windows_of_a_batch(windows):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from voicegate.device.policy import summarize
-from voicegate.export.thresholds import choose_thresholds
+from voicegate.export.thresholds import UNCERTAINTY_FLOOR, choose_thresholds
 
 
 def _stats(ps, spread=0.0):
@@ -42,6 +42,6 @@ def test_uncertainty_limit_comes_from_accepted_allowed_utterances():
     pos = _stats([0.95] * 20, spread=0.05)
     thr, _ = choose_thresholds(pos, neg, target_far=0.0)
     spread_std = float(np.std(0.95 + 0.05 * np.linspace(-1, 1, 10)))
-    assert thr.uncertainty_limit == pytest.approx(max(spread_std, 0.02), rel=1e-6)
+    assert thr.uncertainty_limit == pytest.approx(max(spread_std, UNCERTAINTY_FLOOR["std"]), rel=1e-6)
     with pytest.raises(ValueError):
         choose_thresholds(pos, neg, placement="nowhere")
