@@ -57,6 +57,8 @@ import numpy as np  # noqa: E402
 
 from flops import PI4_ASSUMPTION, PI4_GFLOPS, PI4_OTHER_SLOWDOWN, graph_flops, pi4_estimate, profile_ops  # noqa: E402
 
+from voicegate.device.contract import EXIT_STOPPED  # noqa: E402
+
 UTTERANCE_SECONDS = 3.0
 TARGETS = {
     "warm_mc50_speedup_vs_seed_min": 20.0,  # compact MC-50 at least 20x faster than the seed way
@@ -425,7 +427,8 @@ def targets(result: dict) -> dict:
     t["cold_enroll_check_met"] = None if cold is None else cold < TARGETS["cold_enroll_check_s_max"]
     rss = result.get("rss", {}).get("listen_from_file_60s", {}).get("peak_rss_mb")
     t["listen_peak_rss_mb"] = rss
-    t["listen_peak_rss_met"] = None if rss is None else rss < TARGETS["listen_peak_rss_mb_max"]
+    ok = result.get("rss", {}).get("listen_from_file_60s", {}).get("exit_code") == EXIT_STOPPED  # else it failed
+    t["listen_peak_rss_met"] = None if rss is None else (ok and rss < TARGETS["listen_peak_rss_mb_max"])
     inst = result.get("device_install", {})
     t["device_install_has_torch"] = (inst.get("importable") or {}).get("torch") if isinstance(inst.get("importable"), dict) else None
     return t

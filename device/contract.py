@@ -54,7 +54,7 @@ EXIT_MODEL = 5  # the model is missing, invalid, modified or mismatched (also in
 EXIT_DEVICE = 6  # listen: the audio device is unavailable (no PortAudio, no input device, or it
 #                  failed and --exit-on-error was given)
 EXIT_AUDIT = 7  # listen: the audit log cannot be opened or written
-EXIT_STOPPED = 8  # listen: stopped (Ctrl-C, SIGTERM, end of --from-file): no decision in the code
+EXIT_STOPPED = 8  # listen: stopped (Ctrl-C, SIGTERM, end of --from-file): the code carries no decision
 EXIT_INFO = 10  # --help or --version was printed: nothing was decided (never 0, which opens)
 
 DECISION_EXIT = {GRANTED: EXIT_GRANTED, DENIED: EXIT_DENIED, UNCERTAIN: EXIT_UNCERTAIN}
@@ -70,7 +70,8 @@ EXIT_MEANINGS = {
     EXIT_DEVICE: "the audio device is unavailable: PortAudio missing, no input device, or the device\n"
                  "     failed with --exit-on-error (without it, listen retries with back-off)",
     EXIT_AUDIT: "the audit log cannot be opened or written",
-    EXIT_STOPPED: "stopped (Ctrl-C, SIGTERM, end of --from-file) before --max-utterances: no decision",
+    EXIT_STOPPED: "stopped (Ctrl-C, SIGTERM, end of --from-file) before --max-utterances: the exit\n"
+                  "     code carries no decision (each decision was a printed line)",
     EXIT_INFO: "help or version printed: nothing was decided",
 }
 ENROLL_CHECK_EXITS = (EXIT_GRANTED, EXIT_DENIED, EXIT_UNCERTAIN, EXIT_USAGE, EXIT_AUDIO, EXIT_MODEL,

@@ -162,7 +162,7 @@ class Hooks:
         self.commands[UNCERTAIN] = self.commands[DENIED]
         self.timeout = float(timeout)
         self._running: dict[str, threading.Thread] = {}
-        self.threads: list[threading.Thread] = []  # every hook thread started (tests join them)
+        self.threads: list[threading.Thread] = []  # hook threads that may still run (wait joins them)
 
     def __bool__(self) -> bool:
         return any(self.commands.values())
@@ -181,9 +181,15 @@ class Hooks:
         t = threading.Thread(target=self._run, args=(kind, argv, hook_env(record)),
                              name=f"voicegate-on-{kind}", daemon=True)
         self._running[kind] = t
-        self.threads.append(t)
+        self.threads = [x for x in self.threads if x.is_alive()] + [t]  # a door runs for months
         t.start()
         return t
+
+    def wait(self) -> None:
+        """Wait for every hook still running (each ends within ``timeout``, killed if need be):
+        before the process exits, so the last decision's hook (``--max-utterances``) still runs."""
+        for t in self.threads:
+            t.join(self.timeout + 5.0)
 
     def _run(self, kind: str, argv: list, env: dict) -> None:
         try:

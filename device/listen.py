@@ -220,6 +220,8 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
     except AuditError as e:
         _error(str(e))
         return EXIT_AUDIT
+    finally:
+        hooks.wait()  # the last decision's --on-grant / --on-deny runs before the process exits
     if code in (EXIT_AUDIO, EXIT_DEVICE):
         _error(listener.last_error or "the audio source failed")
     log.info("listen stopped: %s", listener.stats.to_dict())

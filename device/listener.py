@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from .audio import SAMPLE_RATE, AudioError, NoSpeechError
 from .audit import AuditLog, stamped
-from .contract import DECISION_EXIT, EXIT_AUDIO, EXIT_DEVICE, EXIT_STOPPED
+from .contract import DECISION_EXIT, EXIT_AUDIO, EXIT_DENIED, EXIT_DEVICE, EXIT_STOPPED
 from .policy import DENIED, GRANTED, UNCERTAIN
 from .stream import AudioSource, Endpointer, Utterance
 
@@ -149,7 +149,9 @@ class Listener:
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as e:  # the device failed (or vanished) mid-stream
-                    self._source_failed(e)
+                    self._source_failed(e)  # denies the utterance in progress: a decision
+                    if self._reached():
+                        return self._reached_code()
                     if self.exit_on_error or getattr(e, "permanent", False):
                         return EXIT_DEVICE
                     if not self._reopen():
@@ -162,9 +164,12 @@ class Listener:
                     if self._decide(utt):
                         return self._reached_code()
 
+    def _reached(self) -> bool:
+        return self.max_utterances is not None and self.stats.decisions >= self.max_utterances
+
     def _reached_code(self) -> int:
         """At ``max_utterances``: the last decision's exit code (0 only for GRANTED)."""
-        return DECISION_EXIT.get(self.stats.last_decision, EXIT_STOPPED)
+        return DECISION_EXIT.get(self.stats.last_decision, EXIT_DENIED)
 
     def _decide(self, utt: Utterance) -> bool:
         """Decide one utterance and record it; True once ``max_utterances`` is reached."""
@@ -193,7 +198,7 @@ class Listener:
         if record.get("latency_ms") is None:
             record["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         self._record(record, utt)
-        return self.max_utterances is not None and self.stats.decisions >= self.max_utterances
+        return self._reached()
 
     def _record(self, record: dict, utt: Optional[Utterance]) -> dict:
         record = {"type": "decision", **record}
@@ -329,7 +334,7 @@ def decision_record(result) -> dict:
         d = dict(result)
     else:
         d = dict(vars(result))
-    d.pop("exit_code", None)  # enroll-check's mapping; listen's exit code is not per decision
+    d.pop("exit_code", None)  # enroll-check's mapping; listen's exit code is its last decision's at most
     if d.get("decision") not in DECISIONS:
         d["reason"] = f"gate returned an invalid decision {d.get('decision')!r}"
         d["decision"] = DENIED

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -68,7 +69,9 @@ hold embeddings computed from speakers {speakers}'s train-split recordings (mode
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=str(HERE.parent.parent / "shared" / "data" / "librispeech"))
+    shared = os.environ.get("VOICEGATE_SHARED_DATA", str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--corpus", default=str(Path(shared) / "librispeech"),
+                    help="the librispeech corpus (default: $VOICEGATE_SHARED_DATA/librispeech, else ../shared/data)")
     ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-mc.onnx)")
     ap.add_argument("--out", default=str(HERE), help="where demo-profiles/ and the clip go (default: models/)")
     ap.add_argument("--clip-speaker", default="2414")

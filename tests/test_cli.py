@@ -211,7 +211,8 @@ def test_exit_code_help_is_built_from_the_constants():
     for code in contract.LISTEN_EXITS:
         assert f"  {code:<2} " in contract.LISTEN_EXIT_CODES_HELP
     codes = [contract.EXIT_GRANTED, contract.EXIT_DENIED, contract.EXIT_USAGE, contract.EXIT_UNCERTAIN,
-             contract.EXIT_AUDIO, contract.EXIT_MODEL, contract.EXIT_DEVICE, contract.EXIT_AUDIT, EXIT_INFO]
+             contract.EXIT_AUDIO, contract.EXIT_MODEL, contract.EXIT_DEVICE, contract.EXIT_AUDIT,
+             contract.EXIT_STOPPED, EXIT_INFO]
     assert len(set(codes)) == len(codes)  # no two meanings share a code
 
 

@@ -305,24 +305,52 @@ def test_from_file_gives_one_decision_per_utterance(tmp_path, stream, capsys):
         assert code == DECISION_EXIT[objs[-1]["decision"]], (n, code, objs[-1]["decision"])
 
 
-@pytest.mark.parametrize("decision", ["GRANTED", "DENIED", "UNCERTAIN"])
-def test_exit_0_only_for_a_granted_last_decision_at_max_utterances(stream, decision):
-    """`listen --max-utterances N && open` opens only on GRANTED; any other stop is exit 8."""
+class ScriptedGate(FakeGate):
+    """Decides the utterances in the order given (then DENIED); NoSpeechError for "no speech"."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+
+    def decide_audio(self, a, speech_probs=None):
+        d = super().decide_audio(a)
+        nxt = self.script.pop(0) if self.script else "DENIED"
+        if nxt == "no speech":
+            raise NoSpeechError("no speech found")
+        d.decision = nxt
+        return d
+
+
+@pytest.mark.parametrize("script, n, code", [
+    (["GRANTED", "DENIED"], 2, 1),  # the LAST decision counts, not any GRANTED one
+    (["DENIED", "GRANTED"], 2, 0),
+    (["UNCERTAIN", "GRANTED", "GRANTED"], 1, 3),
+    (["no speech", "GRANTED"], 1, 0),  # a sound that was not speech is no decision: not counted
+    (["GRANTED", "GRANTED", "GRANTED", "GRANTED"], 4, 0),  # the 4th is decided in the end-of-stream flush
+    (["GRANTED", "GRANTED", "GRANTED", "GRANTED"], 5, STOPPED),  # never reached: no decision code
+    (["GRANTED", "GRANTED", "GRANTED", "GRANTED"], None, STOPPED),  # the stream ended: never 0
+])
+def test_exit_0_only_for_a_granted_last_decision_at_max_utterances(stream, script, n, code):
+    """`listen --max-utterances N && open` opens only when the N-th decision is GRANTED."""
     audio, spans = stream
+    assert len(spans) == 4
+    lst, records = listener(ScriptedGate(script), [ArraySource(audio, 1600)], max_utterances=n)
+    assert lst.run() == code
+    decided = [d for d in script if d != "no speech"]
+    assert [r["decision"] for r in records] == decided[: n or None][: len(records)]
+    assert len(records) == min(n or 4, 4 - script.count("no speech"))
 
-    class OneWay(FakeGate):
-        def decide_audio(self, a, speech_probs=None):
-            d = super().decide_audio(a)
-            d.decision = decision
-            return d
 
-    lst, records = listener(OneWay(), [ArraySource(audio, 1600)], max_utterances=2)
-    assert lst.run() == DECISION_EXIT[decision] and len(records) == 2
-    assert (DECISION_EXIT[decision] == 0) == (decision == "GRANTED")
-    lst, records = listener(OneWay(), [ArraySource(audio, 1600)])  # the stream ends first
-    assert lst.run() == STOPPED != 0 and len(records) == len(spans)
-    lst, records = listener(OneWay(), [ArraySource(audio, 1600)], max_utterances=len(spans) + 1)
-    assert lst.run() == STOPPED and len(records) == len(spans)  # not reached: no decision code
+def test_a_device_failure_at_the_limit_exits_with_that_denial(stream):
+    """The utterance a failing device cuts short is DENIED and counts: no reopen, no extra decision."""
+    audio, spans = stream
+    mid_first = int((spans[0][0] + 0.6) * SR) // 1600
+    sources = [FlakySource(audio, fail_after=mid_first, error=AudioDeviceError("unplugged")),
+               FlakySource(audio, name="back")]
+    lst, records = listener(GrantingGate(), sources, max_utterances=1, sleep=lambda s: None)
+    assert lst.run() == 1
+    assert [r["decision"] for r in records] == ["DENIED"] and "unplugged" in records[0]["reason"]
+    assert lst.stats.reopens == 0
 
 
 def test_gate_errors_fail_closed(stream, tmp_path):

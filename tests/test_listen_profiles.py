@@ -217,6 +217,21 @@ def test_on_grant_runs_with_the_name_and_the_decision_id(capsys, clips, househol
     assert env["VOICEGATE_DECISION_ID"] == lines[0]["decision_id"]
 
 
+def test_the_last_decisions_hook_runs_before_listen_exits(capsys, clips, household, tmp_path, model):  # noqa: F811
+    """`listen --max-utterances 1 --on-grant CMD`: the door opens before the process is gone."""
+    import sys
+
+    out = tmp_path / "granted.json"
+    script = tmp_path / "hook.py"
+    script.write_text("import time; time.sleep(0.5); " + HOOK)  # a hook slower than the exit
+    code, lines, _ = run_json(capsys, ["listen", "--from-file", clips["f1-door"], "--profiles", str(household),
+                                       "--model", str(model), "--json", "--max-utterances", "1",
+                                       "--on-grant", f"{sys.executable} {script} {out}"])
+    assert code == 0 and lines[0]["decision"] == "GRANTED"
+    assert out.is_file(), "the hook had not run when listen returned"  # no waiting here
+    assert json.loads(out.read_text())["VOICEGATE_DECISION_ID"] == lines[0]["decision_id"]
+
+
 def test_lockout_stops_granting_and_survives_a_restart(capsys, clips, household, tmp_path, model):  # noqa: F811
     audit = tmp_path / "audit.jsonl"
     argv = ["listen", "--from-file", clips["impostors-then-f1"], "--profiles", str(household), "--model",
