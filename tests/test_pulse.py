@@ -1,9 +1,11 @@
-"""`voicegate listen` through the real audio stack: PulseAudio null sink -> PortAudio -> listen.
+"""`voicegate enroll --mic` and `listen` through the real audio stack: PulseAudio null sink ->
+PortAudio -> voicegate.
 
 A null sink's monitor is the default source, ``paplay --device=SINK FILE`` plays into it, and
-``voicegate listen`` (microphone path, sounddevice/PortAudio) hears it. Needs the Debian packages
-pulseaudio, pulseaudio-utils, libportaudio2 and libasound2-plugins (.ci/run installs them); the
-tests skip with the reason when any is missing. A PulseAudio started here is stopped again.
+``voicegate listen`` / ``enroll NAME --mic`` (microphone path, sounddevice/PortAudio) hear it.
+Needs the Debian packages pulseaudio, pulseaudio-utils, libportaudio2 and libasound2-plugins
+(.ci/run installs them); the tests skip with the reason when any is missing (and fail under
+.ci/run). A PulseAudio started here is stopped again.
 """
 
 from __future__ import annotations
@@ -131,3 +133,38 @@ def test_the_shipped_demo_household_grants_its_example_clip(door_sink, tmp_path,
     if d["decision"] == "UNCERTAIN":  # the door asks to repeat (MC: about 1 in 200 tries of this clip)
         (d,) = listen_to(door_sink, clips[0], ["--demo"], tmp_path)
     assert (d["decision"], d["speaker"]) == ("GRANTED", name), d
+
+
+def test_enrol_through_the_door_microphone_then_listen_grants(door_sink, tmp_path, model):  # noqa: F811
+    """`enroll NAME --mic` through the real PortAudio path (the null sink as the door's
+    microphone), then `listen` on the same microphone grants that name: a door enrols its people
+    through the microphone that will hear them."""
+    profiles = tmp_path / "profiles"
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    phrases = [synth_voice("f1", 3.0, seed=s, pauses=False) for s in range(10)]  # one phrase each
+    session = write_wav(tmp_path / "phrases.wav", np.concatenate([gap] + [x for p in phrases for x in (p, gap)]))
+    cmd = [sys.executable, "-m", "voicegate.device.cli", "enroll", "alice", "--mic", "--seconds", "10",
+           "--profiles", str(profiles), "--model", str(model), "--json"]
+    # the person starts reading as the session starts (an idle null sink is suspended by
+    # PulseAudio and its monitor delivers nothing at all, which enrol rightly calls a dead microphone)
+    player = subprocess.Popen(["paplay", f"--device={door_sink}", str(session)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        for p in (proc, player):
+            if p.poll() is None:
+                p.kill()
+        if proc.returncode is None:
+            out, err = proc.communicate()
+        player.wait()
+    assert proc.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["name"] == "alice" and result["speech_seconds"] >= 10.0, result
+    assert (profiles / "alice.json").is_file()
+    gap1 = np.zeros(16000, np.float32)
+    door = write_wav(tmp_path / "door.wav", np.concatenate([gap1, synth_voice("f1", 4.0, seed=9, pauses=False), gap1, gap1]))
+    (d,) = listen_to(door_sink, door, ["--profiles", str(profiles), "--model", str(model)], tmp_path)
+    assert d["decision"] == "GRANTED" and d["speaker"] == "alice", json.dumps(d)
