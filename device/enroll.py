@@ -47,6 +47,7 @@ from .scoring import centroid, normalise, window_embeddings
 log = logging.getLogger(__name__)
 
 MIN_SPEECH_SECONDS = 10.0  # speech (after the speech detector) an enrolment needs in all
+MIC_SECONDS = 30.0  # --mic collects this much speech by default: the 30 s the published figures enrol from
 MIN_SPEECH_FLOOR = 2.0  # --min-speech cannot go below this (one window is 2 s)
 CLIP_LEVEL = 0.999  # |sample| at or above this is clipped (full scale)
 CLIP_WARN_FRACTION = 0.001  # warn when more than 0.1 % of the samples are clipped
@@ -298,7 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", metavar="FILE", nargs="*", help="recordings of NAME's voice")
     parser.add_argument("--mic", action="store_true", help="record from the microphone, guided")
     parser.add_argument("--seconds", type=_min_speech, metavar="S",
-                        help="--mic: seconds of speech to collect (default 20, at least --min-speech)")
+                        help=f"--mic: seconds of speech to collect (default {MIC_SECONDS:g}, at least --min-speech; "
+                             "speechocean762 EER 8.7 %% from 20 s, 8.1 %% from 30 s)")
     parser.add_argument("--device", metavar="ID", help="--mic: input device, index or part of its name")
     parser.add_argument("--profiles", metavar="DIR",
                         help="the profile store (default: $VOICEGATE_PROFILES, else "

@@ -15,9 +15,9 @@ import sys
 from typing import Optional, TextIO
 
 from .audio import SAMPLE_RATE
-from .enroll import EnrolmentRefused, Problem, analyse
+from .enroll import MIC_SECONDS, EnrolmentRefused, Problem, analyse
 
-DEFAULT_SECONDS = 20.0
+DEFAULT_SECONDS = MIC_SECONDS  # 30 s of speech: under a minute of reading
 MIN_PHRASE_SPEECH_S = 0.5  # an utterance with less speech than this is noise, not a phrase
 LISTEN_FACTOR = 4.0
 LISTEN_SLACK_S = 30.0
