@@ -161,8 +161,9 @@ class Hooks:
                          DENIED: parse_command(on_deny, "--on-deny")}
         self.commands[UNCERTAIN] = self.commands[DENIED]
         self.timeout = float(timeout)
+        # the latest hook thread of each kind: a kind starts anew only once its last one ended, so
+        # these are all the hooks that may still run
         self._running: dict[str, threading.Thread] = {}
-        self.threads: list[threading.Thread] = []  # hook threads that may still run (wait joins them)
 
     def __bool__(self) -> bool:
         return any(self.commands.values())
@@ -181,14 +182,13 @@ class Hooks:
         t = threading.Thread(target=self._run, args=(kind, argv, hook_env(record)),
                              name=f"voicegate-on-{kind}", daemon=True)
         self._running[kind] = t
-        self.threads = [x for x in self.threads if x.is_alive()] + [t]  # a door runs for months
         t.start()
         return t
 
     def wait(self) -> None:
         """Wait for every hook still running (each ends within ``timeout``, killed if need be):
         before the process exits, so the last decision's hook (``--max-utterances``) still runs."""
-        for t in self.threads:
+        for t in list(self._running.values()):
             t.join(self.timeout + 5.0)
 
     def _run(self, kind: str, argv: list, env: dict) -> None:
