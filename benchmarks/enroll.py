@@ -44,12 +44,13 @@ import numpy as np
 import soundfile as sf
 
 from voicegate.device.contract import EXIT_STOPPED
+from voicegate.train.data.fingerprint import shared_data_dir
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-SHARED = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = shared_data_dir()
 TARGETS = {"enrol_30s_s": 1.0, "decision_10_profiles_ms": 10.0, "listen_rss_mb": 150.0,
            "cold_enroll_check_s": 0.5}
 

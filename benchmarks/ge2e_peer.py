@@ -26,16 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from voicegate.train.data.fingerprint import shared_data_dir
+
 log = logging.getLogger("ge2e_peer")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_DATA = shared_data_dir()
 DEFAULT_OUT = REPO / "benchmarks" / "ge2e-peer"
 
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from voicegate.device.runtime import Gate
+from voicegate.train.data.fingerprint import shared_data_dir
 from voicegate.train.eval.nonspeech import nonspeech_attempts, score_nonspeech
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = shared_data_dir()
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import platform
 import random
 import resource
@@ -63,9 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
+from voicegate.train.data.fingerprint import shared_data_dir
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))  # as the tests
+SHARED = shared_data_dir()  # as the tests
 sys.path.insert(0, str(REPO / "tests"))
 
 from voicegate.device import speech  # noqa: E402

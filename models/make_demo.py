@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from voicegate.train.data.fingerprint import shared_data_dir
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("make_demo")
@@ -69,8 +70,7 @@ hold embeddings computed from speakers {speakers}'s train-split recordings (mode
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = os.environ.get("VOICEGATE_SHARED_DATA", str(HERE.parent.parent / "shared" / "data"))
-    ap.add_argument("--corpus", default=str(Path(shared) / "librispeech"),
+    ap.add_argument("--corpus", default=str(shared_data_dir() / "librispeech"),
                     help="the librispeech corpus (default: $VOICEGATE_SHARED_DATA/librispeech, else ../shared/data)")
     ap.add_argument("--model", help="encoder (default: $VOICEGATE_ENCODER, else models/voicegate-encoder-mc.onnx)")
     ap.add_argument("--out", default=str(HERE), help="where demo-profiles/ and the clip go (default: models/)")

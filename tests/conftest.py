@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from voicegate.train.data.fingerprint import shared_data_dir
+
 sys.path.insert(0, str(Path(__file__).parent))  # for `import synth`
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("VOICEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 
 
 def ci_required() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,18 @@ def test_wilson_interval_known_values():
     r = E.policy_report([G] * 9 + [U], [D] * 10, ["p"] * 10, ["n"] * 10)
     assert r["frr"] == pytest.approx(0.1) and r["frr_ci95"][0] < 0.1 < r["frr_ci95"][1]
     assert r["far_ci95"] == [0.0, pytest.approx(0.2775, abs=1e-4)]
+
+
+def test_the_shared_corpora_default_to_beside_the_checkout(tmp_path, monkeypatch):
+    """One lookup for the tests, benchmarks, make_demo and eval: $VOICEGATE_SHARED_DATA, else
+    ../shared/data beside the repository; a contract's corpus name resolves there too."""
+    from voicegate.train.data.fingerprint import resolve_corpus, shared_data_dir
+
+    monkeypatch.delenv("VOICEGATE_SHARED_DATA", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert shared_data_dir() == repo.parent / "shared" / "data"
+    (tmp_path / "somecorpus").mkdir()
+    monkeypatch.setenv("VOICEGATE_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path
+    assert resolve_corpus("somecorpus") == tmp_path / "somecorpus"
+    assert resolve_corpus("/elsewhere/machine/somecorpus") == tmp_path / "somecorpus"

@@ -58,9 +58,19 @@ def portable_data_config(data_config: dict) -> dict:
     return d
 
 
+def shared_data_dir() -> Path:
+    """The folder that holds the shared corpora: ``$VOICEGATE_SHARED_DATA`` if set, else
+    ``shared/data`` beside the repository checkout (``../shared/data`` from its root). The
+    benchmarks, the tests and ``models/make_demo.py`` read their default corpora from here."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
 def resolve_corpus(stored: str, override: Optional[str] = None) -> Path:
     """The folder of the corpus a contract names: ``override`` (``--corpus``) if given, else
-    ``$VOICEGATE_SHARED_DATA/<name>``; a legacy absolute path is used only where it exists."""
+    ``<shared_data_dir()>/<name>``; a legacy absolute path is used only where it exists."""
     if override:
         return Path(override).expanduser()
     path = Path(str(stored)).expanduser()
@@ -70,9 +80,9 @@ def resolve_corpus(stored: str, override: Optional[str] = None) -> Path:
         name = path.name
     else:
         name = str(stored)
-    env = os.environ.get(SHARED_DATA_ENV)
-    if env and (Path(env).expanduser() / name).exists():
-        return Path(env).expanduser() / name
+    shared = shared_data_dir() / name
+    if shared.exists():
+        return shared
     if path.exists():  # a relative path from the current folder (a user's own corpus)
         return path
     raise CorpusNotFound(f"the model's training corpus {name!r} is not here: pass --corpus FOLDER "
