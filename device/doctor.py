@@ -27,6 +27,7 @@ from pathlib import Path
 from .doctor_probe import (  # noqa: F401 - Check and the statuses are this module's API too
     FAIL, OK, REALTIME_BUDGET_S, SKIP, WARN, Check, first_line, probe_checks, run_probe,
 )
+from .options import default_threads
 
 EXIT_READY, EXIT_NOT_READY = 0, 1
 
@@ -89,7 +90,6 @@ def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Ch
     except ImportError as e:
         return Check("profiles", SKIP, f"not checked: this build has no profile store ({first_line(e)})")
     from .contract import ModelError
-    from .runtime import read_verified_model
 
     try:
         store = profiles.ProfileStore(store_dir)
@@ -107,8 +107,8 @@ def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Ch
     if bad:
         return Check("profiles", FAIL, "others can read the voice profiles: " + "; ".join(bad))
     try:
-        _, sha = read_verified_model(model if kind == "encoder" and model else enc.resolve_encoder_path())
-        store.load_all(encoder_sha256=sha)
+        sha, dim = enc.encoder_identity(model if kind == "encoder" and model else enc.resolve_encoder_path())
+        store.load_all(encoder_sha256=sha, embedding_dim=dim)
     except ModelError as e:
         return Check("profiles", FAIL, first_line(e))
     return Check("profiles", OK, f"{len(names)} profile(s) in {store.root}, 0600, made with encoder {sha[:12]}...")
@@ -212,8 +212,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "10 --help printed")
     p.add_argument("--model", metavar="PATH",
                    help="the door's model (default: $VOICEGATE_MODEL, else the shipped encoder, else classifier)")
-    p.add_argument("--method", choices=("mc", "ensemble"), help="check the shipped classifier of this method")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads, as the door uses (default 1)")
+    p.add_argument("--method", choices=("mc", "ensemble"),
+                   help="which shipped model to check: the encoder of this method (the door's default), "
+                        "or the study's classifier in a build without an encoder")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help=f"onnxruntime threads, as the door uses (default {default_threads()}, as listen's)")
     p.add_argument("--device", metavar="ID", help="input device to level-check: index or part of its name")
     p.add_argument("--no-mic", action="store_true", help="skip the 2 s microphone level check")
     p.add_argument("--profiles", metavar="DIR", help="profile store (default: $VOICEGATE_PROFILES, ...)")

@@ -74,6 +74,17 @@ def model_kind(model_path: PathLike) -> str:
     return contract.kind
 
 
+def encoder_identity(model_path: PathLike) -> tuple[str, int]:
+    """(sha256, embedding size) of the verified encoder at ``model_path``: what a profile must
+    match to be used by it (ModelError if it is not an encoder-kind model)."""
+    path = Path(model_path)
+    _, contract, digest = open_model(path)
+    if contract.kind != "encoder" or contract.embedding_dim < 1:
+        raise ModelError(f"{path}: is a {contract.kind} model, not an encoder: profiles are made "
+                         f"with an encoder (name one with --model or ${MODEL_ENV})")
+    return digest, int(contract.embedding_dim)
+
+
 CALIBRATION_TYPES = ("logistic", "as-norm-logistic")  # the second: AS-norm first (scoring.ScoreNorm)
 
 

@@ -111,10 +111,33 @@ def _decode(text: str, dim: int) -> np.ndarray:
     a = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if dim < 1 or a.size == 0 or a.size % dim:
         raise ValueError(f"{a.size} values do not make rows of {dim}")
-    a = a.reshape(-1, dim)
+    return check_rows(a.reshape(-1, dim), dim)
+
+
+UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored (float32, L2-normalised) window embedding
+
+
+def check_rows(a: np.ndarray, dim: int) -> np.ndarray:
+    """``a`` if it is (n >= 1, dim) finite unit-length rows (window embeddings), else ValueError.
+
+    An all-zero or rescaled embedding, or rows cut at a wrong ``embedding_dim``, is refused: such
+    a profile would score every voice as nobody (or as anybody) instead of failing closed."""
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != dim:
+        raise ValueError(f"embeddings of shape {a.shape}, want (n, {dim})")
     if not np.all(np.isfinite(a)):
         raise ValueError("non-finite embedding values")
+    norms = np.linalg.norm(a.astype(np.float64), axis=1)
+    if np.any(np.abs(norms - 1.0) > UNIT_TOLERANCE):
+        raise ValueError(f"embeddings are not unit-length rows of {dim} (norms "
+                         f"{norms.min():.3g}-{norms.max():.3g}): a wrong embedding_dim, or edited values")
     return a
+
+
+def check_seconds(value) -> float:
+    v = float(value)
+    if not (np.isfinite(v) and v >= 0.0):
+        raise ValueError(f"speech_seconds {value!r} is not a duration")
+    return v
 
 
 def checksum(doc: dict) -> str:
@@ -179,7 +202,7 @@ class Profile:
             if doc.get("checksum") != checksum(doc):
                 raise ValueError("checksum mismatch: the file was corrupted or edited by hand")
             dim = int(doc["embedding_dim"])
-            sessions = [Session(_decode(s["embeddings"], dim), float(s["speech_seconds"]),
+            sessions = [Session(_decode(s["embeddings"], dim), check_seconds(s["speech_seconds"]),
                                 list(s.get("sources", [])), str(s["date"])) for s in doc["sessions"]]
             if not sessions:
                 raise ValueError("no enrolment sessions")
@@ -264,8 +287,9 @@ class ProfileStore:
             raise ProfileError(f"{self.root}: cannot create the profile store ({e.strerror or e})") from None
 
     # -- reading ------------------------------------------------------------------------------
-    def load(self, name: str, encoder_sha256: str | None = None) -> Profile:
-        """One profile; refused if unreadable, corrupt, or made with another encoder."""
+    def load(self, name: str, encoder_sha256: str | None = None, embedding_dim: int | None = None) -> Profile:
+        """One profile; refused if unreadable, corrupt, or made with another encoder (another
+        sha256, or embeddings of another size than the encoder's ``embedding_dim``)."""
         p = self.path(name)
         try:
             st = p.stat()
@@ -288,9 +312,13 @@ class ProfileStore:
                 f"this one is {encoder_sha256[:12]}...): re-enrol {name} with: "
                 f"voicegate enroll {name} --replace FILE..."
             )
+        if embedding_dim is not None and prof.embedding_dim != int(embedding_dim):
+            raise ProfileError(f"profile {name!r} holds {prof.embedding_dim}-d embeddings, the encoder "
+                               f"makes {int(embedding_dim)}-d: re-enrol {name} with: "
+                               f"voicegate enroll {name} --replace FILE...")
         return prof
 
-    def load_all(self, encoder_sha256: str | None = None) -> list[Profile]:
+    def load_all(self, encoder_sha256: str | None = None, embedding_dim: int | None = None) -> list[Profile]:
         """Every profile (EmptyStoreError if none); any bad profile refuses the whole store."""
         with self.lock():
             names = self.names()
@@ -302,7 +330,7 @@ class ProfileStore:
                     f"no one is enrolled: the profile store {self.root} {where}; enrol someone "
                     "with: voicegate enroll NAME FILE... (or --mic)"
                 )
-            return [self.load(n, encoder_sha256) for n in names]
+            return [self.load(n, encoder_sha256, embedding_dim) for n in names]
 
     # -- writing ------------------------------------------------------------------------------
     def _write(self, profile: Profile) -> Path:
@@ -336,6 +364,11 @@ class ProfileStore:
                     replace: bool = False) -> Profile:
         """Add an enrolment session to NAME (a new profile, or ``replace`` the old one)."""
         check_name(name)
+        try:
+            check_rows(np.asarray(session.embeddings), int(embedding_dim))
+            check_seconds(session.speech_seconds)
+        except ValueError as e:
+            raise ProfileError(f"not storing {name!r}: {e}") from None
         with self.lock(exclusive=True):
             prof = None
             if not replace and self.path(name).exists():

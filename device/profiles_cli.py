@@ -58,13 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("new", metavar="NEW")
 
 
-def _encoder_sha256(args) -> str | None:
-    """The sha256 of the encoder profiles are checked against, or None if there is none."""
-    from .encoder import resolve_encoder_path
-    from .runtime import read_verified_model
+def _encoder_identity(args) -> tuple[str, int] | None:
+    """(sha256, embedding size) of the encoder profiles are checked against, or None if there is none."""
+    from .encoder import encoder_identity, resolve_encoder_path
 
     try:
-        return read_verified_model(resolve_encoder_path(args.model))[1]
+        return encoder_identity(resolve_encoder_path(args.model))
     except ModelError as e:
         if args.model:
             raise
@@ -72,7 +71,7 @@ def _encoder_sha256(args) -> str | None:
         return None
 
 
-def _summary(store: ProfileStore, name: str, sha: str | None) -> dict:
+def _summary(store: ProfileStore, name: str, encoder: tuple[str, int] | None) -> dict:
     row = {"name": name, "path": str(store.path(name))}
     try:
         prof = store.load(name)
@@ -81,10 +80,13 @@ def _summary(store: ProfileStore, name: str, sha: str | None) -> dict:
     row.update(speech_seconds=round(prof.speech_seconds, 1), sessions=len(prof.sessions),
                windows=int(prof.embeddings.shape[0]), created=prof.created, updated=prof.updated,
                encoder_sha256=prof.encoder_sha256)
-    if sha is None:
+    if encoder is None:
         row["status"] = "unchecked (no encoder)"
-    elif prof.encoder_sha256 != sha:
+    elif prof.encoder_sha256 != encoder[0]:
         row["status"] = f"other encoder: re-enrol (voicegate enroll {name} --replace ...)"
+    elif prof.embedding_dim != encoder[1]:
+        row["status"] = (f"{prof.embedding_dim}-d embeddings, the encoder makes {encoder[1]}-d: "
+                         f"re-enrol (voicegate enroll {name} --replace ...)")
     else:
         row["status"] = "ok"
     return row
@@ -97,8 +99,8 @@ def _list(args, store: ProfileStore) -> int:
         if args.json:
             print(json.dumps({"store": str(store.root), "profiles": []}))
         return EXIT_MODEL
-    sha = _encoder_sha256(args)
-    rows = [_summary(store, n, sha) for n in store.names()]
+    encoder = _encoder_identity(args)
+    rows = [_summary(store, n, encoder) for n in store.names()]
     # one unusable profile refuses the whole store at the door: a health check must see it
     unusable = [r["name"] for r in rows if r["status"] != "ok" and not r["status"].startswith("unchecked")]
     code = EXIT_MODEL if unusable or not rows else 0
@@ -122,7 +124,7 @@ def _list(args, store: ProfileStore) -> int:
 
 def _show(args, store: ProfileStore) -> int:
     prof = store.load(args.name)
-    row = _summary(store, prof.name, _encoder_sha256(args))
+    row = _summary(store, prof.name, _encoder_identity(args))
     row["sessions"] = [{k: v for k, v in s.to_dict().items() if k != "embeddings"} for s in prof.sessions]
     row["embedding_dim"] = prof.embedding_dim
     if args.json:

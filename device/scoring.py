@@ -205,10 +205,7 @@ class ProfileGate:
         if not force and sig == self._signature:
             return False
         self._signature = None  # until the load succeeds, every decision retries it (fail closed)
-        profiles = self.store.load_all(self.encoder.sha256)
-        bad = [p.name for p in profiles if p.embedding_dim != self.encoder.dim]
-        if bad:
-            raise ModelError(f"profile(s) {', '.join(bad)} do not match the encoder's D={self.encoder.dim}")
+        profiles = self.store.load_all(self.encoder.sha256, self.encoder.dim)
         self._names = [p.name for p in profiles]
         self._centroids = np.stack([p.centroid() for p in profiles])
         self._signature = sig

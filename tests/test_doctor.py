@@ -149,20 +149,21 @@ def test_slow_decision_fails_the_budget():
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     from voicegate.device import profiles
-    encoder = tmp_path / "enc.onnx"  # only its sha256 matters to the check
-    shutil.copy(SHIPPED, encoder)
+    encoder = tmp_path / "enc.onnx"  # its sha256 and embedding size are what the check uses
+    shutil.copy(models_dir() / "voicegate-encoder-mc.onnx", encoder)
     write_sidecar(encoder)
     monkeypatch.setenv("VOICEGATE_ENCODER", str(encoder))
     s = profiles.ProfileStore(tmp_path / "profiles")
     assert doctor.check_model_file(encoder)[0].status == doctor.OK
-    emb = np.eye(1, 8, dtype=np.float32)
-    s.add_session("alice", file_sha256(encoder), 8, profiles.Session(emb, 3.0, ["a.wav"]))
+    emb = np.eye(1, 128, dtype=np.float32)  # the shipped encoder's size: the check loads them for it
+    s.add_session("alice", file_sha256(encoder), 128, profiles.Session(emb, 3.0, ["a.wav"]))
     return s, profiles
 
 
 def test_profile_store_ok_then_wrong_mode(store):
     s, _ = store
-    assert doctor.check_profiles(s.root, "classifier").status == doctor.OK
+    c0 = doctor.check_profiles(s.root, "classifier")
+    assert c0.status == doctor.OK, c0.message
     s.path("alice").chmod(0o644)
     c = doctor.check_profiles(s.root, "classifier")
     assert c.status == doctor.FAIL and "mode 0644" in c.message and "chmod 600" in c.message
@@ -173,6 +174,15 @@ def test_profile_made_with_another_encoder_fails(store, tmp_path):
     s.add_session("bob", "0" * 64, 8, profiles.Session(np.eye(1, 8, dtype=np.float32), 3.0), replace=True)
     c = doctor.check_profiles(s.root, "classifier")
     assert c.status == doctor.FAIL and "another encoder" in c.message and "bob" in c.message
+
+
+def test_profile_of_another_size_fails(store):
+    """Same encoder sha256, embeddings of another size: the door refuses them, so doctor fails."""
+    s, profiles = store
+    sha = s.load("alice").encoder_sha256
+    s.add_session("bob", sha, 8, profiles.Session(np.eye(1, 8, dtype=np.float32), 3.0))
+    c = doctor.check_profiles(s.root, "classifier")
+    assert c.status == doctor.FAIL and "8-d embeddings, the encoder makes 128-d" in c.message
 
 
 def test_profile_checks_without_a_store(tmp_path, monkeypatch):

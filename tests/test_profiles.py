@@ -230,11 +230,14 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     store.add_session("bob", SHA_A, DIM, session(2))
     assert cli("--profiles", root, "--json", "--model", missing, "list") == 5  # a named encoder must exist
     capsys.readouterr()
-    monkeypatch.setattr(profiles_cli, "_encoder_sha256", lambda args: "b" * 64)  # the door's encoder is another
+    monkeypatch.setattr(profiles_cli, "_encoder_identity", lambda args: ("b" * 64, DIM))  # the door's encoder is another
     assert cli("--profiles", root, "list") == 5  # the door would refuse every decision: a health check sees it
     cap = capsys.readouterr()
     assert "other encoder: re-enrol" in cap.out and "refuses every decision" in cap.err
-    monkeypatch.setattr(profiles_cli, "_encoder_sha256", lambda args: SHA_A)  # the encoder they were made with
+    monkeypatch.setattr(profiles_cli, "_encoder_identity", lambda args: (SHA_A, 2 * DIM))  # same sha, other size
+    assert cli("--profiles", root, "list") == 5  # the door refuses these profiles: so does the health check
+    assert "16-d embeddings, the encoder makes 32-d" in capsys.readouterr().out
+    monkeypatch.setattr(profiles_cli, "_encoder_identity", lambda args: (SHA_A, DIM))  # the encoder they were made with
     assert cli("--profiles", root, "--json", "list") == 0
     doc = json.loads(capsys.readouterr().out)
     rows = doc["profiles"]
@@ -259,3 +262,47 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     assert cli("--profiles", root, "list") == 5  # one corrupt profile locks the door for everyone
     cap = capsys.readouterr()
     assert "corrupt" in cap.out and "until carol is re-enrolled or removed" in cap.err
+
+
+def _resigned(path, edit) -> None:
+    """Edit a stored profile and recompute its checksum: the damage a checksum cannot see."""
+    from voicegate.device.profiles import checksum
+
+    doc = json.loads(path.read_text())
+    edit(doc)
+    doc["checksum"] = checksum(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda d: d.update(embedding_dim=DIM // 2), "not unit-length rows of 8"),
+    (lambda d: d["sessions"][0].update(embeddings=__import__("base64").b64encode(
+        np.zeros((6, DIM), "<f4").tobytes()).decode()), "not unit-length"),
+    (lambda d: d["sessions"][0].update(speech_seconds=float("nan")), "not a duration"),
+    (lambda d: d["sessions"][0].update(speech_seconds=-5.0), "not a duration"),
+])
+def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, why):
+    """A wrong embedding_dim, all-zero embeddings or an impossible duration, checksum recomputed:
+    the store refuses the profile (exit 5 at the door) instead of scoring with it."""
+    store = ProfileStore(tmp_path / "p")
+    store.add_session("alice", SHA_A, DIM, session(1))
+    _resigned(store.path("alice"), edit)
+    with pytest.raises(ProfileError, match=why):
+        store.load("alice")
+
+
+def test_the_store_never_writes_what_it_would_refuse(tmp_path):
+    store = ProfileStore(tmp_path / "p")
+    with pytest.raises(ProfileError, match="not unit-length"):
+        store.add_session("alice", SHA_A, DIM, Session(np.zeros((3, DIM), np.float32), 12.0))
+    with pytest.raises(ProfileError, match=r"want \(n, 32\)"):
+        store.add_session("alice", SHA_A, 2 * DIM, session(1))
+    assert not store.path("alice").exists()
+
+
+def test_a_profile_of_another_size_is_refused_for_the_encoder(tmp_path):
+    store = ProfileStore(tmp_path / "p")
+    store.add_session("alice", SHA_A, DIM, session(1))
+    assert store.load_all(SHA_A, DIM)[0].name == "alice"
+    with pytest.raises(ProfileError, match="16-d embeddings, the encoder makes 128-d"):
+        store.load_all(SHA_A, 128)
