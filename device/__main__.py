@@ -1,5 +1,5 @@
 """``python -m voicegate.device`` = the ``voicegate`` command."""
 
-from .cli import console_main
+from .console import console_main
 
 console_main()

@@ -194,6 +194,11 @@ def _missing_heavy(e: BaseException) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+        from voicegate import __version__  # on every command, before any parsing: exit 10, never 0
+
+        print(f"voicegate {__version__}")
+        return EXIT_INFO
     first = _first_command(argv)
     try:
         parser, commands, failed = build_parser(argv)
@@ -217,11 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.code in (0, None):
             return EXIT_INFO
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
-    if args.version:
-        from voicegate import __version__
-
-        print(f"voicegate {__version__}")
-        return EXIT_INFO
     configure_logging(args.verbose, args.debug)
     from .runtime import tune_allocator
 
@@ -260,7 +260,11 @@ def console_main() -> None:
     open file. Every other command exits normally.
     """
     argv = sys.argv[1:]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # while the parser or a command module is imported
+        print("voicegate: interrupted", file=sys.stderr)
+        code = 130
     if _first_command(argv) not in FAST_EXIT_COMMANDS:
         sys.exit(code)
     try:

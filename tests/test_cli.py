@@ -222,6 +222,9 @@ def test_exit_code_help_is_built_from_the_constants():
     ["enroll-check", "x.wav", "-h"],
     ["--version", "enroll-check", "x.wav"],
     ["--version"],
+    ["enroll-check", "--version", "x.wav"],  # after the command too
+    ["--version", "x"],  # before any parsing: even an unknown command
+    ["profiles", "list", "--version"],
     ["--help"],
     ["listen", "--help"],
 ])
@@ -340,3 +343,39 @@ def test_python_m_entry_and_fail_closed_exit_code(files):
     assert r.returncode == 1 and r.stdout.startswith("DENIED"), r.stderr
     r = run_cli("enroll-check", str(files["junk"]), "--model", str(files["mc"]))
     assert r.returncode == 4 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130(monkeypatch, capsys):
+    """A Ctrl-C while numpy / onnxruntime import (before any command runs) is no traceback."""
+    import builtins
+
+    from voicegate.device import console
+
+    real = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and name == "cli":
+            raise KeyboardInterrupt
+        return real(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as e:
+        console.console_main()
+    assert e.value.code == 130 and capsys.readouterr().err == "voicegate: interrupted\n"
+    monkeypatch.setattr(builtins, "__import__", real)
+
+    def parser_interrupted(argv):
+        raise KeyboardInterrupt  # e.g. while build_parser imports a command module
+
+    monkeypatch.setattr(cli, "main", parser_interrupted)
+    monkeypatch.setattr(sys, "argv", ["voicegate", "profiles", "list"])
+    with pytest.raises(SystemExit) as e:
+        console.console_main()
+    assert e.value.code == 130 and capsys.readouterr().err == "voicegate: interrupted\n"
+
+
+def test_the_console_script_module_imports_only_the_standard_library():
+    code = ("import sys; import voicegate.device.console; "
+            "print(sorted(m for m in ('numpy', 'onnxruntime', 'voicegate.device.cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
