@@ -171,3 +171,18 @@ def test_the_enrolment_path_imports_no_torch_or_librosa():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_two_voices_in_equal_parts_are_split_apart(encoder):
+    """Half one voice, half another: each stretch resembles "the rest" (half its own voice), so
+    the split into the two most different groups is what finds them; one voice is not split."""
+    mixed = synthetic_recordings("f1", seeds=(0, 1)) + synthetic_recordings("m1", seeds=(2, 3))
+    samples, embs, stretches = enroll.embed_recordings(encoder, mixed)
+    groups = enroll.two_groups(embs, stretches)
+    labels = [{stretches[k][0].split("-")[0] for k in g} for g in groups]
+    assert sorted(map(sorted, labels)) == [["f1"], ["m1"]]  # the groups are the two voices
+    problems = [str(p) for p in enroll.split_problems(embs, stretches, encoder, samples)]
+    assert len(problems) == 1 and "two groups that do not match each other" in problems[0]
+    one = synthetic_recordings("f1", seeds=(0, 1, 2, 3))
+    samples, embs, stretches = enroll.embed_recordings(encoder, one)
+    assert enroll.split_problems(embs, stretches, encoder, samples) == []
