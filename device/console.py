@@ -2,20 +2,42 @@
 
 This module imports nothing but the standard library, so a Ctrl-C while the command starts up
 (numpy and onnxruntime take a few hundred ms to import on a Pi) ends in one line and exit 130,
-as a Ctrl-C later does, never in a traceback. The command itself is :func:`cli.console_main`.
+as a Ctrl-C later does, never in a traceback. For ``listen``, a SIGTERM in that time ends it as
+a SIGTERM later does: one line and exit 8 (stopped), which the systemd unit counts as a clean
+stop. The command itself is :func:`cli.console_main`.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_STOPPED = 8  # contract.EXIT_STOPPED (not imported: contract imports numpy)
+
+
+class _Stopped(BaseException):
+    """SIGTERM before ``listen`` has installed its own handler."""
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
+def _command(argv: list) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def console_main() -> None:
+    if _command(sys.argv[1:]) == "listen":
+        signal.signal(signal.SIGTERM, _stop)
     try:
         from .cli import console_main as run
+
+        run()
     except KeyboardInterrupt:
         print("voicegate: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    run()
+    except _Stopped:
+        print("voicegate: stopped (SIGTERM)", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)

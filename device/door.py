@@ -7,17 +7,20 @@ voice that would be GRANTED meanwhile is DENIED with the reason, and the lockout
 recorded in the audit log (``lockout_started``, ``locked_out``). A GRANTED decision outside a
 lockout clears the count. Only real
 decisions count (not "no speech" noise, which is DENIED without being scored). The state is a
-small JSON file beside the audit log (``AUDIT.lockout.json``, written atomically), so it
-survives a restart of the service; without ``--log`` it lives in memory only. An unreadable
-state file means a full cool-off (fail closed). ``--lockout-after 0`` turns it off.
+small JSON file beside the audit log (``AUDIT.lockout.json``, written atomically, created on the
+first start), so it survives a restart of the service; without ``--log`` it lives in memory
+only. A state file that is unreadable, malformed (``{}``, NaN times), not a regular file, or
+missing beside an audit log that already has records means a full cool-off (fail closed).
+``--lockout-after 0`` turns it off.
 
 **Hooks** (:class:`Hooks`): ``--on-grant CMD`` runs CMD when access is granted, ``--on-deny CMD``
 when a voice is DENIED or UNCERTAIN (a bell, a notification). CMD is split with ``shlex.split``
 and run without a shell (no interpolation of anything); the decision reaches it through the
 environment: ``VOICEGATE_DECISION``, ``VOICEGATE_SPEAKER`` (empty unless granted),
 ``VOICEGATE_SCORE`` (p_allow), ``VOICEGATE_UNCERTAINTY``, ``VOICEGATE_DECISION_ID`` (also in the
-audit log), ``VOICEGATE_TS``. It runs in a background thread with a timeout (default
-:data:`HOOK_TIMEOUT_S`), its failure or timeout is logged, and it never blocks the audio loop:
+audit log), ``VOICEGATE_TS``. It runs in a background thread, in its own process group, with a
+timeout (default :data:`HOOK_TIMEOUT_S`) after which the hook and every process it started are
+killed; its failure or timeout is logged, and it never blocks the audio loop:
 while one run of a hook is still going, a new event for it is skipped (logged), never queued.
 """
 
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,12 +61,13 @@ class Lockout:
 
     def __init__(self, path: Optional[Path] = None, max_failures: int = LOCKOUT_FAILURES,
                  window_s: float = LOCKOUT_WINDOW_S, cooloff_s: float = LOCKOUT_COOLOFF_S,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, audit_path: Optional[Path] = None):
         if max_failures < 1 or window_s <= 0 or cooloff_s < 0:
             raise ValueError("lockout needs max_failures >= 1, window_s > 0 and cooloff_s >= 0")
         self.path = Path(path) if path else None
         self.max_failures, self.window_s, self.cooloff_s = int(max_failures), float(window_s), float(cooloff_s)
         self.clock = clock
+        self.audit_path = Path(audit_path) if audit_path else None
         self.failures: list[float] = []  # wall-clock times of recent denied/uncertain decisions
         self.locked_until = 0.0
         self._load()
@@ -69,7 +75,7 @@ class Lockout:
     @classmethod
     def beside(cls, audit_path, **kw) -> "Lockout":
         p = Path(audit_path)
-        return cls(p.with_name(p.name + LOCKOUT_SUFFIX), **kw)
+        return cls(p.with_name(p.name + LOCKOUT_SUFFIX), audit_path=p, **kw)
 
     def remaining(self) -> float:
         """Seconds left in the current lockout (0 when not locked)."""
@@ -107,16 +113,35 @@ class Lockout:
 
     # -- persistence --------------------------------------------------------------------------
     def _load(self) -> None:
-        if self.path is None or not self.path.is_file():
+        """Read the state; anything but a well-formed state file means a full cool-off (fail
+        closed), except on a first start: no state file and no audit log beside it yet."""
+        if self.path is None:
+            return
+        if not os.path.lexists(self.path):
+            if self.audit_path is not None and self.audit_path.is_file() and self.audit_path.stat().st_size > 0:
+                self._fail_closed("missing beside an existing audit log (deleted?)")
+            else:
+                self._save()  # a first start: from now on the file exists while the log does
             return
         try:
+            if not self.path.is_file():
+                raise ValueError("not a regular file")
             d = json.loads(self.path.read_text())
-            self.failures = [float(t) for t in d.get("failures", [])]
-            self.locked_until = float(d.get("locked_until", 0.0))
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            # unreadable state: fail closed, a full cool-off from now
-            log.warning("%s: unreadable lockout state (%s): locking out for %.0f s", self.path, e, self.cooloff_s)
-            self.failures, self.locked_until = [], self.clock() + self.cooloff_s
+            if not isinstance(d, dict) or not isinstance(d.get("failures"), list) or "locked_until" not in d:
+                raise ValueError("not a lockout state")
+            failures = [float(t) for t in d["failures"]]
+            locked_until = float(d["locked_until"])
+            if not all(math.isfinite(t) for t in failures + [locked_until]):
+                raise ValueError("non-finite times")
+        except (OSError, ValueError, TypeError) as e:
+            self._fail_closed(f"unreadable ({e})")
+            return
+        self.failures, self.locked_until = failures, locked_until
+
+    def _fail_closed(self, why: str) -> None:
+        log.warning("%s: lockout state %s: locking out for %.0f s", self.path, why, self.cooloff_s)
+        self.failures, self.locked_until = [], self.clock() + self.cooloff_s
+        self._save()
 
     def _save(self) -> None:
         if self.path is None:
@@ -125,6 +150,8 @@ class Lockout:
                            "max_failures": self.max_failures, "window_s": self.window_s,
                            "cooloff_s": self.cooloff_s})
         try:
+            if os.path.lexists(self.path) and not os.path.islink(self.path) and self.path.is_dir():
+                raise OSError(f"{self.path} is a folder")  # kept locked out in memory meanwhile
             fd, tmp = tempfile.mkstemp(prefix=".lockout.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
                 f.write(data)
@@ -192,20 +219,37 @@ class Hooks:
             t.join(self.timeout + 5.0)
 
     def _run(self, kind: str, argv: list, env: dict) -> None:
+        """One hook run in its own process group, so a timeout kills what it started too."""
         try:
-            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                               timeout=self.timeout, shell=False)
-        except subprocess.TimeoutExpired:
-            log.error("on-%s hook %s timed out after %.1f s (killed)", kind, argv[0], self.timeout)
-            return
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, shell=False, start_new_session=True)
         except OSError as e:
             log.error("on-%s hook %s could not run: %s", kind, argv[0], e)
             return
-        if r.returncode != 0:
-            tail = (r.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            log.error("on-%s hook %s failed (exit %d) %s", kind, argv[0], r.returncode, tail[0][:200])
+        try:
+            _, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log.error("on-%s hook %s timed out after %.1f s (killed, with what it started)",
+                      kind, argv[0], self.timeout)
+            return
+        if proc.returncode != 0:
+            tail = (err or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            log.error("on-%s hook %s failed (exit %d) %s", kind, argv[0], proc.returncode, tail[0][:200])
         else:
             log.info("on-%s hook %s done", kind, argv[0])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a timed-out hook's process group (the hook and every process it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # already gone
+        pass
+    try:
+        proc.communicate(timeout=5.0)
+    except subprocess.TimeoutExpired:  # a pipe held open by a process outside the group
+        proc.kill()
 
 
 def parse_command(cmd: Optional[str], flag: str) -> Optional[list]:

@@ -152,6 +152,9 @@ def run(
     if args.loop < 0 or (args.max_utterances is not None and args.max_utterances < 1):
         _error("--loop must be >= 0 and --max-utterances >= 1")
         return EXIT_USAGE
+    if args.log is not None and not args.log.strip():  # an unset variable in a unit file: no silent "no log"
+        _error("--log: empty path (leave the option out for no audit log)")
+        return EXIT_USAGE
     if args.loop != 1 and not args.from_file:
         _error("--loop needs --from-file")
         return EXIT_USAGE

@@ -22,6 +22,8 @@ from typing import Callable, Optional
 from .audio import SAMPLE_RATE, AudioError, NoSpeechError
 from .audit import AuditLog, stamped
 from .contract import DECISION_EXIT, EXIT_AUDIO, EXIT_DENIED, EXIT_DEVICE, EXIT_STOPPED
+from .door import new_decision_id
+from .options import one_line
 from .policy import DENIED, GRANTED, UNCERTAIN
 from .stream import AudioSource, Endpointer, Utterance
 
@@ -193,7 +195,8 @@ class Listener:
         except AudioError as e:
             record = denied_record(f"unusable audio: {e}", gate=self.gate)
         except Exception as e:  # fail closed on anything the gate throws
-            log.exception("the gate failed on an utterance; denying it")
+            log.error("the gate failed on an utterance; denying it: %s", one_line(f"{type(e).__name__}: {e}"))
+            log.debug("the gate's failure", exc_info=True)
             record = denied_record(f"gate error: {type(e).__name__}: {e}", gate=self.gate)
         if record.get("latency_ms") is None:
             record["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -202,6 +205,7 @@ class Listener:
 
     def _record(self, record: dict, utt: Optional[Utterance]) -> dict:
         record = {"type": "decision", **record}
+        record.setdefault("decision_id", new_decision_id())  # every decision has one (DoorGate's, or here)
         if utt is not None:
             record.update(
                 utt_start_s=round(utt.start_s, 3),
@@ -342,7 +346,11 @@ def decision_record(result) -> dict:
 
 
 def denied_record(reason: str, gate=None) -> dict:
+    """An utterance denied without a score (lost audio, unusable audio, a failing gate): a
+    decision like any other, with its id (the audit log, the on-deny hook), which the lockout
+    does not count (nobody's voice was judged)."""
     return {
+        "decision_id": new_decision_id(),
         "decision": DENIED,
         "p_allow": None,
         "uncertainty": None,

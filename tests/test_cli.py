@@ -379,3 +379,27 @@ def test_the_console_script_module_imports_only_the_standard_library():
             "print(sorted(m for m in ('numpy', 'onnxruntime', 'voicegate.device.cli') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sigterm_while_listen_starts_is_a_clean_stop(monkeypatch, capsys):
+    """SIGTERM before listen installs its own handler: exit 8 (stopped) with one line, as later."""
+    import signal
+
+    from voicegate.device import console
+
+    assert console.EXIT_STOPPED == contract.EXIT_STOPPED
+    monkeypatch.setattr(sys, "argv", ["voicegate", "listen", "--from-file", "x.wav"])
+    old = signal.getsignal(signal.SIGTERM)
+
+    def startup(argv):
+        signal.raise_signal(signal.SIGTERM)  # arrives while the command module imports
+        raise AssertionError("SIGTERM did not stop the start-up")
+
+    monkeypatch.setattr(cli, "main", startup)
+    try:
+        with pytest.raises(SystemExit) as e:
+            console.console_main()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert e.value.code == contract.EXIT_STOPPED
+    assert capsys.readouterr().err == "voicegate: stopped (SIGTERM)\n"

@@ -61,6 +61,39 @@ def test_lockout_survives_a_restart_and_fails_closed_on_a_broken_state(tmp_path)
     assert Lockout(path, cooloff_s=100, clock=clock).remaining() == pytest.approx(100)
 
 
+@pytest.mark.parametrize("damage", ["{}", '{"failures": [], "locked_until": NaN}', '{"failures": "x", "locked_until": 0}',
+                                    "[]", "folder", "dangling link", "deleted"])
+def test_a_damaged_or_deleted_lockout_state_locks_out(tmp_path, damage):
+    """Emptied, NaN, a folder or a dangling link in its place, or deleted beside an audit log that
+    has records: a full cool-off, never a fresh count (found by a review: each of these granted)."""
+    clock = Clock()
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text('{"type": "decision"}\n')
+    path = audit.with_name(audit.name + ".lockout.json")
+    Lockout.beside(audit, max_failures=2, cooloff_s=100, clock=clock).apply(rec("DENIED"))
+    assert path.is_file()
+    path.unlink()
+    if damage == "folder":
+        path.mkdir()
+    elif damage == "dangling link":
+        path.symlink_to(tmp_path / "nowhere")
+    elif damage != "deleted":
+        path.write_text(damage)
+    lock = Lockout.beside(audit, max_failures=2, cooloff_s=100, clock=clock)
+    assert lock.remaining() == pytest.approx(100)
+    r = rec("GRANTED")
+    lock.apply(r)
+    assert r["decision"] == "DENIED" and r["locked_out"]
+
+
+def test_a_first_start_is_not_locked_out_and_writes_its_state(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    lock = Lockout.beside(audit, clock=Clock())
+    assert lock.remaining() == 0 and audit.with_name("audit.jsonl.lockout.json").is_file()
+    audit.write_text("")  # the audit log just opened, still empty: also a first start
+    assert Lockout.beside(audit, clock=Clock()).remaining() == 0
+
+
 def test_a_grant_clears_the_count_and_noise_does_not_count():
     lock = Lockout(None, max_failures=2, window_s=60, cooloff_s=100, clock=Clock())
     lock.apply(rec("DENIED"))
@@ -119,6 +152,17 @@ def test_hooks_never_block_and_their_failures_are_logged(tmp_path, hook, monkeyp
     assert Hooks(on_grant="x").fire({"decision": "GRANTED"}) is None  # unscored (noise): no hook
     with pytest.raises(ValueError, match="--on-grant"):
         Hooks(on_grant="'unclosed")
+
+
+def test_a_timed_out_hook_is_killed_with_what_it_started(tmp_path):
+    """--hook-timeout bounds the hook's children too (they share its process group)."""
+    escaped = tmp_path / "escaped"
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\n(sleep 1.5; touch {escaped}) &\nwait\n")
+    script.chmod(0o755)
+    Hooks(on_deny=str(script), timeout=0.3).fire(rec("DENIED")).join(10)
+    time.sleep(2.0)
+    assert not escaped.exists()
 
 
 # --- the guided microphone session --------------------------------------------------------------

@@ -353,7 +353,7 @@ def test_a_device_failure_at_the_limit_exits_with_that_denial(stream):
     assert lst.stats.reopens == 0
 
 
-def test_gate_errors_fail_closed(stream, tmp_path):
+def test_gate_errors_fail_closed(stream, tmp_path, caplog):
     audio, _ = stream
 
     class BadGate(FakeGate):
@@ -379,6 +379,12 @@ def test_gate_errors_fail_closed(stream, tmp_path):
     logged = read_audit_log(tmp_path / "audit.jsonl")
     assert logged[0]["type"] == "event" and logged[0]["event"] == "no_speech"
     assert "no speech found" in logged[0]["reason"] and decisions(logged) == records
+    # denied without a score, still decisions: an id each (the audit log, the on-deny hook)
+    ids = [r.get("decision_id") for r in records]
+    assert all(ids) and len(set(ids)) == len(ids)
+    # and a failing gate is one line in the log, not a traceback per utterance
+    failed = [r for r in caplog.records if "the gate failed" in r.getMessage()]
+    assert failed and not any(r.exc_info for r in failed if r.levelno > logging.DEBUG)
 
 
 def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
@@ -396,8 +402,11 @@ def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
     args = parse("--from-file", wav, "--log", blocked / "audit.jsonl")
     assert listen.run(args, gate_factory=lambda a: FakeGate()) == listen.EXIT_AUDIT
     assert listen.run(parse("--loop", 3), gate_factory=lambda a: FakeGate()) == 2
+    # an unset variable in a unit file (--log "$LOG"): a usage error, not a door without a log
+    assert listen.run(parse("--from-file", wav, "--log", ""), gate_factory=lambda a: FakeGate()) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(e.startswith("voicegate listen: error:") for e in err)
+    assert len(err) == 5 and all(e.startswith("voicegate listen: error:") for e in err)
+    assert "--log: empty path" in err[4]
     assert "model not found" in err[0] and "bad.wav" in err[1]
 
 
