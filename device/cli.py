@@ -192,9 +192,25 @@ def _missing_heavy(e: BaseException) -> bool:
     return isinstance(e, ImportError) and name.split(".")[0] in HEAVY_MODULES
 
 
+def help_request(argv: list) -> list:
+    """The command words of ``argv`` (up to its first option after them) plus ``--help``: so
+    ``train --epochs abc -h`` prints train's help (exit 10) instead of failing on ``abc``."""
+    words: list = []
+    for a in argv:
+        if a.startswith("-"):
+            if words:
+                break
+            continue  # global options before the command
+        words.append(a)
+    return words + ["--help"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--version" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+    before = argv[: argv.index("--") if "--" in argv else len(argv)]
+    if "-h" in before or "--help" in before:  # help wherever it stands, even after a bad value
+        argv = help_request(before)
+    if "--version" in before:
         from voicegate import __version__  # on every command, before any parsing: exit 10, never 0
 
         print(f"voicegate {__version__}")

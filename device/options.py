@@ -66,6 +66,34 @@ def threads_count(text: str) -> int:
     return v
 
 
+def number(kind=int, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a ``kind`` (int or float) within [low, high] (low excluded if
+    ``low_open``), so a bad value is a one-line usage error (exit 2), not a later traceback."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+        if kind is float and v != v:
+            raise argparse.ArgumentTypeError("not a number: nan")
+        if low is not None and (v <= low if low_open else v < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+POSITIVE_INT = number(int, 1)
+NON_NEGATIVE_INT = number(int, 0)
+POSITIVE_FLOAT = number(float, 0.0, low_open=True)
+NON_NEGATIVE_FLOAT = number(float, 0.0)
+PROBABILITY = number(float, 0.0, 1.0)  # a share or a rate in [0, 1]
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and threshold options shared by the device commands."""
     p.add_argument("--model", metavar="PATH",

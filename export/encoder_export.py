@@ -310,6 +310,11 @@ def run(args: argparse.Namespace) -> int:
         if len(runs) != 1:
             print("voicegate export: a classifier run is one folder (its members are inside it)", file=sys.stderr)
             return 2
+        encoder_only = [f for f, v in (("--backend", args.backend), ("--score-norm", args.score_norm)) if v != "none"]
+        if encoder_only:  # they would be ignored: say so rather than write a model without them
+            print(f"voicegate export: {', '.join(encoder_only)} applies to encoder runs; {runs[0]} is a "
+                  "classifier run", file=sys.stderr)
+            return 2
         args.run = runs[0]
         return onnx_export.run(args)
     if not all(is_encoder_run(r) for r in runs):

@@ -225,6 +225,8 @@ def test_exit_code_help_is_built_from_the_constants():
     ["enroll-check", "--version", "x.wav"],  # after the command too
     ["--version", "x"],  # before any parsing: even an unknown command
     ["profiles", "list", "--version"],
+    ["enroll-check", "--threshold", "abc", "-h"],  # help wherever it stands, even after a bad value
+    ["profiles", "list", "--json", "--help"],
     ["--help"],
     ["listen", "--help"],
 ])
@@ -403,3 +405,13 @@ def test_sigterm_while_listen_starts_is_a_clean_stop(monkeypatch, capsys):
         signal.signal(signal.SIGTERM, old)
     assert e.value.code == contract.EXIT_STOPPED
     assert capsys.readouterr().err == "voicegate: stopped (SIGTERM)\n"
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--epochs", "-1"], ["--batch-size", "0"], ["--lr", "-1"],
+                                    ["--limit-train", "-5"], ["--dropout", "1.2"]])
+def test_training_options_out_of_range_are_usage_errors(tmp_path, option, capsys):
+    """A zero or negative run length, batch or rate: exit 2 at once with one line, not a run
+    that writes an untrained model or a ValueError later."""
+    assert main(["train", "--corpus", str(tmp_path), "--out", str(tmp_path / "run"), *option]) == 2
+    err = capsys.readouterr().err
+    assert "must be" in err and option[0] in err

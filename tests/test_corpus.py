@@ -109,6 +109,25 @@ def test_manifest_joins_rows_of_one_recording_in_order(tmp_path):
     assert rec["s1_round01"].meta["round"] == "01" and "keyword" not in rec["s1_round01"].meta
 
 
+@pytest.mark.parametrize("roles, match", [
+    ({"allowed": ["s1"], "heldout_impostors": ["s2x"]}, "heldout_impostors names 1 speaker"),
+    ({"allowed": ["s9"]}, "allowed names 1 speaker"),
+    ({}, "names no speaker"),
+])
+def test_a_roles_file_naming_unknown_speakers_or_nobody_is_refused(tmp_path, roles, match):
+    """A typo in the held-out list would train on the speaker meant to be kept out."""
+    for spk, voice in (("s1", "f1"), ("s2", "m1")):
+        for i in range(3):
+            write_wav(tmp_path / spk / f"{i}.wav", synth_voice(voice, 1.0, seed=i))
+    (tmp_path / "roles.json").write_text(json.dumps({"allowed": ["s1"], "heldout_impostors": ["s2"]}))
+    assert load_corpus(tmp_path).roles.heldout_impostors == ("s2",)
+    (tmp_path / "roles.json").write_text(json.dumps(roles))
+    with pytest.raises(CorpusError, match=match):
+        load_corpus(tmp_path)
+    if roles.get("heldout_impostors") == ["s2x"]:  # the command line's list replaces the file's
+        assert load_corpus(tmp_path, impostors=["s2"]).roles.heldout_impostors == ("s2",)
+
+
 def test_no_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="no corpus found"):
         load_corpus(tmp_path)

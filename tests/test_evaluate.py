@@ -252,3 +252,22 @@ def test_the_shared_corpora_default_to_beside_the_checkout(tmp_path, monkeypatch
     assert shared_data_dir() == tmp_path
     assert resolve_corpus("somecorpus") == tmp_path / "somecorpus"
     assert resolve_corpus("/elsewhere/machine/somecorpus") == tmp_path / "somecorpus"
+    # never the current folder: a corpus of the same name there is not it
+    (tmp_path / "cwd" / "othercorpus").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(FileNotFoundError, match="othercorpus"):
+        resolve_corpus("othercorpus")
+
+
+def test_eval_exit_codes_name_the_problem(tiny_corpus, tmp_path, capsys):
+    """5 for a modified model (as on the device), 2 for an option it cannot use, 1 otherwise."""
+    mc = write_tiny(tmp_path / "m" / "code-mc.onnx", tiny_corpus, "mc")
+    from voicegate.device.cli import main
+
+    assert main(["eval", str(mc), "--corpus", str(tiny_corpus), "--attempt-seconds", "0"]) == 2
+    data = bytearray(mc.read_bytes())
+    data[-10] ^= 0xFF
+    mc.write_bytes(bytes(data))  # its sha256 sidecar no longer matches
+    assert E.run(parse([str(mc), "--corpus", str(tiny_corpus), "--no-progress"])) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--attempt-seconds: must be > 0" in err[-2] and err[-1].startswith("voicegate eval: ")

@@ -253,6 +253,18 @@ def test_export_command_fails_without_enough_members(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("option", [["--backend", "wccn"], ["--score-norm", "as-norm"]])
+def test_encoder_only_options_on_a_classifier_run_are_refused(tmp_path, capsys, option):
+    from voicegate.device.cli import main
+
+    write_fake_cache(tmp_path / "cache", fake_corpus())
+    write_run(tmp_path / "run", [tiny_compact(0)])
+    rc = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--cache",
+               str(tmp_path / "cache"), *option])
+    assert rc == 2 and f"{option[0]} applies to encoder runs" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_refuses_windows_another_featurizer_selected(tmp_path, capsys):
     """Thresholds chosen on windows the device would not select (another speech-detector padding)
     would not hold at the door: the export stops with one line."""

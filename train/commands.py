@@ -21,6 +21,23 @@ COMMANDS = {
 }
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_MODEL = 1, 2, 5  # the training side's codes (README, "Exit codes")
+
+
+def failure_exit(e: BaseException) -> int:
+    """The exit code of a training-side command that failed with ``e``: 5 for a model that is
+    missing, invalid or modified (as on the device), 2 for a corpus or an option that cannot be
+    used, 1 for anything else."""
+    from voicegate.device.contract import ModelError
+    from voicegate.train.data.corpus import CorpusError
+
+    if isinstance(e, ModelError):
+        return EXIT_MODEL
+    if isinstance(e, (CorpusError, ValueError)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
 def out_problem(out) -> str | None:
     """Why ``--out`` cannot be written (None if it can), checked BEFORE the work: a run that
     fails at its last step loses minutes or hours. A name with a suffix (``model.onnx``) is a

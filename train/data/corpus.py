@@ -276,6 +276,27 @@ def default_roles(root: Path, layout: str, speakers: Iterable[str]) -> Roles:
     return Roles()
 
 
+def check_roles_file(root: Path, roles: Roles, speakers: set, allowed_overridden: bool,
+                     impostors_overridden: bool) -> None:
+    """A ``roles.json`` that names nobody, or an allowed / held-out speaker the corpus does not
+    have, is refused (CorpusError): a typo in the held-out list would otherwise put the speaker
+    meant to be kept out into training, silently. Unknown training speakers are only logged."""
+    where = root / ROLES_NAME
+    if not (roles.allowed or roles.not_allowed_train or roles.heldout_impostors):
+        raise CorpusError(f"{where}: names no speaker (expected lists {', '.join(ROLE_NAMES)}); "
+                          "remove the file to place every speaker as a training speaker")
+    for role, overridden in (("allowed", allowed_overridden), ("heldout_impostors", impostors_overridden)):
+        unknown = sorted(set(getattr(roles, role)) - speakers) if not overridden else []
+        if unknown:
+            raise CorpusError(f"{where}: {role} names {len(unknown)} speaker(s) the corpus does not have: "
+                              f"{', '.join(unknown[:5])} ({len(speakers)} speakers, e.g. "
+                              f"{', '.join(sorted(speakers)[:5])})")
+    unknown = sorted(set(roles.not_allowed_train) - speakers)
+    if unknown:
+        log.warning("%s: not_allowed_train names %d speaker(s) with no recordings: %s", where,
+                    len(unknown), ", ".join(unknown[:5]))
+
+
 def load_corpus(
     root: os.PathLike | str,
     layout: str = "auto",
@@ -305,6 +326,8 @@ def load_corpus(
         raise CorpusError(f"{root}: no recordings found ({layout} layout)")
     speakers = {r.speaker for r in recordings}
     roles = default_roles(root, layout, speakers)
+    if (root / ROLES_NAME).is_file():
+        check_roles_file(root, roles, speakers, allowed is not None, impostors is not None)
     for flag, names in (("--allowed", allowed), ("--impostors", impostors)):
         unknown = sorted(set(_names(names)) - speakers)
         if unknown:  # a typo would otherwise train on the speaker meant to be held out

@@ -74,17 +74,12 @@ def resolve_corpus(stored: str, override: Optional[str] = None) -> Path:
     if override:
         return Path(override).expanduser()
     path = Path(str(stored)).expanduser()
-    if path.is_absolute():
-        if path.exists():
-            return path
-        name = path.name
-    else:
-        name = str(stored)
+    if path.is_absolute() and path.exists():
+        return path
+    name = path.name  # a name, or the last part of a legacy path
     shared = shared_data_dir() / name
     if shared.exists():
-        return shared
-    if path.exists():  # a relative path from the current folder (a user's own corpus)
-        return path
+        return shared  # never the current folder: the same command finds the same corpus anywhere
     raise CorpusNotFound(f"the model's training corpus {name!r} is not here: pass --corpus FOLDER "
                          f"or set {SHARED_DATA_ENV} to the folder that holds {name}/")
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from voicegate.device.options import NON_NEGATIVE_INT, POSITIVE_FLOAT
+
 from .enrolment import CLEAN, ENROL_SECONDS, ProtocolConfig, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -152,14 +154,14 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", default=CLEAN,
                    help="encoder models: clean, all, or a comma list of train.data.channel names "
                         "(enrolment and attempts through the same channel; default %(default)s)")
-    p.add_argument("--enrol-seconds", type=float, default=ENROL_SECONDS,
+    p.add_argument("--enrol-seconds", type=POSITIVE_FLOAT, default=ENROL_SECONDS,
                    help="encoder models: most speech a person enrols with (default %(default)s)")
     p.add_argument("--halves", action="store_true",
                    help="encoder models: single-recording held-out speakers enrol from the first half of "
                         "their speech and attempt with the second (weaker; off by default)")
     p.add_argument("--peer", metavar="EVAL_JSON",
                    help="encoder models: a peer's eval.json on the same corpus (benchmarks/ge2e_peer.py) to compare with")
-    p.add_argument("--bootstrap", type=int, default=200,
+    p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=200,
                    help="encoder models: speaker-bootstrap resamples for the EER interval (default %(default)s)")
 
 
@@ -188,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from voicegate.device.contract import ModelError
+    from voicegate.train.commands import failure_exit
     from voicegate.train.data.corpus import CorpusError
 
     from .enrolment import OnnxEmbedder
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     except (ProtocolError, ModelError, CorpusError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"voicegate eval: {e}", file=sys.stderr)
         log.debug("encoder eval failed", exc_info=True)
-        return 1
+        return failure_exit(e)
     from .enrolment_report import markdown
 
     print(json.dumps(result, indent=1) if args.json else markdown(result))

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voicegate.device.options import POSITIVE_FLOAT, threads_count
 from voicegate.train.data.fingerprint import summary
 
 from voicegate.train.eval.attempts import FAILED, cut_attempts, load_gates, score_attempts
@@ -198,9 +199,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", help="corpus folder (default: the training corpus named in the model's contract)")
     p.add_argument("--split", choices=("test", "val"), default=d.split,
                    help="closed-set split of the known speakers (default %(default)s)")
-    p.add_argument("--attempt-seconds", type=float, default=d.attempt_seconds,
+    p.add_argument("--attempt-seconds", type=POSITIVE_FLOAT, default=d.attempt_seconds,
                    help="seconds of detected speech per door attempt (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads (default %(default)s)")
+    p.add_argument("--threads", type=threads_count, default=d.threads, help="onnxruntime threads (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="onnxruntime seed for the MC masks (default %(default)s)")
     p.add_argument("--out", help="write eval.json, eval.md and DET curve PNGs to this folder")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
@@ -217,6 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from voicegate.device.contract import ModelError
+    from voicegate.train.commands import failure_exit
 
     from voicegate.train.data.corpus import CorpusError
     from voicegate.train.eval import encoder_eval
@@ -238,6 +240,6 @@ def run(args: argparse.Namespace) -> int:
     except (EvalError, ModelError, CorpusError, FileNotFoundError, ValueError) as e:
         print(f"voicegate eval: {e}", file=sys.stderr)
         log.debug("eval failed", exc_info=True)
-        return 1
+        return failure_exit(e)
     print(json.dumps(result, indent=1) if args.json else markdown(result))
     return 0

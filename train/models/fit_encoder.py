@@ -29,6 +29,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from voicegate.device.options import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
+                                      PROBABILITY, number)
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -349,41 +352,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", help="folder of real noise recordings for the channel augmentation")
     p.add_argument("--cache", default=d.data, help="encoder data cache folder (default %(default)s)")
     p.add_argument("--out", default=d.out, help="run folder (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs (default %(default)s)")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget; the LR schedule follows it")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="0 trains without the teacher")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs, help="at most this many epochs (default %(default)s)")
+    p.add_argument("--minutes", type=POSITIVE_FLOAT, default=d.minutes,
+                   help="wall-clock budget; the LR schedule follows it (default %(default)s)")
+    p.add_argument("--batch-size", type=number(int, 2), default=d.batch_size,
+                   help="windows per step (default %(default)s)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=d.lr, help="AdamW peak learning rate (default %(default)s)")
+    p.add_argument("--distill-weight", type=NON_NEGATIVE_FLOAT, default=d.distill_weight, help="0 trains without the teacher")
     p.add_argument("--distill-center", action="store_true",
                    help="distil to the teacher's embeddings minus their training mean (the part that tells "
                         "voices apart) rather than to the raw, all-positive embeddings")
     p.add_argument("--no-teacher", action="store_true", help="prepare no teacher embeddings (and train without)")
-    p.add_argument("--dropout", type=float, default=0.2, help="head dropout = the MC-dropout rate (default %(default)s)")
-    p.add_argument("--embedding-dim", type=int, default=128)
-    p.add_argument("--margin", type=float, default=0.2)
-    p.add_argument("--scale", type=float, default=30.0)
-    p.add_argument("--max-windows", type=int, default=20, help="windows per recording (default %(default)s)")
-    p.add_argument("--aug-copies", type=int, default=3, help="augmented copies per window (default %(default)s)")
-    p.add_argument("--limit-speakers", type=int, default=0, help="tiny runs: training speakers per corpus")
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--dropout", type=number(float, 0.0, 0.95), default=0.2, help="head dropout = the MC-dropout rate (default %(default)s)")
+    p.add_argument("--embedding-dim", type=POSITIVE_INT, default=128, help="embedding size D (default %(default)s)")
+    p.add_argument("--margin", type=NON_NEGATIVE_FLOAT, default=0.2, help="AAM-softmax additive angular margin (default %(default)s)")
+    p.add_argument("--scale", type=POSITIVE_FLOAT, default=30.0, help="AAM-softmax scale s (default %(default)s)")
+    p.add_argument("--max-windows", type=POSITIVE_INT, default=20, help="windows per recording (default %(default)s)")
+    p.add_argument("--aug-copies", type=NON_NEGATIVE_INT, default=3, help="augmented copies per window (default %(default)s)")
+    p.add_argument("--limit-speakers", type=NON_NEGATIVE_INT, default=0, help="tiny runs: training speakers per corpus")
+    p.add_argument("--threads", type=POSITIVE_INT, default=d.threads, help="torch CPU threads (default %(default)s)")
     p.add_argument("--init", metavar="CHECKPOINT", default="",
                    help="fine-tune this encoder checkpoint (same speakers and architecture) instead of "
                         "starting from random weights; the AAM margin is then on from the first step")
-    p.add_argument("--workers", type=int, default=2, help="processes preparing the data")
+    p.add_argument("--workers", type=POSITIVE_INT, default=2, help="processes preparing the data")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="training seed: initialisation, batch order, augmentation choice (default %(default)s); "
                         "ensemble members differ in it")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the prepared data (validation speakers, channels; default %(default)s): keep it "
                         "equal across ensemble members so they share one cache and one validation split")
-    p.add_argument("--relation-weight", type=float, default=d.relation_weight,
+    p.add_argument("--relation-weight", type=NON_NEGATIVE_FLOAT, default=d.relation_weight,
                    help="weight of the relational distillation loss (the student's batch cosines follow the "
                         "teacher's; default %(default)s: off)")
     p.add_argument("--pseudo-warps", default="",
                    help="frequency-warp factors, e.g. 0.9,1.1: each makes a pseudo-speaker of every speaker")
-    p.add_argument("--pseudo-prob", type=float, default=0.3,
+    p.add_argument("--pseudo-prob", type=PROBABILITY, default=0.3,
                    help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
-    p.add_argument("--speaker-fraction", type=float, default=1.0,
+    p.add_argument("--speaker-fraction", type=number(float, 0.0, 1.0, low_open=True), default=1.0,
                    help="ablation: train (from scratch) on this share of each corpus's training speakers, "
                         "drawn with --seed; validation speakers unchanged (default %(default)s: all)")
 

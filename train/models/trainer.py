@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from voicegate.device.options import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, number
 from voicegate.train.data.splits import HELDOUT, TEST, TRAIN, VAL
 
 log = logging.getLogger(__name__)
@@ -207,22 +208,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=("auto", "manifest", "daps", "folders"), help="corpus layout (default: detect)")
     p.add_argument("--arch", choices=("seed", "compact"), default="compact", help="seed = the study's SpectrogramCNN; compact = edge CNN (default)")
     p.add_argument("--out", required=True, help="run folder to write (e.g. runs/NAME)")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default %(default)s)")
-    p.add_argument("--ensemble", type=int, nargs="?", const=5, default=1, metavar="K",
+    p.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig.epochs, help="maximum epochs (default %(default)s)")
+    p.add_argument("--ensemble", type=POSITIVE_INT, nargs="?", const=5, default=1, metavar="K",
                    help="train K members with seeds seed..seed+K-1 (K=5 when given without a value; default 1)")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="windows per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="Adam weight decay (default %(default)s)")
-    p.add_argument("--dropout", type=float, help="head dropout (default: seed 0.5, compact 0.3)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig.batch_size, help="windows per step (default %(default)s)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=TrainConfig.lr, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=TrainConfig.weight_decay, help="Adam weight decay (default %(default)s)")
+    p.add_argument("--dropout", type=number(float, 0.0, 0.95), help="head dropout (default: seed 0.5, compact 0.3)")
     p.add_argument("--widths", type=_widths, help="conv channels, comma-separated (seed: 3 values, compact: 4)")
-    p.add_argument("--embed-dim", type=int, help="fc1 width (default: seed 512, compact 128)")
+    p.add_argument("--embed-dim", type=POSITIVE_INT, help="fc1 width (default: seed 512, compact 128)")
     p.add_argument("--no-augment", action="store_true", help="no on-the-fly time roll / SpecAugment masks")
-    p.add_argument("--patience", type=int, default=TrainConfig.patience, help="early-stopping patience in epochs, 0 = off (default %(default)s)")
+    p.add_argument("--patience", type=NON_NEGATIVE_INT, default=TrainConfig.patience, help="early-stopping patience in epochs, 0 = off (default %(default)s)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="base seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--limit-train", type=int, metavar="N", help="train on a random N-window subset (quick runs)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--limit-train", type=POSITIVE_INT, metavar="N", help="train on a random N-window subset (quick runs)")
     p.add_argument("--save-every-epoch", action="store_true", help="keep a checkpoint per epoch, including epoch 0")
 
 

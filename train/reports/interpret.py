@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from voicegate.device.options import NON_NEGATIVE_INT
 from voicegate.train.reports.report import FREQUENCY_BANDS
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ N_EXAMPLES = 4  # Grad-CAM examples per class
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("val", "test"), help="split to explain (default %(default)s)")
     p.add_argument("--member", type=int, default=0, help="ensemble member to explain (default %(default)s)")
-    p.add_argument("--max-windows", type=int, default=400, help="seeded subset of at most this many windows for the averages (default %(default)s; 0 = all)")
+    p.add_argument("--max-windows", type=NON_NEGATIVE_INT, default=400, help="seeded subset of at most this many windows for the averages (default %(default)s; 0 = all)")
 
 
 # --- hooks -------------------------------------------------------------------------------------

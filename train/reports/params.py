@@ -23,6 +23,8 @@ import logging
 import re
 from pathlib import Path
 
+from voicegate.device.options import NON_NEGATIVE_INT
+
 log = logging.getLogger(__name__)
 
 NEEDS_RUN = True
@@ -36,8 +38,8 @@ EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("val", "test"), help="split to measure accuracy on (default %(default)s)")
     p.add_argument("--member", type=int, default=0, help="ensemble member to analyse (default %(default)s)")
-    p.add_argument("--max-windows", type=int, default=1000, help="seeded subset of at most this many windows (default %(default)s; 0 = all)")
-    p.add_argument("--max-epochs", type=int, default=12, help="at most this many reset epochs in the heat map; 0, 1 and the trained epoch are always in (default %(default)s)")
+    p.add_argument("--max-windows", type=NON_NEGATIVE_INT, default=1000, help="seeded subset of at most this many windows (default %(default)s; 0 = all)")
+    p.add_argument("--max-epochs", type=NON_NEGATIVE_INT, default=12, help="at most this many reset epochs in the heat map; 0, 1 and the trained epoch are always in (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=0.02, help="balanced-accuracy drop a robust layer may show (default %(default)s)")
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from voicegate.device.options import NON_NEGATIVE_INT
+
 log = logging.getLogger(__name__)
 
 NEEDS_RUN = True
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("val", "test"), help="closed-set split (default %(default)s)")
     p.add_argument("--T", dest="mc_samples", type=int, nargs="+", default=list(DEFAULT_T), help="MC dropout sample counts (default 2 20 50)")
     p.add_argument("--member", type=int, default=0, help="the ensemble member MC dropout samples (default %(default)s)")
-    p.add_argument("--max-windows", type=int, default=3000, help="seeded subset of at most this many windows per split (default %(default)s; 0 = all)")
+    p.add_argument("--max-windows", type=NON_NEGATIVE_INT, default=3000, help="seeded subset of at most this many windows per split (default %(default)s; 0 = all)")
     p.add_argument("--bins", type=int, default=10, help="confidence bins for ECE (default %(default)s)")
     p.add_argument("--bootstrap", type=int, default=500, help="recording-level bootstrap resamples for the MC vs ensemble intervals (default %(default)s)")
     p.add_argument("--timing-batch", type=int, default=32, help="windows per batch when timing each method (default %(default)s)")
