@@ -128,6 +128,14 @@ def test_a_roles_file_naming_unknown_speakers_or_nobody_is_refused(tmp_path, rol
         assert load_corpus(tmp_path, impostors=["s2"]).roles.heldout_impostors == ("s2",)
 
 
+def test_a_manifest_listing_a_missing_file_is_refused(tmp_path):
+    write_wav(tmp_path / "a.wav", synth_voice("f1", 1.0))
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "speaker", "recording"], ["a.wav", "s1", "r1"], ["gone.wav", "s1", "r2"]])
+    with pytest.raises(CorpusError, match=r"1 file\(s\) it lists are missing, e.g. .*gone.wav"):
+        load_corpus(tmp_path)
+
+
 def test_no_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="no corpus found"):
         load_corpus(tmp_path)

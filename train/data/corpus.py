@@ -208,6 +208,9 @@ def load_manifest(root: os.PathLike | str, manifest: Optional[os.PathLike | str]
         meta = {k: grp[0][k] for k in extra if all(r.get(k) == grp[0][k] for r in grp)}
         meta["files"] = len(paths)
         recordings.append(Recording(paths, speaker, rec, rec, seconds, meta))
+    missing = [p for r in recordings for p in r.paths if not p.is_file()]
+    if missing:  # a corpus with holes: its splits would silently differ from what the manifest says
+        raise CorpusError(f"{mpath}: {len(missing)} file(s) it lists are missing, e.g. {missing[0]}")
     return recordings
 
 
