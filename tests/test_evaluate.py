@@ -271,3 +271,22 @@ def test_eval_exit_codes_name_the_problem(tiny_corpus, tmp_path, capsys):
     assert E.run(parse([str(mc), "--corpus", str(tiny_corpus), "--no-progress"])) == 5
     err = capsys.readouterr().err.strip().splitlines()
     assert "--attempt-seconds: must be > 0" in err[-2] and err[-1].startswith("voicegate eval: ")
+
+
+@pytest.mark.parametrize("option", [["--channels", "all"], ["--halves"], ["--enrol-seconds", "10"],
+                                    ["--peer", "x.json"], ["--bootstrap", "5"]])
+def test_a_classifier_eval_refuses_encoder_only_options(tiny_corpus, tmp_path, capsys, option):
+    mc = write_tiny(tmp_path / "m" / "opt-mc.onnx", tiny_corpus, "mc")
+    assert E.run(parse([str(mc), "--corpus", str(tiny_corpus), "--no-progress", *option])) == 2
+    assert f"{option[0]} applies to encoder models" in capsys.readouterr().err
+
+
+def test_eval_names_a_peer_file_that_is_not_json(tmp_path, capsys):
+    from voicegate.train.eval import encoder_eval
+
+    peer = tmp_path / "peer.json"
+    peer.write_text("not json")
+    args = parse([str(tmp_path / "enc.onnx"), "--corpus", str(tmp_path), "--peer", str(peer)])
+    assert encoder_eval.run(args) == 2
+    err = capsys.readouterr().err
+    assert "peer.json: not a readable eval.json" in err and err.count("\n") == 1

@@ -153,3 +153,22 @@ def test_cli_end_to_end_on_a_generated_corpus(tiny_corpus, tmp_path, capsys):
 
     _, ckpt = load_run(out)[0]
     assert prepare_corpus(PrepareConfig.from_dict(ckpt["data_config"])).reused
+
+
+def test_a_corpus_with_no_allowed_speaker_is_one_line_and_exit_2(tmp_path, capsys):
+    import soundfile as sf
+    from synth import synth_voice
+
+    from voicegate.device.cli import main
+
+    root = tmp_path / "corpus"
+    for spk, voice in (("s1", "f1"), ("s2", "m1"), ("s3", "f2")):
+        (root / spk).mkdir(parents=True)
+        for i in range(3):
+            sf.write(root / spk / f"{i}.wav", synth_voice(voice, 3.0, seed=i), 16000)
+    (root / "roles.json").write_text(json.dumps({"not_allowed_train": ["s1", "s2"], "heldout_impostors": ["s3"]}))
+    rc = main(["train", "--corpus", str(root), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"),
+               "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("voicegate train: error: the training split holds one class only")
+    assert not (tmp_path / "run").exists()

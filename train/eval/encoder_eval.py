@@ -165,6 +165,14 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder models: speaker-bootstrap resamples for the EER interval (default %(default)s)")
 
 
+ENCODER_DEFAULTS = {"channels": CLEAN, "enrol_seconds": ENROL_SECONDS, "halves": False, "peer": None, "bootstrap": 200}
+
+
+def encoder_options_given(args: argparse.Namespace) -> list[str]:
+    """The encoder-only options set away from their defaults (a classifier must refuse them)."""
+    return ["--" + k.replace("_", "-") for k, v in ENCODER_DEFAULTS.items() if getattr(args, k, v) != v]
+
+
 def is_encoder(path) -> bool:
     """Whether the ONNX model at ``path`` declares kind=encoder (False when it cannot be read:
     the classifier path then says why, in one line)."""
@@ -210,6 +218,12 @@ def run(args: argparse.Namespace) -> int:
     if args.peer and not Path(args.peer).is_file():
         print(f"voicegate eval: --peer {args.peer}: no such file (benchmarks/ge2e_peer.py writes it)", file=sys.stderr)
         return 2
+    if args.peer:
+        try:
+            json.loads(Path(args.peer).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            print(f"voicegate eval: --peer {args.peer}: not a readable eval.json ({e})", file=sys.stderr)
+            return 2
     try:
         embedder = OnnxEmbedder(args.models[0], threads=args.threads, seed=args.seed)
         c = embedder.contract

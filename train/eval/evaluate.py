@@ -225,9 +225,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.models and not encoder_eval.split_kinds(args.models)[0]:  # encoders only
         return encoder_eval.run(args)
-    if getattr(args, "channels", "clean") != "clean":  # the study's protocol has no simulated channels
-        print(f"voicegate eval: --channels {args.channels} applies to encoder models (the enrolment "
-              "protocol); a classifier is evaluated on clean audio only", file=sys.stderr)
+    given = encoder_eval.encoder_options_given(args)
+    if given:  # the study's protocol has no enrolment, channels or peer: say so, never ignore them
+        print(f"voicegate eval: {', '.join(given)} applies to encoder models (the enrolment protocol); "
+              "a classifier is evaluated by the study's protocol, on clean audio", file=sys.stderr)
         return 2
     cfg = EvalConfig(
         models=list(args.models), method=args.method, corpus=args.corpus, split=args.split,

@@ -265,7 +265,13 @@ def run(args: argparse.Namespace) -> int:
     except (CorpusError, ValueError, OSError) as e:
         print(f"voicegate train: error: {e}", file=sys.stderr)
         return 2
-    ensemble = train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
+    try:
+        ensemble = train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
+    except SystemExit as e:  # the splits cannot train a model: a corpus problem, said in one line
+        if not isinstance(e.code, str):
+            raise
+        print(f"voicegate train: error: {e.code}", file=sys.stderr)
+        return 2
     label = f"ensemble of {tcfg.ensemble}" if tcfg.ensemble > 1 else "model"
     for name, report in ensemble["mean_of_members"].items():
         print(f"{label} {name}: {summary_line(report)}")
