@@ -301,6 +301,9 @@ def run(args: argparse.Namespace) -> int:
     """Encoder runs (``encoder-run.json``) export here; classifier runs go to onnx_export."""
     from . import onnx_export
 
+    if Path(args.out).suffix != ".onnx":  # before any work, as every export path would refuse it
+        print(f"voicegate export: --out must name a .onnx file, got {args.out}", file=sys.stderr)
+        return 2
     runs = [args.run] if isinstance(args.run, str) else list(args.run)
     if len(runs) == 1 and str(runs[0]).endswith(".onnx"):  # an exported encoder, re-scored
         from .score_norm import run_rescore

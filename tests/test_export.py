@@ -265,6 +265,13 @@ def test_encoder_only_options_on_a_classifier_run_are_refused(tmp_path, capsys, 
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_out_that_is_not_onnx_is_a_usage_error_before_any_work(tmp_path, capsys):
+    from voicegate.device.cli import main
+
+    assert main(["export", str(tmp_path / "no-run-here"), "--out", str(tmp_path / "m.bin")]) == 2
+    assert "--out must name a .onnx file" in capsys.readouterr().err
+
+
 def test_export_refuses_windows_another_featurizer_selected(tmp_path, capsys):
     """Thresholds chosen on windows the device would not select (another speech-detector padding)
     would not hold at the door: the export stops with one line."""
