@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Sequence
 
+from .console import first_command
 from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
 from .options import add_model_arguments, load_gate, one_line
 
@@ -129,13 +130,6 @@ def load_command(name: str):
     return getattr(module, attr) if attr else module
 
 
-def _first_command(argv: Sequence[str]) -> str | None:
-    for a in argv:
-        if not a.startswith("-"):
-            return a
-    return None
-
-
 def _load_plugins(subparsers) -> list[tuple[str, BaseException]]:
     """Register the ``voicegate.commands`` groups; return (name, error) for those that failed."""
     from importlib.metadata import entry_points
@@ -170,7 +164,7 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str
     parser.add_argument("--version", action="store_true",
                         help=f"print the version and exit ({EXIT_INFO}, never 0)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    first = _first_command(argv)
+    first = first_command(argv)
     for name, (help_text, _) in DEVICE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"voicegate {__version__}")
         return EXIT_INFO
-    first = _first_command(argv)
+    first = first_command(argv)
     try:
         parser, commands, failed = build_parser(argv)
     except CommandUnavailable as e:
@@ -276,12 +270,8 @@ def console_main() -> None:
     open file. Every other command exits normally.
     """
     argv = sys.argv[1:]
-    try:
-        code = main(argv)
-    except KeyboardInterrupt:  # while the parser or a command module is imported
-        print("voicegate: interrupted", file=sys.stderr)
-        code = 130
-    if _first_command(argv) not in FAST_EXIT_COMMANDS:
+    code = main(argv)  # a Ctrl-C while the parser or a command module imports: console.py says it
+    if first_command(argv) not in FAST_EXIT_COMMANDS:
         sys.exit(code)
     try:
         sys.stdout.flush()

@@ -24,12 +24,13 @@ def _stop(signum, frame):
     raise _Stopped
 
 
-def _command(argv: list) -> str | None:
+def first_command(argv) -> str | None:
+    """The command word of ``argv`` (its first non-option); the CLI's own rule too."""
     return next((a for a in argv if not a.startswith("-")), None)
 
 
 def console_main() -> None:
-    if _command(sys.argv[1:]) == "listen":
+    if first_command(sys.argv[1:]) == "listen":
         signal.signal(signal.SIGTERM, _stop)
     try:
         from .cli import console_main as run

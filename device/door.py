@@ -150,7 +150,7 @@ class Lockout:
                            "max_failures": self.max_failures, "window_s": self.window_s,
                            "cooloff_s": self.cooloff_s})
         try:
-            if os.path.lexists(self.path) and not os.path.islink(self.path) and self.path.is_dir():
+            if self.path.is_dir() and not self.path.is_symlink():  # os.replace would leave tmp behind
                 raise OSError(f"{self.path} is a folder")  # kept locked out in memory meanwhile
             fd, tmp = tempfile.mkstemp(prefix=".lockout.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:

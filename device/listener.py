@@ -347,10 +347,9 @@ def decision_record(result) -> dict:
 
 def denied_record(reason: str, gate=None) -> dict:
     """An utterance denied without a score (lost audio, unusable audio, a failing gate): a
-    decision like any other, with its id (the audit log, the on-deny hook), which the lockout
-    does not count (nobody's voice was judged)."""
+    decision like any other, given its id by :meth:`Listener._record` (the audit log, the
+    on-deny hook), which the lockout does not count (nobody's voice was judged)."""
     return {
-        "decision_id": new_decision_id(),
         "decision": DENIED,
         "p_allow": None,
         "uncertainty": None,

@@ -55,17 +55,6 @@ def non_negative(text: str) -> float:
 MAX_THREADS = 64  # more onnxruntime threads than this is a typo (--threads 1000 took 15 s a decision)
 
 
-def threads_count(text: str) -> int:
-    """An argparse type: onnxruntime threads, 1 to MAX_THREADS."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= v <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_THREADS}, got {v}")
-    return v
-
-
 def number(kind=int, low: float | None = None, high: float | None = None, low_open: bool = False):
     """An argparse type: a ``kind`` (int or float) within [low, high] (low excluded if
     ``low_open``), so a bad value is a one-line usage error (exit 2), not a later traceback."""
@@ -87,6 +76,7 @@ def number(kind=int, low: float | None = None, high: float | None = None, low_op
     return parse
 
 
+threads_count = number(int, 1, MAX_THREADS)  # onnxruntime threads
 POSITIVE_INT = number(int, 1)
 NON_NEGATIVE_INT = number(int, 0)
 POSITIVE_FLOAT = number(float, 0.0, low_open=True)

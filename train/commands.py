@@ -21,14 +21,14 @@ COMMANDS = {
 }
 
 
-EXIT_FAILED, EXIT_USAGE, EXIT_MODEL = 1, 2, 5  # the training side's codes (README, "Exit codes")
+EXIT_FAILED = 1  # a training-side command failed for another reason (README, "Exit codes")
 
 
 def failure_exit(e: BaseException) -> int:
     """The exit code of a training-side command that failed with ``e``: 5 for a model that is
     missing, invalid or modified (as on the device), 2 for a corpus or an option that cannot be
     used, 1 for anything else."""
-    from voicegate.device.contract import ModelError
+    from voicegate.device.contract import EXIT_MODEL, EXIT_USAGE, ModelError
     from voicegate.train.data.corpus import CorpusError
 
     if isinstance(e, ModelError):

@@ -149,23 +149,24 @@ def write_outputs(result: dict, d: Path) -> None:
 
 
 # --- the `voicegate eval` branch -------------------------------------------------------------
+# the encoder-only options' defaults: what add_encoder_arguments sets, and what a classifier accepts
+ENCODER_DEFAULTS = {"channels": CLEAN, "enrol_seconds": ENROL_SECONDS, "halves": False, "peer": None, "bootstrap": 200}
+
+
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    """Options that only the encoder branch reads (a classifier model ignores them)."""
-    p.add_argument("--channels", default=CLEAN,
+    """Options that only the encoder branch reads (a classifier model refuses them)."""
+    p.add_argument("--channels", default=ENCODER_DEFAULTS["channels"],
                    help="encoder models: clean, all, or a comma list of train.data.channel names "
                         "(enrolment and attempts through the same channel; default %(default)s)")
-    p.add_argument("--enrol-seconds", type=POSITIVE_FLOAT, default=ENROL_SECONDS,
+    p.add_argument("--enrol-seconds", type=POSITIVE_FLOAT, default=ENCODER_DEFAULTS["enrol_seconds"],
                    help="encoder models: most speech a person enrols with (default %(default)s)")
     p.add_argument("--halves", action="store_true",
                    help="encoder models: single-recording held-out speakers enrol from the first half of "
                         "their speech and attempt with the second (weaker; off by default)")
     p.add_argument("--peer", metavar="EVAL_JSON",
                    help="encoder models: a peer's eval.json on the same corpus (benchmarks/ge2e_peer.py) to compare with")
-    p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=200,
+    p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=ENCODER_DEFAULTS["bootstrap"],
                    help="encoder models: speaker-bootstrap resamples for the EER interval (default %(default)s)")
-
-
-ENCODER_DEFAULTS = {"channels": CLEAN, "enrol_seconds": ENROL_SECONDS, "halves": False, "peer": None, "bootstrap": 200}
 
 
 def encoder_options_given(args: argparse.Namespace) -> list[str]:
