@@ -150,43 +150,43 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.train.models.encoder import load_encoder
 
     from . import graphs
-    from .onnx_export import ExportError, refuse_other_featurizer, write_verified
+    from .onnx_export import ExportError, ExportInputError, refuse_other_featurizer, write_verified
 
     from . import encoder_ensemble
 
     runs = [Path(r) for r in ([run] if isinstance(run, (str, Path)) else run)]
     run, out = runs[0], Path(out)
     if cfg.method not in ("mc", "ensemble"):
-        raise ExportError("encoder runs export as --method mc (one run) or --method ensemble (several runs)")
+        raise ExportInputError("encoder runs export as --method mc (one run) or --method ensemble (several runs)")
     if cfg.method == "mc" and len(runs) != 1:
-        raise ExportError(f"--method mc exports one encoder run, got {len(runs)}; use --method ensemble")
+        raise ExportInputError(f"--method mc exports one encoder run, got {len(runs)}; use --method ensemble")
     if cfg.method == "ensemble" and len(runs) < 2:
-        raise ExportError("--method ensemble needs >= 2 encoder runs (trained with different --seed)")
+        raise ExportInputError("--method ensemble needs >= 2 encoder runs (trained with different --seed)")
     if out.suffix != ".onnx":
-        raise ExportError(f"--out must name a .onnx file, got {out}")
+        raise ExportInputError(f"--out must name a .onnx file, got {out}")
     if cfg.method == "ensemble":
         try:
             members = encoder_ensemble.load_members(runs, checkpoint)
         except ValueError as e:
-            raise ExportError(str(e)) from None
+            raise ExportInputError(str(e)) from None
     else:
         members = [(*load_encoder(run / checkpoint), run / checkpoint)]
     encoder, ckpt, ckpt_path = members[0]
     fv = feature_contract()["feature_version"]
     if encoder.cfg.feature_version != fv:
-        raise ExportError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "
+        raise ExportInputError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "
                           f"this voicegate renders {fv!r}")
     summary = ckpt.get("data", {})
     folder = cache or summary.get("cache")
     if not folder or not (Path(folder) / "meta.json").is_file():
-        raise ExportError(f"the run's encoder data ({folder}) is not there; pass --cache")
+        raise ExportInputError(f"the run's encoder data ({folder}) is not there; pass --cache")
     data = EncoderData(folder)
     refuse_other_featurizer(data.meta.get("feature_contract"), f"the encoder data in {folder}")
     if data.meta["validation_speakers"] != summary.get("validation_speakers"):
-        raise ExportError("the cache's validation speakers differ from the run's")
+        raise ExportInputError("the cache's validation speakers differ from the run's")
     parity_images = data.val_images[: cfg.parity_windows].astype(np.float32) / 255.0
     if backend not in ("wccn", "none"):
-        raise ExportError(f"unknown back-end {backend!r} (wccn or none)")
+        raise ExportInputError(f"unknown back-end {backend!r} (wccn or none)")
     backend_info = {"type": "none"}
     if backend == "wccn":
         from .backend import wccn_encoder
@@ -299,6 +299,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Encoder runs (``encoder-run.json``) export here; classifier runs go to onnx_export."""
+    from voicegate.train.commands import failure_exit
+
     from . import onnx_export
 
     if Path(args.out).suffix != ".onnx":  # before any work, as every export path would refuse it
@@ -332,8 +334,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint, backend=args.backend,
                        score_norm=args.score_norm)
-    except (onnx_export.ExportError, FileNotFoundError, ValueError) as e:
+    except Exception as e:  # one line, and the training side's exit code (2 usage, 1 failure)
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("encoder export failed", exc_info=True)
-        return 1
+        return failure_exit(e)
     return 0

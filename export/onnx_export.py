@@ -49,6 +49,12 @@ class ExportError(RuntimeError):
     """Export failed a check (parity, thresholds, round trip); the CLI exits 1."""
 
 
+class ExportInputError(ExportError, ValueError):
+    """The run, its data or the options cannot be exported as given (a corpus without
+    validation windows, another featurizer's cache, a method that does not fit the runs); being
+    a ValueError, the CLI exits 2 (``voicegate.train.commands.failure_exit``)."""
+
+
 @dataclass
 class ExportConfig:
     method: str = "mc"  # mc | ensemble | both
@@ -97,9 +103,9 @@ def validation_utterances(corpus, utterance_windows: int = 0) -> list[tuple[str,
     index = corpus.index
     rows = np.asarray(corpus.indices("val", aug=False), dtype=np.int64)
     if rows.size == 0:
-        raise ExportError("the corpus has no validation windows to choose thresholds on")
+        raise ExportInputError("the corpus has no validation windows to choose thresholds on")
     if "heldout_impostors" in set(_column(index, "role").astype(str)[rows]):
-        raise ExportError("held-out impostors in the validation split: refusing to choose thresholds on them")
+        raise ExportInputError("held-out impostors in the validation split: refusing to choose thresholds on them")
     recordings = _column(index, "recording").astype(str)[rows]
     labels = _column(index, "label").astype(np.int64)[rows]
     starts = _column(index, "start_s").astype(np.float64)[rows]
@@ -206,7 +212,7 @@ def output_paths(out: Path, methods: list[str]) -> dict[str, Path]:
     """``--out`` for one method; ``NAME-mc.onnx`` / ``NAME-ensemble.onnx`` for both."""
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ExportError(f"--out must name a .onnx file, got {out}")
+        raise ExportInputError(f"--out must name a .onnx file, got {out}")
     if len(methods) == 1:
         return {methods[0]: out}
     return {m: out.with_name(f"{out.stem}-{m}.onnx") for m in methods}
@@ -303,7 +309,7 @@ def refuse_other_featurizer(rendered, what: str) -> None:
     from voicegate.device.features import feature_contract
 
     if rendered != feature_contract():
-        raise ExportError(f"{what} was prepared by another featurizer (speech detector or spectrogram "
+        raise ExportInputError(f"{what} was prepared by another featurizer (speech detector or spectrogram "
                           "settings): prepare it again and pass --cache")
 
 
@@ -494,8 +500,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         export_run(args.run, args.out, cfg, cache=args.cache)
-    except (ExportError, FileNotFoundError, ValueError) as e:
+    except Exception as e:  # one line, and the training side's exit code (2 usage, 1 failure)
+        from voicegate.train.commands import failure_exit
+
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("export failed", exc_info=True)
-        return 1
+        return failure_exit(e)
     return 0

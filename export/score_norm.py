@@ -102,26 +102,26 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
     from voicegate.train.data.encoder_data import EncoderData
 
     from .encoder_calibration import _session, calibrate_encoder
-    from .onnx_export import ExportConfig, ExportError, refuse_other_featurizer, write_verified
+    from .onnx_export import ExportConfig, ExportInputError, refuse_other_featurizer, write_verified
 
     model, out = Path(model), Path(out)
     if out.suffix != ".onnx":
-        raise ExportError(f"--out must name a .onnx file, got {out}")
+        raise ExportInputError(f"--out must name a .onnx file, got {out}")
     raw, digest = read_verified_model(model)
     proto = onnx.load_from_string(raw)
     contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props})
     if contract.kind != "encoder":
-        raise ExportError(f"{model}: is a {contract.kind} model; only an encoder can be re-scored")
+        raise ExportInputError(f"{model}: is a {contract.kind} model; only an encoder can be re-scored")
     if contract.calibration.get("type") != "logistic":
-        raise ExportError(f"{model}: its scores are already normalised ({contract.calibration.get('type')})")
+        raise ExportInputError(f"{model}: its scores are already normalised ({contract.calibration.get('type')})")
     if not cache or not (Path(cache) / "meta.json").is_file():
-        raise ExportError(f"re-scoring needs the encoder's training data cache (--cache), not {cache!r}")
+        raise ExportInputError(f"re-scoring needs the encoder's training data cache (--cache), not {cache!r}")
     data = EncoderData(cache)
     refuse_other_featurizer(data.meta.get("feature_contract"), f"the encoder data in {cache}")
     if data.meta["validation_speakers"] != contract.corpus.get("validation_speakers"):
-        raise ExportError(f"{cache}: its validation speakers are not the model's: another data cache")
+        raise ExportInputError(f"{cache}: its validation speakers are not the model's: another data cache")
     if sorted(data.meta["speakers"]) != sorted(contract.corpus.get("training_speakers", [])):
-        raise ExportError(f"{cache}: its training speakers are not the model's: another data cache")
+        raise ExportInputError(f"{cache}: its training speakers are not the model's: another data cache")
     known = {f.name for f in dataclasses.fields(ExportConfig)}
     cfg = ExportConfig(**{k: v for k, v in contract.extra.get("export_config", {}).items() if k in known})
     ort.set_seed(cfg.seed)
@@ -151,9 +151,7 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
 
 def run_rescore(model: str, args: argparse.Namespace) -> int:
     """``voicegate export MODEL.onnx --score-norm as-norm --cache CACHE --out NEW.onnx``."""
-    from voicegate.device.contract import ModelError
-
-    from .onnx_export import ExportError
+    from voicegate.train.commands import failure_exit
 
     if getattr(args, "score_norm", "none") != "as-norm":
         print("voicegate export: RUN is an exported model (.onnx): give a run folder to export, or re-score an "
@@ -161,8 +159,8 @@ def run_rescore(model: str, args: argparse.Namespace) -> int:
         return 2
     try:
         rescore(model, args.out, args.cache)
-    except (ExportError, ModelError, FileNotFoundError, ValueError) as e:
+    except Exception as e:  # one line; 5 for an unusable model, 2 usage, 1 failure
         print(f"voicegate export: {e}", file=sys.stderr)
         log.debug("re-scoring failed", exc_info=True)
-        return 1
+        return failure_exit(e)
     return 0

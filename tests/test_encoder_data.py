@@ -91,7 +91,7 @@ def test_teacher_batched_mels_match_resemblyzer():
 
 
 @pytest.mark.slow
-def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
+def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch, capsys):
     from voicegate.device.encoder import Encoder
     from voicegate.export.encoder_export import export_encoder
     from voicegate.export.onnx_export import ExportConfig, ExportError
@@ -187,6 +187,16 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch):
         export_encoder([run, run], tmp_path / "models" / "copies.onnx", ExportConfig(method="ensemble"))
     with pytest.raises(ExportError, match="ensemble"):
         export_encoder([run, run2], tmp_path / "models" / "x.onnx", ExportConfig(method="mc"))
+    # through the CLI these are usage errors (exit 2, one line), not failures (exit 1)
+    from voicegate.device.cli import main
+
+    for argv, said in (([str(run), str(run2), "--method", "mc"], "--method mc exports one encoder run"),
+                       ([str(run), "--method", "ensemble"], "--method ensemble needs >= 2"),
+                       ([str(run), str(run), "--method", "ensemble"], "share a training seed")):
+        capsys.readouterr()
+        assert main(["export", *argv, "--out", str(tmp_path / "models" / "cli.onnx")]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert said in err and len(err.splitlines()) == 1, err
 
     # a cache whose windows another featurizer selected (here: another speech-detector padding) is
     # never used to choose thresholds, and is prepared again rather than reused

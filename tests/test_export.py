@@ -285,7 +285,7 @@ def test_export_refuses_windows_another_featurizer_selected(tmp_path, capsys):
     rc = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--method", "mc",
                "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
-    assert rc == 1 and "another featurizer" in err and err.count("\n") == 1, err
+    assert rc == 2 and "another featurizer" in err and err.count("\n") == 1, err
     assert not (tmp_path / "m.onnx").exists()
 
 

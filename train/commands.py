@@ -26,14 +26,15 @@ EXIT_FAILED = 1  # a training-side command failed for another reason (README, "E
 
 def failure_exit(e: BaseException) -> int:
     """The exit code of a training-side command that failed with ``e``: 5 for a model that is
-    missing, invalid or modified (as on the device), 2 for a corpus or an option that cannot be
-    used, 1 for anything else."""
+    missing, invalid or modified (as on the device), 2 for a corpus, a run folder or an option
+    that cannot be used (CorpusError, ValueError, a missing file), 1 for anything else (a parity
+    check that failed, a crash)."""
     from voicegate.device.contract import EXIT_MODEL, EXIT_USAGE, ModelError
     from voicegate.train.data.corpus import CorpusError
 
     if isinstance(e, ModelError):
         return EXIT_MODEL
-    if isinstance(e, (CorpusError, ValueError)):
+    if isinstance(e, (CorpusError, ValueError, FileNotFoundError)):
         return EXIT_USAGE
     return EXIT_FAILED
 
