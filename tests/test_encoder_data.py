@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 
 import numpy as np
@@ -215,14 +216,39 @@ def test_tiny_encoder_train_and_export_end_to_end(tmp_path, monkeypatch, capsys)
 def test_train_encoder_cli_needs_a_corpus(tmp_path, capsys):
     import argparse
 
-    from voicegate.train.models import fit_encoder
+    from voicegate.train.models import encoder_cli
 
     p = argparse.ArgumentParser()
-    fit_encoder.add_arguments(p)
-    assert fit_encoder.run(p.parse_args([])) == 2
-    assert fit_encoder.run(p.parse_args(["--corpus", str(tmp_path)])) == 2
+    encoder_cli.add_arguments(p)
+    assert encoder_cli.run(p.parse_args([])) == 2
+    assert encoder_cli.run(p.parse_args(["--corpus", str(tmp_path)])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("voicegate train-encoder:") for line in err)
+
+
+def test_train_encoder_pseudo_speaker_options_are_checked_before_any_work(tmp_path, capsys):
+    import argparse
+
+    from voicegate.train.models import encoder_cli
+    from voicegate.train.models.encoder_cli import DEFAULT_PSEUDO_PROB, pseudo_options
+
+    assert pseudo_options("", None) == ((), 0.0)
+    assert pseudo_options("0.9, 1.1", None) == ((0.9, 1.1), DEFAULT_PSEUDO_PROB)
+    assert pseudo_options("0.9", 0.5) == ((0.9,), 0.5)
+    for warps, prob, said in (("", 0.5, "needs --pseudo-warps"), ("0.9,x", None, "comma-separated numbers"),
+                              ("1.0", None, "other than 1"), ("3", None, "(0.5, 2)")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            pseudo_options(warps, prob)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "manifest.csv").write_text("path,speaker\n")  # never read: the options fail first
+    p = argparse.ArgumentParser()
+    encoder_cli.add_arguments(p)
+    capsys.readouterr()
+    assert encoder_cli.run(p.parse_args(["--corpus", str(tmp_path / "c"), "--pseudo-prob", "0.4",
+                                         "--cache", str(tmp_path / "cache")])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "voicegate train-encoder: --pseudo-prob needs --pseudo-warps (the pseudo-speakers' warp factors)"
+    assert not (tmp_path / "cache").exists()
 
 
 def test_speaker_subset_keeps_each_corpus_share_and_renumbers_labels():

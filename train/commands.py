@@ -15,7 +15,7 @@ import importlib
 COMMANDS = {
     "prepare": ("data.prepare", "cut a speaker corpus into cached, leak-free spectrogram windows"),
     "train": ("models.trainer", "train a seed or compact CNN (or a deep ensemble of them)"),
-    "train-encoder": ("models.fit_encoder", "train the compact CNN as a speaker encoder on every corpus's training speakers"),
+    "train-encoder": ("models.encoder_cli", "train the compact CNN as a speaker encoder on every corpus's training speakers"),
     "eval": ("eval.evaluate", "closed-set and open-set security figures for an exported model"),
     "report": ("reports.report", "the study's analyses: eda, uncertainty, interpret, params"),
 }

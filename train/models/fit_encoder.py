@@ -1,4 +1,5 @@
-"""Training the speaker encoder: `voicegate train-encoder`.
+"""Training the speaker encoder (the loop behind `voicegate train-encoder`, whose options are in
+:mod:`voicegate.train.models.encoder_cli`).
 
 1. prepares (or reuses) the encoder data set (:mod:`voicegate.train.data.encoder_data`): every
    training speaker of every corpus given, validation speakers held out, allowed speakers and
@@ -18,19 +19,14 @@ clock, so the run anneals fully and stops on time whatever the machine's load.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
-from voicegate.device.options import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
-                                      PROBABILITY, number)
 
 log = logging.getLogger(__name__)
 
@@ -337,110 +333,3 @@ def plot_curves(history: list, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-def corpora_in(folder: Path) -> list[Path]:
-    """Every sub-folder of ``folder`` with a manifest.csv and a roles.json."""
-    return sorted(p for p in Path(folder).iterdir() if (p / "manifest.csv").is_file() and (p / "roles.json").is_file())
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = EncoderTrainConfig()
-    p.add_argument("--corpus", action="append", default=[], help="a corpus folder (manifest.csv + roles.json); repeat")
-    p.add_argument("--corpora", help="a folder whose every corpus (manifest + roles) is used, e.g. ../shared/data")
-    p.add_argument("--noise", help="folder of real noise recordings for the channel augmentation")
-    p.add_argument("--cache", default=d.data, help="encoder data cache folder (default %(default)s)")
-    p.add_argument("--out", default=d.out, help="run folder (default %(default)s)")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs, help="at most this many epochs (default %(default)s)")
-    p.add_argument("--minutes", type=POSITIVE_FLOAT, default=d.minutes,
-                   help="wall-clock budget; the LR schedule follows it (default %(default)s)")
-    p.add_argument("--batch-size", type=number(int, 2), default=d.batch_size,
-                   help="windows per step (default %(default)s)")
-    p.add_argument("--lr", type=POSITIVE_FLOAT, default=d.lr, help="AdamW peak learning rate (default %(default)s)")
-    p.add_argument("--distill-weight", type=NON_NEGATIVE_FLOAT, default=d.distill_weight, help="0 trains without the teacher")
-    p.add_argument("--distill-center", action="store_true",
-                   help="distil to the teacher's embeddings minus their training mean (the part that tells "
-                        "voices apart) rather than to the raw, all-positive embeddings")
-    p.add_argument("--no-teacher", action="store_true", help="prepare no teacher embeddings (and train without)")
-    p.add_argument("--dropout", type=number(float, 0.0, 0.95), default=0.2, help="head dropout = the MC-dropout rate (default %(default)s)")
-    p.add_argument("--embedding-dim", type=POSITIVE_INT, default=128, help="embedding size D (default %(default)s)")
-    p.add_argument("--margin", type=NON_NEGATIVE_FLOAT, default=0.2, help="AAM-softmax additive angular margin (default %(default)s)")
-    p.add_argument("--scale", type=POSITIVE_FLOAT, default=30.0, help="AAM-softmax scale s (default %(default)s)")
-    p.add_argument("--max-windows", type=POSITIVE_INT, default=20, help="windows per recording (default %(default)s)")
-    p.add_argument("--aug-copies", type=NON_NEGATIVE_INT, default=3, help="augmented copies per window (default %(default)s)")
-    p.add_argument("--limit-speakers", type=NON_NEGATIVE_INT, default=0, help="tiny runs: training speakers per corpus")
-    p.add_argument("--threads", type=POSITIVE_INT, default=d.threads, help="torch CPU threads (default %(default)s)")
-    p.add_argument("--init", metavar="CHECKPOINT", default="",
-                   help="fine-tune this encoder checkpoint (same speakers and architecture) instead of "
-                        "starting from random weights; the AAM margin is then on from the first step")
-    p.add_argument("--workers", type=POSITIVE_INT, default=2, help="processes preparing the data")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="training seed: initialisation, batch order, augmentation choice (default %(default)s); "
-                        "ensemble members differ in it")
-    p.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the prepared data (validation speakers, channels; default %(default)s): keep it "
-                        "equal across ensemble members so they share one cache and one validation split")
-    p.add_argument("--relation-weight", type=NON_NEGATIVE_FLOAT, default=d.relation_weight,
-                   help="weight of the relational distillation loss (the student's batch cosines follow the "
-                        "teacher's; default %(default)s: off)")
-    p.add_argument("--pseudo-warps", default="",
-                   help="frequency-warp factors, e.g. 0.9,1.1: each makes a pseudo-speaker of every speaker")
-    p.add_argument("--pseudo-prob", type=PROBABILITY, default=0.3,
-                   help="share of the windows shown as a pseudo-speaker when --pseudo-warps is given")
-    p.add_argument("--speaker-fraction", type=number(float, 0.0, 1.0, low_open=True), default=1.0,
-                   help="ablation: train (from scratch) on this share of each corpus's training speakers, "
-                        "drawn with --seed; validation speakers unchanged (default %(default)s: all)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from voicegate.train.data.encoder_data import EncoderDataConfig, prepare_encoder_data
-
-    corpora = [Path(c) for c in args.corpus]
-    if args.corpora:
-        corpora += corpora_in(Path(args.corpora))
-    if not corpora:
-        print("voicegate train-encoder: give --corpus DIR (repeatable) or --corpora DIR", file=sys.stderr)
-        return 2
-    missing = [str(c) for c in corpora if not (c / "manifest.csv").is_file()]
-    if missing:
-        print(f"voicegate train-encoder: no manifest.csv in {', '.join(missing)}", file=sys.stderr)
-        return 2
-    # absolute paths in the run's records: its export must find the cache from any folder
-    data_cfg = EncoderDataConfig(corpora=[str(c.resolve()) for c in corpora], cache=str(Path(args.cache).resolve()),
-                                 noise_dir=str(Path(args.noise).resolve()) if args.noise else args.noise,
-                                 max_windows=args.max_windows, aug_copies=args.aug_copies,
-                                 teacher=not args.no_teacher, workers=args.workers, seed=args.data_seed,
-                                 limit_speakers=args.limit_speakers)
-    try:
-        folder = prepare_encoder_data(data_cfg)
-    except (ValueError, OSError) as e:
-        print(f"voicegate train-encoder: {e}", file=sys.stderr)
-        return 1
-    meta = json.loads((folder / "meta.json").read_text())
-    for name, c in meta["per_corpus"].items():
-        print(f"{name}: {c['training_speakers']} training speakers, {c['training_windows']} windows; "
-              f"{c['validation_speakers']} validation speakers; excluded {c['excluded_allowed']} allowed + "
-              f"{c['excluded_heldout']} held-out")
-    cfg = EncoderTrainConfig(
-        data=str(Path(folder).resolve()), out=str(Path(args.out).resolve()), epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
-        lr=args.lr, distill_weight=0.0 if args.no_teacher else args.distill_weight, threads=args.threads,
-        seed=args.seed, encoder={"dropout": args.dropout, "embedding_dim": args.embedding_dim,
-                                 "margin": args.margin, "scale": args.scale},
-        init=args.init, margin_warmup=0.0 if args.init else EncoderTrainConfig.margin_warmup,
-        relation_weight=args.relation_weight, distill_center=args.distill_center,
-        pseudo_warps=tuple(float(w) for w in args.pseudo_warps.split(",") if w.strip()),
-        pseudo_prob=args.pseudo_prob if args.pseudo_warps.strip() else 0.0,
-        speaker_fraction=args.speaker_fraction,
-    )
-    try:
-        out = train_encoder(cfg)
-    except ValueError as e:
-        print(f"voicegate train-encoder: {e}", file=sys.stderr)
-        return 1
-    if not (out / CHECKPOINT_NAME).is_file():
-        print(f"voicegate train-encoder: no epoch finished within --minutes {args.minutes:g}, so {out} holds "
-              "no checkpoint; give it more time", file=sys.stderr)
-        return 1
-    print(f"encoder run: {out} (checkpoint {out / CHECKPOINT_NAME}, best {out / BEST_NAME})")
-    return 0
