@@ -298,7 +298,7 @@ def open_corpus(data_config: dict, cache: str | None = None):
     try:
         cfg = prepare.PrepareConfig.from_dict(data_config)
     except (TypeError, ValueError) as e:
-        raise ExportError(f"cannot rebuild the run's corpus from its data config ({e}); pass --cache") from None
+        raise ExportInputError(f"cannot rebuild the run's corpus from its data config ({e}); pass --cache") from None
     return prepare.prepare_corpus(cfg)
 
 
@@ -370,17 +370,17 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
     run_dir = Path(run_dir)
     info, members, ckpt_paths = _run_members(run_dir)
     if not members:
-        raise ExportError(f"{run_dir}: the run has no members")
+        raise ExportInputError(f"{run_dir}: the run has no members")
     model_cfg = members[0][1].get("model_config", {})
     want_fv = model_cfg.get("feature_version")
     if want_fv and want_fv != feature_contract()["feature_version"]:
-        raise ExportError(f"the run was trained on features {want_fv!r}, this voicegate renders "
+        raise ExportInputError(f"the run was trained on features {want_fv!r}, this voicegate renders "
                           f"{feature_contract()['feature_version']!r}; retrain or use the matching version")
     methods = cfg.methods()
     if "ensemble" in methods and len(members) < 2:
-        raise ExportError(f"{run_dir}: an ensemble export needs >= 2 members, the run has {len(members)}")
+        raise ExportInputError(f"{run_dir}: an ensemble export needs >= 2 members, the run has {len(members)}")
     if not 0 <= cfg.member < len(members):
-        raise ExportError(f"--member {cfg.member}: the run has members 0..{len(members) - 1}")
+        raise ExportInputError(f"--member {cfg.member}: the run has members 0..{len(members) - 1}")
     paths = output_paths(Path(out), methods)
     ckpt = members[0][1]
     if corpus is None:

@@ -241,15 +241,18 @@ def test_export_command_end_to_end(tmp_path, capsys):
     ).method == "mc"
 
 
-def test_export_command_fails_without_enough_members(tmp_path, capsys):
+@pytest.mark.parametrize("option, said", [(["--method", "ensemble"], ">= 2 members"),
+                                          (["--method", "both"], ">= 2 members"),
+                                          (["--member", "5"], "--member 5: the run has members 0..0")])
+def test_export_of_members_the_run_does_not_have_is_a_usage_error(tmp_path, capsys, option, said):
     from voicegate.device.cli import main
 
     write_fake_cache(tmp_path / "cache", fake_corpus())
     write_run(tmp_path / "run", [tiny_compact(0)])
     rc = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"),
-               "--method", "ensemble", "--cache", str(tmp_path / "cache")])
-    assert rc == 1
-    assert ">= 2 members" in capsys.readouterr().err
+               "--cache", str(tmp_path / "cache"), *option])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and said in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "m.onnx").exists()
 
 
