@@ -380,9 +380,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(args, code: int, message: str, extra: list | None = None) -> int:
-    print(f"voicegate enroll: {one_line(message)}", file=sys.stderr)
-    for line in extra or []:
-        print(f"voicegate enroll: {one_line(line)}", file=sys.stderr)
+    """One line on stderr, however many problems: the first, then the rest after "; "."""
+    print("voicegate enroll: " + "; ".join(one_line(m) for m in [message, *(extra or [])]), file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"enrolled": False, "error": message, "problems": extra or [],
                           "exit_code": code}))
@@ -427,8 +426,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_MODEL, f"not enrolled: {e}")
     except AudioDeviceError as e:
         return _fail(args, EXIT_DEVICE, f"not enrolled: {e}")
-    for w in warnings:
-        print(f"voicegate enroll: {w} (--force: enrolled anyway)", file=sys.stderr)
+    if warnings:
+        print("voicegate enroll: --force: enrolled anyway despite " + "; ".join(one_line(str(w)) for w in warnings),
+              file=sys.stderr)
     result = {"enrolled": True, "name": profile.name, "speech_seconds": round(session.speech_seconds, 2),
               "windows": int(session.embeddings.shape[0]), "recordings": len(recordings),
               "sessions": len(profile.sessions), "total_speech_seconds": round(profile.speech_seconds, 2),

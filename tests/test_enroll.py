@@ -147,18 +147,21 @@ def test_enrol_real_speech_from_files(librispeech, tmp_path, model, capsys):
     profiles = str(tmp_path / "p")
     assert cli("bob", *map(str, files[:2]), "--profiles", profiles, "--model", str(model)) == 4
     err = capsys.readouterr().err  # 2.9 + 8.4 s of audio: not enough speech
-    assert "too little speech" in err and "at least 10 s" in err
+    assert "too little speech" in err and "at least 10 s" in err and len(err.strip().splitlines()) == 1
     # --force: the tiny encoder is too crude to find real recordings of one voice in agreement
     assert cli("bob", *map(str, files[1:5]), "--profiles", profiles, "--model", str(model), "--json",
                "--force") == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["enrolled"] and out["speech_seconds"] >= 10 and out["sessions"] == 1
+    assert "enrolled anyway despite warning:" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert all(w.startswith("warning: recordings disagree") for w in out["warnings"])
     clipped = tmp_path / "clipped.wav"
     x, sr = sf.read(files[4], dtype="float32")
     sf.write(clipped, np.clip(x * 30, -1, 1), sr)
     assert cli("bob", str(clipped), *map(str, files[5:7]), "--profiles", profiles, "--model", str(model)) == 4
-    assert "clipped" in capsys.readouterr().err
+    err = capsys.readouterr().err  # a warning and the --force hint: one line
+    assert "clipped" in err and "hint: --force" in err and len(err.strip().splitlines()) == 1, err
     assert cli("bob", str(clipped), *map(str, files[5:7]), "--profiles", profiles, "--model", str(model),
                "--force") == 0
     assert len(ProfileStore(profiles).load("bob").sessions) == 2
