@@ -231,9 +231,9 @@ def door_model(model: str | None, method: str | None) -> Path:
     """The model a door would use (``identify``'s rule): ``--model`` > ``$VOICEGATE_MODEL`` > the
     shipped encoder of ``--method`` when this build has an encoder (the default of enroll-check
     and listen) > the shipped classifier (``--method`` picks which)."""
-    from .runtime import MODEL_ENV, resolve_model_path
+    from .runtime import named_model, resolve_model_path
 
-    if model or os.environ.get(MODEL_ENV):
+    if named_model(model) is not None:
         return resolve_model_path(model, method)
     try:
         enc = importlib.import_module(".encoder", __package__)
@@ -249,7 +249,13 @@ def run(args: argparse.Namespace) -> int:
         print("voicegate doctor: error: --threads must be >= 1", file=sys.stderr)
         return 2
     say = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    model = door_model(args.model, args.method)
+    from .contract import ModelError
+
+    try:
+        model = door_model(args.model, args.method)
+    except ModelError as e:  # an empty --model or $VOICEGATE_MODEL: a door would refuse to start
+        print(f"voicegate doctor: NOT READY: {e}", file=sys.stderr)
+        return EXIT_NOT_READY
     audio = Path(args.audio) if args.audio else models_dir() / "example.wav"
     checks = [check_python()]
     file_check, digest = check_model_file(model)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +58,10 @@ def resolve_encoder_path(model_path: PathLike | None = None, method: str | None 
     """``model_path`` > ``$VOICEGATE_MODEL`` > ``$VOICEGATE_ENCODER`` > the shipped encoder
     (``method`` picks mc or ensemble). enroll, profiles, enroll-check and listen all read the
     same variable, so a door enrols with the encoder it decides with."""
-    if model_path:
-        return Path(model_path)
-    for var in (MODEL_ENV, ENCODER_ENV):
-        env = os.environ.get(var)
-        if env:
-            return Path(env)
-    return shipped_encoder(method)
+    from .runtime import named_model
+
+    named = named_model(model_path, (MODEL_ENV, ENCODER_ENV))
+    return named if named is not None else shipped_encoder(method)
 
 
 def model_kind(model_path: PathLike) -> str:

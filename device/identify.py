@@ -91,8 +91,10 @@ def wants_encoder(args) -> bool:
     """Does this command line decide with an encoder (by name) rather than the classifier?"""
     from .encoder import build_has_encoder, model_kind
 
-    named = getattr(args, "model", None) or os.environ.get(MODEL_ENV)
-    if named:
+    from .runtime import named_model
+
+    named = named_model(getattr(args, "model", None))
+    if named is not None:
         kind = model_kind(named)
         if kind != "encoder" and _asked_for_profiles(args):
             raise ModelError(f"{named}: is a {kind} model; --profiles/--demo need an encoder-kind model")

@@ -74,13 +74,28 @@ def models_dir() -> Path:
         return Path(__file__).resolve().parents[1] / "models"
 
 
+def named_model(model_path: PathLike | None = None, variables: tuple = (MODEL_ENV,)) -> Path | None:
+    """The model someone named: ``model_path``, else the first of ``variables`` that is set;
+    None when nobody named one (then the shipped default). An empty name is a ModelError, never
+    "the default": ``VOICEGATE_MODEL=`` must not quietly put another model at the door."""
+    if model_path is not None:
+        if not str(model_path).strip():
+            raise ModelError("--model is empty: name a model file")
+        return Path(model_path)
+    for var in variables:
+        env = os.environ.get(var)
+        if env is not None:
+            if not env.strip():
+                raise ModelError(f"${var} is set but empty: name a model file, or unset it for the shipped model")
+            return Path(env)
+    return None
+
+
 def resolve_model_path(model_path: PathLike | None = None, method: str | None = None) -> Path:
     """``model_path`` > ``$VOICEGATE_MODEL`` > the shipped default for ``method`` (mc)."""
-    if model_path:
-        return Path(model_path)
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
+    named = named_model(model_path)
+    if named is not None:
+        return named
     m = method or DEFAULT_METHOD
     if m not in DEFAULT_MODEL_NAMES:
         raise ModelError(f"unknown method {m!r} (want mc|ensemble)")

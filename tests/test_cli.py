@@ -162,6 +162,36 @@ def test_model_errors_exit_5(files, tmp_path, capsys, monkeypatch):
     assert len(err) == 8 and all(line.startswith("voicegate: model error:") for line in err)
 
 
+EMPTY_MODEL_CASES = [(cmd, how) for cmd in (["enroll-check", "{wav}", "--demo"], ["enroll", "alice", "{wav}"],
+                                             ["profiles", "list"], ["listen", "--from-file", "{wav}"])
+                     for how in ("env", "option", "old-env")] + [(["doctor"], "env"), (["doctor"], "option")]
+
+
+@pytest.mark.parametrize("command, how", EMPTY_MODEL_CASES)
+def test_an_empty_model_name_is_refused_never_the_shipped_model(files, tmp_path, capsys, monkeypatch, command, how):
+    import numpy as np
+
+    from voicegate.device.encoder import ENCODER_ENV, encoder_identity, shipped_encoder
+    from voicegate.device.profiles import ProfileStore, Session
+
+    store = tmp_path / "p"  # one valid profile, so that only the model can be what is refused
+    sha, dim = encoder_identity(shipped_encoder())
+    ProfileStore(store).add_session("bob", sha, dim, Session(np.eye(1, dim, dtype=np.float32), 12.0, ["test"]))
+    monkeypatch.setenv("VOICEGATE_PROFILES", str(store))
+    argv = [a.format(wav=files["wav"]) for a in command]
+    if how == "env":
+        monkeypatch.setenv(MODEL_ENV, "")
+    elif how == "old-env":  # the encoder's older variable (doctor does not read it)
+        monkeypatch.setenv(ENCODER_ENV, " ")
+    else:
+        argv += ["--model", ""]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == (1 if command[0] == "doctor" else 5), err  # doctor: NOT READY
+    assert ("is set but empty" if how != "option" else "--model is empty") in err, err
+    assert len(err.splitlines()) == 1, err
+
+
 def test_model_error_with_json_still_prints_json(files, tmp_path, capsys):
     assert main(["enroll-check", str(files["wav"]), "--json", "--model", str(tmp_path / "x.onnx")]) == 5
     d = json.loads(capsys.readouterr().out)
