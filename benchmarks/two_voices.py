@@ -21,12 +21,13 @@ channel also gives). One JSON file::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from voicegate.device import enroll
 from voicegate.device.audio import load_audio
@@ -39,16 +40,14 @@ MIXES = {"15+15": (15.0, 15.0), "20+10": (20.0, 10.0)}
 
 
 def test_speakers(root: Path, min_seconds: float = 40.0) -> dict:
-    """{speaker: manifest rows in recording order} for the allowed and held-out speakers."""
-    roles = json.loads((root / "roles.json").read_text())
-    unseen = set(roles["allowed"]) | set(roles["heldout_impostors"])
-    by: dict = {}
-    with open(root / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["speaker"] in unseen:
-                by.setdefault(row["speaker"], []).append(row)
-    return {s: sorted(v, key=lambda r: r["recording"]) for s, v in sorted(by.items())
-            if sum(float(r["seconds"]) for r in v) >= min_seconds}
+    """{speaker: recordings in recording order} for the allowed and held-out speakers (the people
+    ``voicegate eval`` enrols: the encoder never trained on them) with at least ``min_seconds``."""
+    from voicegate.train.data.corpus import load_corpus
+
+    corpus = load_corpus(root)
+    unseen = set(corpus.roles.allowed) | set(corpus.roles.heldout_impostors)
+    return {s: sorted(v, key=lambda r: r.recording) for s, v in sorted(corpus.by_speaker().items())
+            if s in unseen and sum(r.seconds or 0.0 for r in v) >= min_seconds}
 
 
 def first_speech(recs: list, seconds: float) -> list:
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
         speakers_used[corpus] = len(speakers)
         recs = {}
         for k, (spk, rows) in enumerate(speakers.items()):
-            analysed = [enroll.analyse(r["path"], load_audio(str(root / r["path"]))) for r in rows]
+            analysed = [enroll.analyse(r.item, np.concatenate([load_audio(str(p)) for p in r.paths])) for r in rows]
             recs[spk] = first_speech([r for r in analysed if r.intervals], 30.0)
             for name in CHANNELS:
                 through = recs[spk] if name == "clean" else [
