@@ -181,6 +181,18 @@ class Profile:
         """c = normalise(mean of the enrolment embeddings), (D,)."""
         return _normalise_rows(self.embeddings.astype(np.float64).mean(axis=0))
 
+    def mismatch(self, encoder_sha256: str | None = None, embedding_dim: int | None = None) -> str | None:
+        """Why the door cannot use this profile with that encoder (None if it can): made with
+        another encoder (sha256), or embeddings of another size. The one check ``load``,
+        ``add_session`` and ``voicegate profiles list`` share."""
+        redo = f"re-enrol {self.name} with: voicegate enroll {self.name} --replace FILE..."
+        if encoder_sha256 is not None and self.encoder_sha256 != encoder_sha256:
+            return (f"profile {self.name!r} was made with another encoder (sha256 {self.encoder_sha256[:12]}..., "
+                    f"this one is {encoder_sha256[:12]}...): {redo}")
+        if embedding_dim is not None and self.embedding_dim != int(embedding_dim):
+            return f"profile {self.name!r} holds {self.embedding_dim}-d embeddings, the encoder makes {int(embedding_dim)}-d: {redo}"
+        return None
+
     def to_json(self) -> str:
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
                "encoder_sha256": self.encoder_sha256, "embedding_dim": int(self.embedding_dim),
@@ -306,16 +318,9 @@ class ProfileStore:
         if prof.name != name:
             raise ProfileError(f"{p}: holds the profile of {prof.name!r}, not {name!r} (renamed by "
                                "hand? use voicegate profiles rename)")
-        if encoder_sha256 is not None and prof.encoder_sha256 != encoder_sha256:
-            raise ProfileError(
-                f"profile {name!r} was made with another encoder (sha256 {prof.encoder_sha256[:12]}..., "
-                f"this one is {encoder_sha256[:12]}...): re-enrol {name} with: "
-                f"voicegate enroll {name} --replace FILE..."
-            )
-        if embedding_dim is not None and prof.embedding_dim != int(embedding_dim):
-            raise ProfileError(f"profile {name!r} holds {prof.embedding_dim}-d embeddings, the encoder "
-                               f"makes {int(embedding_dim)}-d: re-enrol {name} with: "
-                               f"voicegate enroll {name} --replace FILE...")
+        problem = prof.mismatch(encoder_sha256, embedding_dim)
+        if problem:
+            raise ProfileError(problem)
         return prof
 
     def load_all(self, encoder_sha256: str | None = None, embedding_dim: int | None = None) -> list[Profile]:
@@ -372,10 +377,7 @@ class ProfileStore:
         with self.lock(exclusive=True):
             prof = None
             if not replace and self.path(name).exists():
-                prof = self.load(name, encoder_sha256)  # refuses another encoder: re-enrol
-                if prof.embedding_dim != embedding_dim:
-                    raise ProfileError(f"profile {name!r} has D={prof.embedding_dim}, the encoder "
-                                       f"gives {embedding_dim}: re-enrol with --replace")
+                prof = self.load(name, encoder_sha256, embedding_dim)  # another encoder: re-enrol
             if prof is None:
                 prof = Profile(name, encoder_sha256, int(embedding_dim))
             prof.sessions.append(session)

@@ -84,13 +84,8 @@ def _summary(store: ProfileStore, name: str, encoder: tuple[str, int] | None) ->
                encoder_sha256=prof.encoder_sha256)
     if encoder is None:
         row["status"] = "unchecked (no encoder)"
-    elif prof.encoder_sha256 != encoder[0]:
-        row["status"] = f"other encoder: re-enrol (voicegate enroll {name} --replace ...)"
-    elif prof.embedding_dim != encoder[1]:
-        row["status"] = (f"{prof.embedding_dim}-d embeddings, the encoder makes {encoder[1]}-d: "
-                         f"re-enrol (voicegate enroll {name} --replace ...)")
-    else:
-        row["status"] = "ok"
+        return row
+    row["status"] = prof.mismatch(*encoder) or "ok"  # the door's own check (ProfileStore.load)
     return row
 
 

@@ -233,7 +233,7 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(profiles_cli, "_encoder_identity", lambda args: ("b" * 64, DIM))  # the door's encoder is another
     assert cli("--profiles", root, "list") == 5  # the door would refuse every decision: a health check sees it
     cap = capsys.readouterr()
-    assert "other encoder: re-enrol" in cap.out and "refuses every decision" in cap.err
+    assert "made with another encoder" in cap.out and "re-enrol alice with" in cap.out and "refuses every decision" in cap.err
     monkeypatch.setattr(profiles_cli, "_encoder_identity", lambda args: (SHA_A, 2 * DIM))  # same sha, other size
     assert cli("--profiles", root, "list") == 5  # the door refuses these profiles: so does the health check
     assert "16-d embeddings, the encoder makes 32-d" in capsys.readouterr().out
