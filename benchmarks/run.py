@@ -138,7 +138,7 @@ def setup_models(args, work: Path) -> dict:
     """Every model the benchmark measures: {name: {path, source, untrained, ...}} + the torch seed."""
     import torch
 
-    from voicegate.device.runtime import resolve_model_path
+    from voicegate.device.model_files import resolve_model_path
     from voicegate.train.models.classifier import ModelConfig, build_model
 
     torch.manual_seed(0)

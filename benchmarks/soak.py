@@ -74,7 +74,7 @@ def pick_model(args, workdir: Path) -> tuple[str, str | None]:
         return "fake", None
     if args.model:
         return "path", args.model
-    from voicegate.device.runtime import resolve_model_path
+    from voicegate.device.model_files import resolve_model_path
 
     shipped = resolve_model_path(None, args.method)
     if shipped.is_file():

@@ -452,7 +452,7 @@ def nonspeech_counts(listen: bool) -> dict:
     import nonspeech
     from test_nonspeech import open_decider
     from test_nonspeech import shipped_gate_models as gate_models
-    from voicegate.device.runtime import file_sha256
+    from voicegate.device.model_files import file_sha256
 
     clips = list(nonspeech.suite(SHARED / "noise" if (SHARED / "noise").is_dir() else None))
     out = {"suite_clips": len(clips), "in_process": [], "listen": [],

@@ -71,7 +71,7 @@ def check_python(version=None, machine: str | None = None) -> Check:
 
 def check_model_file(path: Path) -> tuple[Check, str | None]:
     from .contract import ModelError
-    from .runtime import read_verified_model
+    from .model_files import read_verified_model
 
     try:
         data, digest = read_verified_model(path)
@@ -231,7 +231,7 @@ def door_model(model: str | None, method: str | None) -> Path:
     """The model a door would use (``identify``'s rule): ``--model`` > ``$VOICEGATE_MODEL`` > the
     shipped encoder of ``--method`` when this build has an encoder (the default of enroll-check
     and listen) > the shipped classifier (``--method`` picks which)."""
-    from .runtime import named_model, resolve_model_path
+    from .model_files import named_model, resolve_model_path
 
     if named_model(model) is not None:
         return resolve_model_path(model, method)
@@ -243,7 +243,7 @@ def door_model(model: str | None, method: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .runtime import models_dir
+    from .model_files import models_dir
 
     if args.threads < 1:
         print("voicegate doctor: error: --threads must be >= 1", file=sys.stderr)

@@ -58,7 +58,8 @@ def probe(model: str, audio: str, threads: int, repeats: int, emit) -> None:
           "ms": (time.perf_counter() - t0) * 1e3})
     from .contract import ModelContract
     from .features import IMAGE_SIZE, INFER_HOP_SECONDS, feature_contract, featurize
-    from .runtime import make_session, read_verified_model
+    from .runtime import make_session
+    from .model_files import read_verified_model
 
     emit({"stage": "load", "begin": True})
     t0 = time.perf_counter()

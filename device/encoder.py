@@ -6,7 +6,7 @@
 The graph (the encoder contract, see ``contract.py``): input ``spectrogram`` float32
 (batch, 1, 224, 224) in [0, 1] -> output ``embeddings`` float32 (batch, S, D), S = the MC-dropout
 samples (masks shared by every window of one batch) or the ensemble members. The model's bytes
-are checked against their sha256 sidecar/manifest (``runtime.read_verified_model``) before use,
+are checked against their sha256 sidecar/manifest (``model_files.read_verified_model``) before use,
 its contract must say ``kind="encoder"`` with a valid cosine calibration, and it must match this
 featurizer. The sha256 names the encoder a profile was made with (``profiles.py``).
 
@@ -25,17 +25,12 @@ from .audio import PathLike
 from .contract import EMBEDDINGS_NAME, INPUT_NAME, ModelContract, ModelError
 from .features import INFER_HOP_SECONDS, feature_contract, frame_windows, spectrogram
 from .policy import check_loosening
-from .runtime import (
-    as_model_input,
-    check_samples_differ,
-    models_dir,
-    open_model,
-    probe_images,
-)
+from .runtime import as_model_input, check_samples_differ, open_model, probe_images
+from .model_files import models_dir
 
 log = logging.getLogger(__name__)
 
-MODEL_ENV = "VOICEGATE_MODEL"  # the door's model, for every command (runtime.MODEL_ENV)
+MODEL_ENV = "VOICEGATE_MODEL"  # the door's model, for every command (model_files.MODEL_ENV)
 ENCODER_ENV = "VOICEGATE_ENCODER"  # the older name, read after $VOICEGATE_MODEL
 DEFAULT_ENCODER_NAME = "voicegate-encoder-mc.onnx"
 MAX_BATCH = 32  # windows per onnxruntime run when embedding long enrolment audio (bounds memory)
@@ -58,7 +53,7 @@ def resolve_encoder_path(model_path: PathLike | None = None, method: str | None 
     """``model_path`` > ``$VOICEGATE_MODEL`` > ``$VOICEGATE_ENCODER`` > the shipped encoder
     (``method`` picks mc or ensemble). enroll, profiles, enroll-check and listen all read the
     same variable, so a door enrols with the encoder it decides with."""
-    from .runtime import named_model
+    from .model_files import named_model
 
     named = named_model(model_path, (MODEL_ENV, ENCODER_ENV))
     return named if named is not None else shipped_encoder(method)

@@ -37,11 +37,11 @@ from .profiles import PROFILES_ENV, EmptyStoreError, ProfileStore
 log = logging.getLogger(__name__)
 
 DEMO_DIR_NAME = "demo-profiles"
-MODEL_ENV = "VOICEGATE_MODEL"  # the same variable runtime.resolve_model_path reads
+MODEL_ENV = "VOICEGATE_MODEL"  # the same variable model_files.resolve_model_path reads
 
 
 def demo_dir() -> Path:
-    from .runtime import models_dir
+    from .model_files import models_dir
 
     return models_dir() / DEMO_DIR_NAME
 
@@ -91,7 +91,7 @@ def wants_encoder(args) -> bool:
     """Does this command line decide with an encoder (by name) rather than the classifier?"""
     from .encoder import build_has_encoder, model_kind
 
-    from .runtime import named_model
+    from .model_files import named_model
 
     named = named_model(getattr(args, "model", None))
     if named is not None:

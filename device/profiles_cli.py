@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _encoder_identity(args) -> tuple[str, int] | None:
     """(sha256, embedding size) of the encoder profiles are checked against, or None if there is none."""
     from .encoder import ENCODER_ENV, MODEL_ENV, encoder_identity, shipped_encoder
-    from .runtime import named_model
+    from .model_files import named_model
 
     named = named_model(args.model, (MODEL_ENV, ENCODER_ENV))  # an empty name is a ModelError
     if named is not None:  # the encoder the door was told to use must be there

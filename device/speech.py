@@ -95,7 +95,7 @@ FRAME_SELECTION_KEYS = ("threshold", "neg_threshold", "min_silence_s", "min_segm
 
 # --- the model -------------------------------------------------------------------------------
 def vad_model_path() -> Path:
-    from .runtime import models_dir  # local: runtime imports features, which imports this
+    from .model_files import models_dir  # local: runtime imports features, which imports this
 
     return models_dir() / VAD_MODEL_NAME
 
@@ -112,7 +112,8 @@ class VadModel:
     def load(cls, path: PathLike | None = None) -> "VadModel":
         """Open the VAD at ``path`` (default: the vendored one) after its sha256 check (ModelError)."""
         from .contract import ModelError
-        from .runtime import make_session, read_verified_model
+        from .runtime import make_session
+        from .model_files import read_verified_model
 
         p = Path(path) if path is not None else vad_model_path()
         data, digest = read_verified_model(p)
@@ -356,7 +357,7 @@ def speech_contract(detector: SpeechDetector | None = None) -> dict:
         sha = detector.model.sha256
         config = detector.config
     else:
-        from .runtime import expected_sha256
+        from .model_files import expected_sha256
 
         try:
             sha = expected_sha256(vad_model_path())[0]

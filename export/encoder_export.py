@@ -145,7 +145,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.device.contract import ModelContract
     from voicegate.device.encoder import Encoder
     from voicegate.device.features import feature_contract
-    from voicegate.device.runtime import file_sha256
+    from voicegate.device.model_files import file_sha256
     from voicegate.train.data.encoder_data import EncoderData
     from voicegate.train.models.encoder import load_encoder
 
@@ -268,7 +268,7 @@ def _digest_of(paths: list) -> str:
     """One sha256 over the members' checkpoint digests, in order."""
     import hashlib
 
-    from voicegate.device.runtime import file_sha256
+    from voicegate.device.model_files import file_sha256
 
     return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
 

@@ -220,7 +220,7 @@ def output_paths(out: Path, methods: list[str]) -> dict[str, Path]:
 
 def update_manifest(model_path: Path, digest: str) -> Path:
     """Set ``{file name: sha256}`` in ``manifest.json`` beside the model (atomic write)."""
-    from voicegate.device.runtime import MANIFEST_NAME
+    from voicegate.device.model_files import MANIFEST_NAME
 
     manifest = model_path.with_name(MANIFEST_NAME)
     entries = {}
@@ -254,7 +254,7 @@ def write_verified(proto, contract, path: Path, load) -> tuple[str, object]:
 
 def write_model(proto, contract, path: Path) -> str:
     """Write the model with its contract, the sidecar and the manifest; return the sha256."""
-    from voicegate.device.runtime import sha256_bytes, write_sidecar
+    from voicegate.device.model_files import sha256_bytes, write_sidecar
 
     from .graphs import set_metadata
 
@@ -273,7 +273,7 @@ def write_model(proto, contract, path: Path) -> str:
 
 def weights_digest(paths: list[Path]) -> str:
     """sha256 of one checkpoint file, or of the members' digests in order."""
-    from voicegate.device.runtime import file_sha256
+    from voicegate.device.model_files import file_sha256
 
     digests = [file_sha256(p) for p in paths]
     if len(digests) == 1:

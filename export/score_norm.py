@@ -98,7 +98,7 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
     import voicegate
     from voicegate.device.contract import ModelContract
     from voicegate.device.encoder import Encoder
-    from voicegate.device.runtime import read_verified_model
+    from voicegate.device.model_files import read_verified_model
     from voicegate.train.data.encoder_data import EncoderData
 
     from .encoder_calibration import _session, calibrate_encoder

@@ -126,7 +126,7 @@ def granting_gate(path: Path, samples: int = 8) -> Path:
     from voicegate.device.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
     from voicegate.device.features import IMAGE_SIZE, feature_contract
     from voicegate.device.policy import Thresholds
-    from voicegate.device.runtime import write_sidecar
+    from voicegate.device.model_files import write_sidecar
 
     nodes = [helper.make_node("ReduceMean", [INPUT_NAME], ["m"], axes=[1, 2, 3], keepdims=1),
              helper.make_node("Reshape", ["m", "shape"], ["m2"]),  # (batch, 1)

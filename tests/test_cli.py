@@ -17,7 +17,7 @@ from voicegate.device import cli, contract
 from voicegate.device.cli import main
 from voicegate.device.contract import EXIT_INFO
 from voicegate.device.features import feature_contract
-from voicegate.device.runtime import MODEL_ENV, write_sidecar
+from voicegate.device.model_files import MODEL_ENV, write_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 from voicegate.device import doctor, doctor_probe, stream
 from voicegate.device.audio import SAMPLE_RATE
 from voicegate.device.contract import META_CONTRACT
-from voicegate.device.runtime import file_sha256, models_dir, write_sidecar
+from voicegate.device.model_files import file_sha256, models_dir, write_sidecar
 
 SHIPPED = models_dir() / "voicegate-compact-mc.onnx"
 REPO = Path(__file__).resolve().parents[1]

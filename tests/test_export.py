@@ -16,7 +16,8 @@ from tiny_gate import TinyNet
 from voicegate.device.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
 from voicegate.device.features import feature_contract
 from voicegate.device.policy import GRANTED
-from voicegate.device.runtime import Gate, file_sha256, run_session
+from voicegate.device.runtime import Gate, run_session
+from voicegate.device.model_files import file_sha256
 from voicegate.export import graphs
 from voicegate.export.onnx_export import (
     ExportConfig,

@@ -250,7 +250,7 @@ def test_lockout_stops_granting_and_survives_a_restart(capsys, clips, household,
 def test_the_shipped_demo_household_matches_the_shipped_encoder(capsys, monkeypatch):
     from voicegate.device.encoder import shipped_encoder
     from voicegate.device.profiles import ProfileStore
-    from voicegate.device.runtime import file_sha256, models_dir
+    from voicegate.device.model_files import file_sha256, models_dir
 
     for var in ("VOICEGATE_MODEL", "VOICEGATE_ENCODER", "VOICEGATE_PROFILES"):
         monkeypatch.delenv(var, raising=False)

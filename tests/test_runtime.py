@@ -33,15 +33,8 @@ from voicegate.device.policy import (
     decide,
     summarize,
 )
-from voicegate.device.runtime import (
-    MODEL_ENV,
-    Gate,
-    check_samples_differ,
-    log_odds,
-    probe_images,
-    resolve_model_path,
-    write_sidecar,
-)
+from voicegate.device.runtime import Gate, check_samples_differ, log_odds, probe_images
+from voicegate.device.model_files import MODEL_ENV, resolve_model_path, write_sidecar
 
 T = Thresholds(accept=0.8, uncertainty_limit=0.1, deny=0.3)
 

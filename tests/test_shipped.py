@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from voicegate.device.contract import EXIT_DENIED, EXIT_GRANTED, EXIT_UNCERTAIN, META_CONTRACT, ModelContract
-from voicegate.device.runtime import file_sha256, make_session, sidecar_path
+from voicegate.device.runtime import make_session
+from voicegate.device.model_files import file_sha256, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"

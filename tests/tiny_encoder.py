@@ -124,7 +124,7 @@ def make_contract(samples: int = SAMPLES, dim: int = DIM, thresholds: Thresholds
 def write_encoder_model(path: Path, samples: int = SAMPLES, dim: int = DIM, seed: int = 0,
                         deterministic: bool = False, **contract_kw) -> Path:
     """Write the tiny encoder to ``path`` with its contract, sidecar and manifest entry."""
-    from voicegate.device.runtime import write_sidecar
+    from voicegate.device.model_files import write_sidecar
 
     path = Path(path)
     proto = build_graph(dim, samples, seed=seed, deterministic=deterministic)
