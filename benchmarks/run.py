@@ -101,7 +101,7 @@ def untrained(model):
 
 def export_mc(model, samples: int, path: Path, arch: str) -> Path:
     from voicegate.export import graphs
-    from voicegate.export.onnx_export import write_model
+    from voicegate.export.writing import write_model
 
     write_model(graphs.export_mc(model.eval(), samples), untrained_contract("mc", samples, arch), path)
     return path
@@ -109,7 +109,7 @@ def export_mc(model, samples: int, path: Path, arch: str) -> Path:
 
 def export_ensemble(models: list, path: Path, arch: str) -> Path:
     from voicegate.export import graphs
-    from voicegate.export.onnx_export import write_model
+    from voicegate.export.writing import write_model
 
     write_model(graphs.export_ensemble([m.eval() for m in models]),
                 untrained_contract("ensemble", len(models), arch), path)

@@ -57,7 +57,7 @@ def make_untrained_compact(path: Path, samples: int = 50) -> None:
     from tiny_gate import make_contract
 
     from voicegate.export import graphs
-    from voicegate.export.onnx_export import write_model
+    from voicegate.export.writing import write_model
     from voicegate.train.models.classifier import ModelConfig, build_model
 
     torch.set_num_threads(1)

@@ -103,7 +103,7 @@ def calibrate_encoder(session, data, cfg, norm=None, norm_info: dict | None = No
     carries the cohort (type ``as-norm-logistic``: ``device.scoring.ScoreNorm``)."""
     from voicegate.train.models.encoder import eer, frr_at_far
 
-    from .onnx_export import ExportError
+    from .writing import ExportError
 
     everything = validation_trials(session, data, norm)
     trial = same_corpus(everything, data.meta["validation_speakers"])

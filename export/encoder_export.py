@@ -102,7 +102,7 @@ def check_parity(proto, encoder, images: np.ndarray, samples: int) -> dict:
     import torch
 
     from .graphs import with_dropout_p
-    from .onnx_export import ExportError
+    from .writing import ExportError
 
     x = torch.from_numpy(np.asarray(images, np.float32)[:, None])
     with torch.no_grad():
@@ -150,7 +150,8 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     from voicegate.train.models.encoder import load_encoder
 
     from . import graphs
-    from .onnx_export import ExportError, ExportInputError, refuse_other_featurizer, write_verified
+    from .onnx_export import refuse_other_featurizer
+    from .writing import ExportError, ExportInputError, write_verified
 
     from . import encoder_ensemble
 

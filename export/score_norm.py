@@ -102,7 +102,8 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
     from voicegate.train.data.encoder_data import EncoderData
 
     from .encoder_calibration import _session, calibrate_encoder
-    from .onnx_export import ExportConfig, ExportInputError, refuse_other_featurizer, write_verified
+    from .onnx_export import ExportConfig, refuse_other_featurizer
+    from .writing import ExportInputError, write_verified
 
     model, out = Path(model), Path(out)
     if out.suffix != ".onnx":

@@ -13,7 +13,7 @@ from tiny_gate import TinyNet, make_contract
 
 from voicegate.device.policy import DENIED, GRANTED, UNCERTAIN, Thresholds, decide, summarize
 from voicegate.export import graphs
-from voicegate.export.onnx_export import write_model
+from voicegate.export.writing import write_model
 from voicegate.train.eval import evaluate as E
 from voicegate.train.data.corpus import load_corpus
 from voicegate.train.eval.openset import far_frr

@@ -280,7 +280,7 @@ def test_refuses_a_method_mismatch(models):
 
 # --- samples that cannot disagree are refused at load ------------------------------------------
 def _write(proto, path, method, samples):
-    from voicegate.export.onnx_export import write_model
+    from voicegate.export.writing import write_model
 
     write_model(proto, make_contract(method, samples), path)
     return path

@@ -16,7 +16,7 @@ from voicegate.device.contract import ModelContract
 from voicegate.device.features import feature_contract
 from voicegate.device.policy import Thresholds
 from voicegate.export import graphs
-from voicegate.export.onnx_export import write_model
+from voicegate.export.writing import write_model
 
 
 class TinyNet(nn.Module):
