@@ -127,7 +127,7 @@ def make_store(encoder, root: Path, n: int, base: np.ndarray) -> "object":
 
 
 def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
-    from voicegate.device.features import INFER_HOP_SECONDS, featurize
+    from voicegate.device.features import INFER_HOP_SECONDS, featurize, frame_windows, spectrogram
     from voicegate.device.scoring import ProfileGate, decide_by_name, window_embeddings
     from voicegate.device.speech import default_detector
 
@@ -149,11 +149,22 @@ def bench_decisions(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict
             decide_by_name(s, encoder.thresholds, encoder.measure)
 
         part = timed(scoring, repeats * 5)
+        # where the whole decision's time goes (each stage alone, on the same 3 s attempt)
+        detector = gate.detector or default_detector()
+        vad = timed(lambda: detector.probabilities(utt), repeats)
+        speech = detector.select(utt, probs).audio
+        render = timed(lambda: spectrogram(frame_windows(speech, INFER_HOP_SECONDS)), repeats)
+        images = spectrogram(frame_windows(speech, INFER_HOP_SECONDS))
+        embed = timed(lambda: encoder.embed(images), repeats)
         reload = timed(gate.store.signature, repeats)  # the per-decision check for a changed store
         out[str(n)] = {"whole_decision_ms": round(whole["median_s"] * 1e3, 2),
                        "whole_decision_best_ms": round(whole["best_s"] * 1e3, 2),
                        "listen_decision_after_endpoint_ms": round(after["median_s"] * 1e3, 2),
                        "scoring_ms": round(part["median_s"] * 1e3, 3),
+                       "parts_ms": {"speech_detector": round(vad["median_s"] * 1e3, 2),
+                                    "spectrograms": round(render["median_s"] * 1e3, 2),
+                                    "embeddings": round(embed["median_s"] * 1e3, 2),
+                                    "windows": int(images.shape[0])},
                        "store_change_check_ms": round(reload["median_s"] * 1e3, 3)}
     return out
 
