@@ -400,8 +400,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_USAGE, "--seconds and --device go with --mic")
     try:
         store = ProfileStore(args.profiles)
-    except ProfileError as e:
-        return _fail(args, EXIT_USAGE, str(e))
+    except ProfileError as e:  # an empty --profiles or $VOICEGATE_PROFILES: exit 5, as at the door
+        return _fail(args, EXIT_MODEL, str(e))
     from .stream import AudioDeviceError
 
     try:

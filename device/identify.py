@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from .contract import ModelError
-from .profiles import PROFILES_ENV, EmptyStoreError, ProfileStore
+from .profiles import PROFILES_ENV, EmptyStoreError, ProfileError, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,17 @@ def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
         unsafe_thresholds=getattr(args, "unsafe_thresholds", False),
     )
     if method is not None and method != encoder.method:
-        raise ModelError(f"{encoder.path}: is a {encoder.method} encoder, but --method {method} was asked for")
-    gate = ProfileGate(encoder, store)
+        raise ModelError(f"{encoder.path}: is an {encoder.method} encoder, but --method {method} was asked for")
+    try:
+        gate = ProfileGate(encoder, store)
+    except ProfileError as e:
+        if not demo or "another encoder" not in str(e):
+            raise
+        # the demo household is enrolled with the shipped MC encoder only: say that, rather than
+        # advise re-enrolling the demo people into the user's own store
+        raise ProfileError(f"the demo household (models/{DEMO_DIR_NAME}) is enrolled with the shipped MC "
+                           f"encoder, not {encoder.path.name}: try it without --method/--model, or enrol "
+                           f"people with this one (voicegate enroll NAME FILE... --model {encoder.path})") from None
     gate.demo = demo
     if demo and not getattr(args, "demo", False):
         print(f"voicegate: nobody is enrolled on this machine yet: deciding against the demo household "

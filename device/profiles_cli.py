@@ -140,9 +140,9 @@ def run(args: argparse.Namespace) -> int:
     """The ``profiles`` command."""
     try:
         store = ProfileStore(args.profiles)
-    except ProfileError as e:
+    except ProfileError as e:  # an empty --profiles or $VOICEGATE_PROFILES: exit 5, as at the door
         print(f"voicegate profiles: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_MODEL
     action = getattr(args, "action", None)
     if action is None:
         print("voicegate profiles: say list, show NAME, remove NAME or rename OLD NEW", file=sys.stderr)

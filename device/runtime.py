@@ -249,7 +249,7 @@ class Gate:
         path = resolve_model_path(model_path, method)
         session, contract, digest = open_model(path, threads, seed)
         if method is not None and method != contract.method:
-            raise ModelError(f"{path}: is a {contract.method} model, but --method {method} was asked for")
+            raise ModelError(f"{path}: is an {contract.method} model, but --method {method} was asked for")
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
             raise ModelError(

@@ -129,6 +129,7 @@ def test_command_line_errors(tmp_path, model, capsys):
     (tmp_path / "a.wav").write_bytes(b"")
     assert cli("alice", "--profiles", str(tmp_path), "--model", str(model)) == 2  # no FILE, no --mic
     assert cli("../x", str(tmp_path / "a.wav"), "--model", str(model)) == 2
+    assert cli("alice", str(tmp_path / "a.wav"), "--profiles", "", "--model", str(model)) == 5  # as at the door
     assert cli("alice", str(tmp_path / "a.wav"), "--mic", "--model", str(model)) == 2
     assert cli("alice", str(tmp_path / "a.wav"), "--profiles", str(tmp_path / "p"), "--model",
                str(tmp_path / "none.onnx")) == 5

@@ -265,3 +265,22 @@ def test_the_shipped_demo_household_matches_the_shipped_encoder(capsys, monkeypa
     assert (code, d["speaker"]) == (0, name)
     code, (d,), _ = run_json(capsys, ["enroll-check", str(models_dir() / "example.wav"), "--demo", "--json"])
     assert code == 1 and d["decision"] == "DENIED" and d["speaker"] is None  # a stranger (make_demo.py)
+
+
+def test_the_demo_household_with_another_shipped_encoder_says_what_it_is(capsys, monkeypatch):
+    """The demo people are enrolled with the shipped MC encoder only: the ensemble against them is
+    exit 5 with a line about the demo household, not advice to re-enrol them into one's own store."""
+    for var in ("VOICEGATE_MODEL", "VOICEGATE_ENCODER", "VOICEGATE_PROFILES"):
+        monkeypatch.delenv(var, raising=False)
+    from voicegate.device.encoder import shipped_encoder
+
+    if not shipped_encoder("ensemble").is_file():
+        pytest.fail("the shipped ensemble encoder is committed (models/manifest.json)")
+    from voicegate.device.cli import main
+    from voicegate.device.model_files import models_dir
+
+    capsys.readouterr()
+    assert main(["enroll-check", str(models_dir() / "example.wav"), "--demo", "--method", "ensemble"]) == 5
+    err = capsys.readouterr().err.strip()
+    assert "the demo household" in err and "enrolled with the shipped MC encoder" in err, err
+    assert "re-enrol librispeech" not in err and len(err.splitlines()) == 1, err

@@ -215,9 +215,9 @@ def cli(*argv: str) -> int:
 def test_profiles_command(tmp_path, capsys, monkeypatch):
     root = str(tmp_path / "p")
     missing = str(tmp_path / "no-encoder.onnx")
-    assert cli("--profiles", "", "list") == 2  # an empty store name is refused, never "the default"
+    assert cli("--profiles", "", "list") == 5  # an empty store name is refused, never "the default"
     monkeypatch.setenv("VOICEGATE_PROFILES", "")
-    assert cli("list") == 2
+    assert cli("list") == 5  # as at the door (enroll-check, listen)
     monkeypatch.delenv("VOICEGATE_PROFILES")
     assert "is empty" in capsys.readouterr().err
     assert cli("--profiles", root, "list") == 5  # no store yet
