@@ -246,6 +246,11 @@ def test_cli_prepare_prints_a_summary_and_reuses(tiny_corpus, tmp_path, capsys):
     assert err.count("\n") == 1 and "nope" in err
     bad = parser.parse_args(argv + ["--allowed", "f1", "--impostors", "f1"])
     assert P.run(bad) == 2 and "both allowed and held-out" in capsys.readouterr().err
+    # speakers space or comma separated, as for train
+    from voicegate.train.data.config import config_from_args
+
+    spaced = config_from_args(parser.parse_args(argv + ["--allowed", "f1", "m1,f2", "--impostors", "m2"]))
+    assert list(spaced.allowed) == ["f1", "m1", "f2"] and list(spaced.impostors) == ["m2"]
 
 
 def test_prepare_module_imports_nothing_heavy():

@@ -116,8 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="corpus folder (manifest, DAPS or folder-per-speaker layout)")
     parser.add_argument("--cache", help="cache folder (default: $VOICEGATE_CACHE or ~/.cache/voicegate/<name>-<key>)")
     parser.add_argument("--layout", choices=["auto", "manifest", "daps", "folders"], default=d.layout)
-    parser.add_argument("--allowed", type=_csv_list, help="allowed speakers, comma separated (overrides roles.json)")
-    parser.add_argument("--impostors", type=_csv_list, help="held-out impostor speakers, comma separated (overrides roles.json)")
+    parser.add_argument("--allowed", nargs="+", type=_csv_list, metavar="SPEAKER",
+                        help="allowed speakers, space or comma separated, as for train (overrides roles.json)")
+    parser.add_argument("--impostors", nargs="+", type=_csv_list, metavar="SPEAKER",
+                        help="held-out impostor speakers, space or comma separated (overrides roles.json)")
     parser.add_argument("--versions", type=_csv_list, help="DAPS versions to use, comma separated (default: all found)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--aug-copies", type=int, default=d.aug_copies,
@@ -138,8 +140,8 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         corpus=args.corpus,
         cache_dir=args.cache,
         layout=args.layout,
-        allowed=args.allowed,
-        impostors=args.impostors,
+        allowed=None if args.allowed is None else [n for part in args.allowed for n in part],
+        impostors=None if args.impostors is None else [n for part in args.impostors for n in part],
         versions=args.versions,
         seed=args.seed,
         aug_copies=args.aug_copies,
