@@ -148,12 +148,21 @@ def _load_plugins(subparsers) -> list[tuple[str, BaseException]]:
     return failed
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (the command, the problem, where the
+    usage is) and exit 2, not the usage block: every error of voicegate is one line. Its
+    sub-commands' parsers are of this class too (argparse makes them of the parent's type)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str], list]:
     """(parser, command names, failed plugin groups) for this command line.
 
     Only the command being run is imported (CommandUnavailable if its module is not built in).
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="voicegate",
         description="Edge voice gate: is this voice an allowed person's? (GRANTED / DENIED / UNCERTAIN)",
         epilog=EXIT_CODES_HELP,

@@ -445,3 +445,17 @@ def test_training_options_out_of_range_are_usage_errors(tmp_path, option, capsys
     assert main(["train", "--corpus", str(tmp_path), "--out", str(tmp_path / "run"), *option]) == 2
     err = capsys.readouterr().err
     assert "must be" in err and option[0] in err
+
+
+@pytest.mark.parametrize("argv", [["enroll-check", "--threads", "0", "x.wav"], ["train", "--epochs", "0"],
+                                  ["profiles", "bogus"], ["report", "eda"], ["nonsense"]])
+def test_an_option_error_is_one_line_not_the_usage_block(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and "--help" in err and "usage:" not in err, err
+
+
+def test_a_report_that_cannot_run_is_a_usage_error_in_one_line(tmp_path, capsys):
+    assert main(["report", "eda", "--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("voicegate report eda:") and "nowhere" in err and len(err.splitlines()) == 1, err

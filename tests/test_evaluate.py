@@ -198,7 +198,7 @@ def test_eval_refuses_a_corpus_that_changed_since_training(tiny_corpus, tmp_path
     mc = write_tiny(tmp_path / "m" / "fp-mc.onnx", tiny_corpus, "mc", fingerprint=_fingerprint_of(tiny_corpus))
     assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech"])) == 0  # the training corpus: fine
     capsys.readouterr()
-    assert E.run(parse([str(mc), "--corpus", str(changed), "--no-progress", "--no-nonspeech"])) == 1
+    assert E.run(parse([str(mc), "--corpus", str(changed), "--no-progress", "--no-nonspeech"])) == 2  # a corpus it cannot use
     err = capsys.readouterr().err.strip()
     assert "differs from the one the model was trained on" in err and "\n" not in err
     assert E.run(parse([str(mc), "--corpus", str(changed), "--no-progress", "--no-nonspeech", "--json",
@@ -212,7 +212,7 @@ def test_eval_finds_a_corpus_named_in_the_contract(tiny_corpus, tmp_path, capsys
     mc = write_tiny(tmp_path / "m" / "named-mc.onnx", tiny_corpus, "mc", corpus_ref=tiny_corpus.name)
     monkeypatch.delenv("VOICEGATE_SHARED_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech"])) == 1
+    assert E.run(parse([str(mc), "--no-progress", "--no-nonspeech"])) == 2  # a corpus it cannot find
     err = capsys.readouterr().err
     assert "VOICEGATE_SHARED_DATA" in err and "--corpus" in err and err.count("\n") == 1
     monkeypatch.setenv("VOICEGATE_SHARED_DATA", str(tiny_corpus.parent))
@@ -224,7 +224,7 @@ def test_eval_finds_a_corpus_named_in_the_contract(tiny_corpus, tmp_path, capsys
 def test_eval_reports_a_missing_corpus_in_one_line(tiny_corpus, tmp_path, capsys):
     mc = write_tiny(tmp_path / "m" / "x-mc.onnx", tiny_corpus, "mc")
     code = E.run(parse([str(mc), "--corpus", str(tmp_path / "nowhere"), "--no-progress"]))
-    assert code == 1
+    assert code == 2  # the training side's usage code, as prepare and train
     err = capsys.readouterr().err.strip()
     assert err.startswith("voicegate eval:") and "nowhere" in err and "\n" not in err
 

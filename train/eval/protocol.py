@@ -27,8 +27,9 @@ RETRY_RULE = (
 )
 
 
-class EvalError(RuntimeError):
-    """The evaluation cannot run (no corpus, no speakers of a role, mismatched models)."""
+class EvalError(ValueError):
+    """The evaluation cannot run as asked (no corpus, no speakers of a role, mismatched models): a
+    ValueError, so the CLI exits 2 (``voicegate.train.commands.failure_exit``)."""
 
 
 @dataclass

@@ -17,12 +17,14 @@ import importlib
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from voicegate.device.audit import jsonable  # the one jsonable (issue 14)
+from voicegate.train.data.roles import ROLE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         report = mod.make_report(args)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"voicegate report {args.report_name}: {e}")
+    except Exception as e:  # one line; 2 for a corpus, run or option that cannot be used, 5 a bad model, else 1
+        from voicegate.train.commands import failure_exit
+
+        print(f"voicegate report {args.report_name}: {e}", file=sys.stderr)
+        log.debug("report failed", exc_info=True)
+        return failure_exit(e)
     path = report.write()
     print(f"{args.report_name} report: {len(report.figures)} figures and {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -206,9 +212,10 @@ def open_prepared(args: argparse.Namespace, run_info: Optional[dict] = None):
         if theirs != Path(cfg.corpus).expanduser().resolve():
             raise ValueError(f"--cache {args.cache} holds windows of {theirs}, not of --corpus {cfg.corpus}")
         run_roles = (run_info or {}).get("roles")
-        if run_roles and {r: sorted(v) for r, v in pc.meta.get("roles", {}).items() if v} != {
-            r: sorted(v) for r, v in run_roles.items() if v
-        }:
+        def speakers_by_role(roles: dict) -> dict:  # the three roles; a run also lists its non-speech sources
+            return {r: sorted(v) for r, v in roles.items() if v and r in ROLE_NAMES}
+
+        if run_roles and speakers_by_role(pc.meta.get("roles", {})) != speakers_by_role(run_roles):
             log.warning("the roles in %s differ from the run's roles", args.cache)
         return pc
     return prepare_corpus(cfg)
