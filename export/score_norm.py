@@ -152,8 +152,12 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
 
 def run_rescore(model: str, args: argparse.Namespace) -> int:
     """``voicegate export MODEL.onnx --score-norm as-norm --cache CACHE --out NEW.onnx``."""
+    from voicegate.device.contract import EXIT_MODEL
     from voicegate.train.commands import failure_exit
 
+    if not Path(model).is_file():  # a typo: say so, rather than how to re-score a model
+        print(f"voicegate export: {model}: model file not found", file=sys.stderr)
+        return EXIT_MODEL
     if getattr(args, "score_norm", "none") != "as-norm":
         print("voicegate export: RUN is an exported model (.onnx): give a run folder to export, or re-score an "
               "exported encoder with --score-norm as-norm --cache CACHE", file=sys.stderr)

@@ -284,3 +284,20 @@ def test_building_the_parser_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_eda_intensity_leaves_out_the_non_speech_windows():
+    """The preparation's pure noise windows (role nonspeech) are nobody's voice: they must not be
+    averaged into a speaker role's spectrum, nor counted as speakers."""
+    from types import SimpleNamespace
+
+    from voicegate.train.data.build import NONSPEECH_ROLE
+    from voicegate.train.reports.eda import intensity_profiles
+
+    images = np.zeros((4, 224, 224), np.uint8)
+    images[3] = 255  # the noise window is bright everywhere
+    index = SimpleNamespace(aug=np.array([0, 0, 1, 0]), role=np.array(["allowed", "allowed", "allowed", NONSPEECH_ROLE]),
+                            speaker=np.array(["a", "b", "a", f"{NONSPEECH_ROLE}:white"]))
+    profiles, counts = intensity_profiles(SimpleNamespace(index=index, images=images))
+    assert counts == {"a": 1, "b": 1} and set(profiles) == {"a", "b"}
+    assert all(float(v.max()) == 0.0 for v in profiles.values())

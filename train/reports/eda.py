@@ -86,12 +86,16 @@ def genders(corpus) -> dict:
 
 def intensity_profiles(prepared, desc: str = "intensity") -> tuple:
     """({speaker: mean intensity per image row (224,)}, {speaker: windows}) over the clean windows of
-    every split (time-averaged per window, then averaged over the speaker's windows)."""
+    every split (time-averaged per window, then averaged over the speaker's windows). The
+    preparation's pure non-speech windows (role ``nonspeech``: noise, hum, tones) are nobody's
+    voice and are left out."""
     import numpy as np
     from tqdm import tqdm
 
+    from voicegate.train.data.build import NONSPEECH_ROLE
+
     idx = prepared.index
-    rows = np.flatnonzero(idx.aug == 0)
+    rows = np.flatnonzero((idx.aug == 0) & (idx.role != NONSPEECH_ROLE))
     speakers = idx.speaker[rows]
     sums, counts = {}, {}
     step = 256

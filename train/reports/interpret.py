@@ -292,7 +292,9 @@ def make_report(args: argparse.Namespace):
             }
             for y in (0, 1) if counts[y]
         }
-    peaks = {kind: {CLASS_NAMES[y]: float(freqs[int(np.argmax(profiles[kind][y]))]) for y in (0, 1) if counts[y]}
+    # a profile that is zero everywhere (an untrained model's Grad-CAM) has no peak: None, not row 0
+    peaks = {kind: {CLASS_NAMES[y]: (float(freqs[int(np.argmax(profiles[kind][y]))])
+                                     if np.any(profiles[kind][y] > 0) else None) for y in (0, 1) if counts[y]}
              for kind in profiles}
     cam_rows = acts_rows(model)
     write_summary(report, args, run_info, data, probs, density, relation, peaks, cam_rows)
@@ -362,7 +364,9 @@ def write_summary(report, args, run_info, data, probs, density, relation, peaks,
     for kind in ("gradcam", "gradient"):
         for cls, r in relation[kind].items():
             lines.append(
-                f"- {names[kind]}, {cls}: peak at {peaks[kind][cls]:.0f} Hz; correlation with the class's "
+                f"- {names[kind]}, {cls}: "
+                + (f"peak at {peaks[kind][cls]:.0f} Hz" if peaks[kind][cls] is not None else "no peak (zero everywhere)")
+                + "; correlation with the class's "
                 f"intensity profile {_fmt(r['corr_with_intensity'])}, with |intensity(allowed) − intensity(not allowed)| "
                 f"{_fmt(r['corr_with_class_intensity_difference'])}"
             )
