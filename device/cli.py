@@ -168,8 +168,8 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
-    parser.add_argument("--debug", action="store_true", help="log everything (DEBUG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO); also after the command")
+    parser.add_argument("--debug", action="store_true", help="log everything (DEBUG); also after the command")
     parser.add_argument("--version", action="store_true",
                         help=f"print the version and exit ({EXIT_INFO}, never 0)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -208,6 +208,17 @@ def help_request(argv: list) -> list:
     return words + ["--help"]
 
 
+GLOBAL_FLAGS = ("-v", "--verbose", "--debug")
+
+
+def hoist_global_flags(argv: list) -> list:
+    """``voicegate eval ... -v`` as ``voicegate -v eval ...``: the logging flags belong to the
+    top-level parser but may stand anywhere before a ``--``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:] if flags else argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     before = argv[: argv.index("--") if "--" in argv else len(argv)]
@@ -218,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"voicegate {__version__}")
         return EXIT_INFO
+    argv = hoist_global_flags(argv)
     first = first_command(argv)
     try:
         parser, commands, failed = build_parser(argv)

@@ -459,3 +459,11 @@ def test_a_report_that_cannot_run_is_a_usage_error_in_one_line(tmp_path, capsys)
     assert main(["report", "eda", "--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("voicegate report eda:") and "nowhere" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_logging_flags_may_follow_the_command():
+    from voicegate.device.cli import hoist_global_flags
+
+    assert hoist_global_flags(["eval", "m.onnx", "-v", "--out", "o"]) == ["-v", "eval", "m.onnx", "--out", "o"]
+    assert hoist_global_flags(["enroll-check", "--debug", "--", "-v"]) == ["--debug", "enroll-check", "--", "-v"]
+    assert hoist_global_flags(["listen", "--json"]) == ["listen", "--json"]
