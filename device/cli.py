@@ -156,6 +156,16 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option is reported by the command it was given to."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(ns, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(EXIT_USAGE, f"{prog}: error: unrecognized arguments: {one_line(' '.join(extras))} "
+                                  f"(see {prog} --help)\n")
+        return ns
+
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str], list]:
     """(parser, command names, failed plugin groups) for this command line.

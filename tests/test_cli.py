@@ -448,7 +448,8 @@ def test_training_options_out_of_range_are_usage_errors(tmp_path, option, capsys
 
 
 @pytest.mark.parametrize("argv", [["enroll-check", "--threads", "0", "x.wav"], ["train", "--epochs", "0"],
-                                  ["profiles", "bogus"], ["report", "eda"], ["nonsense"]])
+                                  ["profiles", "bogus"], ["report", "eda"], ["nonsense"],
+                                  ["enroll-check", "a.wav", "--bogus"]])
 def test_an_option_error_is_one_line_not_the_usage_block(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -467,3 +468,8 @@ def test_the_logging_flags_may_follow_the_command():
     assert hoist_global_flags(["eval", "m.onnx", "-v", "--out", "o"]) == ["-v", "eval", "m.onnx", "--out", "o"]
     assert hoist_global_flags(["enroll-check", "--debug", "--", "-v"]) == ["--debug", "enroll-check", "--", "-v"]
     assert hoist_global_flags(["listen", "--json"]) == ["listen", "--json"]
+
+
+def test_an_unknown_option_is_reported_by_its_command(capsys):
+    assert main(["enroll-check", "a.wav", "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("voicegate enroll-check: error: unrecognized arguments: --bogus")
