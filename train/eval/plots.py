@@ -49,7 +49,9 @@ def det_figure(curves: list, title: str, path: Path) -> Path:
     ax.plot(lim, lim, ":", color="0.6", linewidth=0.8)  # FAR = FRR (the EER line)
     ax.set_xlabel("false-accept rate (%)")
     ax.set_ylabel("false-reject rate (%)")
-    ax.set_title(title, fontsize=10)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)  # a long title wraps, never clipped
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
