@@ -133,6 +133,9 @@ def pick_epochs(available: list, trained_epoch: int, max_epochs: int) -> list:
     return sorted(keep)
 
 
+CHANCE_MARGIN = 0.05  # a trained model with balanced accuracy below 0.5 + this is called "at chance"
+
+
 # --- robustness --------------------------------------------------------------------------------
 def variant(trained, paths: list, state: dict | None, seed: int):
     """A copy of ``trained`` with the modules at ``paths`` set from ``state`` (a state dict), or
@@ -279,6 +282,9 @@ def make_report(args: argparse.Namespace):
     with torch.no_grad():
         base_p = np.concatenate([torch.softmax(trained(x), 1)[:, 1].numpy() for x in window_batches(corpus.images, data.rows)])
     baseline = scores(data.labels, base_p)
+    if baseline["balanced_accuracy"] < 0.5 + CHANCE_MARGIN:
+        log.warning("the trained model is at chance (balanced accuracy %.3f): the layer verdicts mean nothing",
+                    baseline["balanced_accuracy"])
     columns = [RANDOM, *reset_epochs]
     table = {name: {c: scores(data.labels, probs[name][c]) for c in columns} for name, _ in groups}
 
@@ -325,7 +331,10 @@ def write_summary(report, args, run_info, member_name, trained_epoch, data, base
         f"Run `{args.run}` ({run_info.get('arch')}), {member_name}: trained model = its best checkpoint "
         f"(epoch {trained_epoch}); per-epoch checkpoints {epochs[0]}..{epochs[-1]}. Accuracy on {len(data)} "
         f"clean windows of the **{args.split}** split ({n_allowed} allowed, {len(data) - n_allowed} not allowed). "
-        f"Trained model: accuracy {baseline['accuracy']:.3f}, balanced accuracy {baseline['balanced_accuracy']:.3f}.",
+        f"Trained model: accuracy {baseline['accuracy']:.3f}, balanced accuracy {baseline['balanced_accuracy']:.3f}."
+        + (f" **The trained model is at chance (balanced accuracy within {CHANCE_MARGIN} of 0.5): no reset can "
+           "lower it, so every layer reads as robust and none of the verdicts below means anything; train "
+           "longer first.**" if baseline["balanced_accuracy"] < 0.5 + CHANCE_MARGIN else ""),
         "A layer = a conv/linear layer with the BatchNorm right after it. Re-init to epoch tau = set that "
         "layer's weights (and BatchNorm statistics) to their values after tau epochs (0 = initialisation); "
         "re-rand = fresh random weights from the same initialiser. Robust = balanced accuracy within "
