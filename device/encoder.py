@@ -26,11 +26,10 @@ from .contract import EMBEDDINGS_NAME, INPUT_NAME, ModelContract, ModelError
 from .features import INFER_HOP_SECONDS, feature_contract, frame_windows, spectrogram
 from .policy import check_loosening
 from .runtime import as_model_input, check_samples_differ, open_model, probe_images
-from .model_files import models_dir
+from .model_files import MODEL_ENV, models_dir  # MODEL_ENV: the door's model, for every command
 
 log = logging.getLogger(__name__)
 
-MODEL_ENV = "VOICEGATE_MODEL"  # the door's model, for every command (model_files.MODEL_ENV)
 ENCODER_ENV = "VOICEGATE_ENCODER"  # the older name, read after $VOICEGATE_MODEL
 DEFAULT_ENCODER_NAME = "voicegate-encoder-mc.onnx"
 MAX_BATCH = 32  # windows per onnxruntime run when embedding long enrolment audio (bounds memory)

@@ -32,12 +32,11 @@ import sys
 from pathlib import Path
 
 from .contract import ModelError
-from .profiles import PROFILES_ENV, EmptyStoreError, ProfileError, ProfileStore
+from .profiles import PROFILES_ENV, EmptyStoreError, OtherEncoderError, ProfileError, ProfileStore
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR_NAME = "demo-profiles"
-MODEL_ENV = "VOICEGATE_MODEL"  # the same variable model_files.resolve_model_path reads
 
 
 def demo_dir() -> Path:
@@ -119,8 +118,8 @@ def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
         raise ModelError(f"{encoder.path}: is an {encoder.method} encoder, but --method {method} was asked for")
     try:
         gate = ProfileGate(encoder, store)
-    except ProfileError as e:
-        if not demo or "another encoder" not in str(e):
+    except OtherEncoderError:
+        if not demo:
             raise
         # the demo household is enrolled with the shipped MC encoder only: say that, rather than
         # advise re-enrolling the demo people into the user's own store

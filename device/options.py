@@ -30,17 +30,6 @@ def default_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
 
 
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
-    return v
-
-
 def non_negative(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -91,11 +80,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("mc", "ensemble"),
                    help="MC dropout or deep ensemble: picks the shipped encoder of that kind (the study's "
                         "classifiers only with --model), and must match --model")
-    p.add_argument("--accept", type=probability, metavar="P",
+    p.add_argument("--accept", type=PROBABILITY, metavar="P",
                    help="override the model's accept threshold on p(allowed)")
     p.add_argument("--uncertainty-limit", type=non_negative, metavar="U",
                    help="override the model's uncertainty limit")
-    p.add_argument("--deny", type=probability, metavar="P",
+    p.add_argument("--deny", type=PROBABILITY, metavar="P",
                    help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
     p.add_argument("--unsafe-thresholds", action="store_true",
                    help="allow overrides that loosen the model's thresholds beyond the bounds "

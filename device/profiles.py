@@ -65,6 +65,10 @@ class EmptyStoreError(ProfileError):
     """No one is enrolled: there is nobody to let in (never an open door)."""
 
 
+class OtherEncoderError(ProfileError):
+    """The profile was made with another encoder (another sha256 or embedding size): re-enrol."""
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -320,7 +324,7 @@ class ProfileStore:
                                "hand? use voicegate profiles rename)")
         problem = prof.mismatch(encoder_sha256, embedding_dim)
         if problem:
-            raise ProfileError(problem)
+            raise OtherEncoderError(problem)
         return prof
 
     def load_all(self, encoder_sha256: str | None = None, embedding_dim: int | None = None) -> list[Profile]:

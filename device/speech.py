@@ -54,6 +54,7 @@ from typing import Optional
 import numpy as np
 
 from .audio import SAMPLE_RATE, SILENCE_FLOOR_DBFS, NoSpeechError, PathLike
+from .model_files import expected_sha256, models_dir, read_verified_model
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ FRAME_SELECTION_KEYS = ("threshold", "neg_threshold", "min_silence_s", "min_segm
 
 # --- the model -------------------------------------------------------------------------------
 def vad_model_path() -> Path:
-    from .model_files import models_dir  # local: runtime imports features, which imports this
-
     return models_dir() / VAD_MODEL_NAME
 
 
@@ -112,8 +111,7 @@ class VadModel:
     def load(cls, path: PathLike | None = None) -> "VadModel":
         """Open the VAD at ``path`` (default: the vendored one) after its sha256 check (ModelError)."""
         from .contract import ModelError
-        from .runtime import make_session
-        from .model_files import read_verified_model
+        from .runtime import make_session  # local: runtime imports features, which imports this
 
         p = Path(path) if path is not None else vad_model_path()
         data, digest = read_verified_model(p)
@@ -357,8 +355,6 @@ def speech_contract(detector: SpeechDetector | None = None) -> dict:
         sha = detector.model.sha256
         config = detector.config
     else:
-        from .model_files import expected_sha256
-
         try:
             sha = expected_sha256(vad_model_path())[0]
         except Exception:  # no manifest entry: the contract still names the detector

@@ -176,7 +176,7 @@ def export_encoder(run, out, cfg, cache: str | None = None, checkpoint: str = "c
     fv = feature_contract()["feature_version"]
     if encoder.cfg.feature_version != fv:
         raise ExportInputError(f"the encoder was trained on features {encoder.cfg.feature_version!r}, "
-                          f"this voicegate renders {fv!r}")
+                               f"this voicegate renders {fv!r}")
     summary = ckpt.get("data", {})
     folder = cache or summary.get("cache")
     if not folder or not (Path(folder) / "meta.json").is_file():

@@ -224,7 +224,7 @@ def refuse_other_featurizer(rendered, what: str) -> None:
 
     if rendered != feature_contract():
         raise ExportInputError(f"{what} was prepared by another featurizer (speech detector or spectrogram "
-                          "settings): prepare it again and pass --cache")
+                               "settings): prepare it again and pass --cache")
 
 
 def training_corpus(corpus, data_config: dict, roles: dict) -> dict:
@@ -289,7 +289,7 @@ def export_run(run_dir, out, cfg: ExportConfig, corpus=None, cache: str | None =
     want_fv = model_cfg.get("feature_version")
     if want_fv and want_fv != feature_contract()["feature_version"]:
         raise ExportInputError(f"the run was trained on features {want_fv!r}, this voicegate renders "
-                          f"{feature_contract()['feature_version']!r}; retrain or use the matching version")
+                               f"{feature_contract()['feature_version']!r}; retrain or use the matching version")
     methods = cfg.methods()
     if "ensemble" in methods and len(members) < 2:
         raise ExportInputError(f"{run_dir}: an ensemble export needs >= 2 members, the run has {len(members)}")
