@@ -78,7 +78,7 @@ def test_spec_augment_rolls_and_masks():
 def test_class_weights_are_inverse_frequency():
     w = fit.class_weights(np.array([0, 0, 0, 1]))
     assert w.tolist() == pytest.approx([4 / 6, 4 / 2])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="needs both classes"):
         fit.class_weights(np.array([0, 0]))
 
 
@@ -172,3 +172,14 @@ def test_a_corpus_with_no_allowed_speaker_is_one_line_and_exit_2(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("voicegate train: error: the training split holds one class only")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_an_unavailable_device_is_one_line_before_any_preparation(tmp_path, capsys):
+    from voicegate.device.cli import main
+
+    rc = main(["train", "--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"),
+               "--cache", str(tmp_path / "c"), "--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["voicegate train: error: --device cuda: CUDA is not available on this machine"]
+    assert not (tmp_path / "c").exists() and not (tmp_path / "run").exists()

@@ -59,7 +59,7 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     """Inverse class frequency, normalised so a balanced set gets weight 1 per class."""
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
-        raise SystemExit(f"the train split needs both classes; counts (not_allowed, allowed) = {counts.tolist()}")
+        raise ValueError(f"the train split needs both classes; counts (not_allowed, allowed) = {counts.tolist()}")
     return torch.from_numpy(inverse_frequency_weights(counts))
 
 

@@ -20,9 +20,9 @@ def select_device(name: str | None = None) -> torch.device:
     if name and name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
         if device.type == "mps" and not _mps_available():
-            raise SystemExit(f"--device {name}: MPS is not available on this machine")
+            raise ValueError(f"--device {name}: MPS is not available on this machine")
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     elif _mps_available():

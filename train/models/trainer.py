@@ -93,6 +93,7 @@ def member_name(i: int) -> str:
 def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Optional[dict] = None) -> dict:
     """Train ``tcfg.ensemble`` members on a prepared corpus into ``out_dir``; returns ensemble.json."""
     from voicegate.train.models import fit
+    from voicegate.train.data.corpus import CorpusError
     from voicegate.train.data.dataset import speaker_roles, split_data
     from voicegate.train.eval.metrics import split_report
     from voicegate.train.models.torchutil import select_device, set_threads
@@ -107,10 +108,10 @@ def train_run(corpus, out_dir, model_cfg, tcfg: TrainConfig, data_config: Option
     if tcfg.limit_train:
         splits[TRAIN] = splits[TRAIN].subset(tcfg.limit_train, tcfg.seed)
     if len(set(splits[TRAIN].labels)) < 2:
-        raise SystemExit("the training split holds one class only: the corpus needs allowed and not-allowed "
+        raise CorpusError("the training split holds one class only: the corpus needs allowed and not-allowed "
                          "speakers (see --allowed, and the corpus's roles.json)")
     if not len(splits[VAL]) or len(set(splits[VAL].labels)) < 2:
-        raise SystemExit("the val split needs windows of both classes to select a model; prepare more recordings per speaker")
+        raise CorpusError("the val split needs windows of both classes to select a model; prepare more recordings per speaker")
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to train
     counts = np.bincount(splits[TRAIN].labels, minlength=2)
     log.info("train windows: %d not_allowed, %d allowed (class weights = inverse frequency)", counts[0], counts[1])
@@ -233,7 +234,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple:
 
     model_cfg = ModelConfig(arch=args.arch, dropout=args.dropout, widths=args.widths, embed_dim=args.embed_dim)
     if args.ensemble < 1:
-        raise SystemExit("--ensemble must be at least 1")
+        raise ValueError("--ensemble must be at least 1")
     tcfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, seed=args.seed, ensemble=args.ensemble, device=args.device,
@@ -251,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     from voicegate.train.data.corpus import CorpusError
     from voicegate.train.eval.metrics import summary_line
     from voicegate.train.data.prepare import prepare_corpus
+    from voicegate.train.models.torchutil import select_device
 
     # the per-epoch lines are this command's progress report: show them without --verbose
     train_log = logging.getLogger("voicegate.train")
@@ -260,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     try:
         model_cfg, tcfg = configs_from_args(args)
+        select_device(tcfg.device)  # an unavailable --device is said before minutes of preparation
         prep_cfg = prepare_config_from_args(args)
         corpus = prepare_corpus(prep_cfg)
     except (CorpusError, ValueError, OSError) as e:
@@ -267,10 +270,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         ensemble = train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
-    except SystemExit as e:  # the splits cannot train a model: a corpus problem, said in one line
-        if not isinstance(e.code, str):
-            raise
-        print(f"voicegate train: error: {e.code}", file=sys.stderr)
+    except (CorpusError, ValueError) as e:  # the splits cannot train a model: said in one line
+        print(f"voicegate train: error: {e}", file=sys.stderr)
         return 2
     label = f"ensemble of {tcfg.ensemble}" if tcfg.ensemble > 1 else "model"
     for name, report in ensemble["mean_of_members"].items():
