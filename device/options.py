@@ -30,23 +30,14 @@ def default_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
 
 
-def non_negative(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0.0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
 MAX_THREADS = 64  # more onnxruntime threads than this is a typo (--threads 1000 took 15 s a decision)
 
 
-def number(kind=int, low: float | None = None, high: float | None = None, low_open: bool = False):
+def number(kind=int, low: float | None = None, high: float | None = None, low_open: bool = False,
+           finite: bool = False):
     """An argparse type: a ``kind`` (int or float) within [low, high] (low excluded if
-    ``low_open``), so a bad value is a one-line usage error (exit 2), not a later traceback."""
+    ``low_open``; inf refused if ``finite``), so a bad value is a one-line usage error (exit 2),
+    not a later traceback."""
     def parse(text: str):
         try:
             v = kind(text)
@@ -59,6 +50,8 @@ def number(kind=int, low: float | None = None, high: float | None = None, low_op
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
         if high is not None and v > high:
             raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        if finite and abs(v) == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return v
 
     parse.__name__ = kind.__name__  # argparse names the type in its message
@@ -71,6 +64,7 @@ NON_NEGATIVE_INT = number(int, 0)
 POSITIVE_FLOAT = number(float, 0.0, low_open=True)
 NON_NEGATIVE_FLOAT = number(float, 0.0)
 PROBABILITY = number(float, 0.0, 1.0)  # a share or a rate in [0, 1]
+FINITE_NON_NEGATIVE = number(float, 0.0, finite=True)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,7 +76,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "classifiers only with --model), and must match --model")
     p.add_argument("--accept", type=PROBABILITY, metavar="P",
                    help="override the model's accept threshold on p(allowed)")
-    p.add_argument("--uncertainty-limit", type=non_negative, metavar="U",
+    p.add_argument("--uncertainty-limit", type=FINITE_NON_NEGATIVE, metavar="U",
                    help="override the model's uncertainty limit")
     p.add_argument("--deny", type=PROBABILITY, metavar="P",
                    help="override the deny threshold (p(allowed) below it is DENIED even if uncertain)")
