@@ -183,3 +183,25 @@ def test_an_unavailable_device_is_one_line_before_any_preparation(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["voicegate train: error: --device cuda: CUDA is not available on this machine"]
     assert not (tmp_path / "c").exists() and not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_prepare_removes_the_half_written_cache(tiny_corpus, tmp_path):
+    """A SIGTERM (systemd, a scheduler, `kill`) unwinds like Ctrl-C: the cache's temporary
+    folder is removed, and the command ends in one line with exit 143."""
+    import signal
+    import subprocess
+    import time
+
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "voicegate.device", "prepare", "--corpus", str(tiny_corpus),
+                             "--cache", str(cache), "--aug-copies", "8", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".cache.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "prepare finished before its temporary folder was seen"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "voicegate: terminated (SIGTERM)"
+    assert not list(tmp_path.glob(".cache.tmp-*")) and not cache.exists()
