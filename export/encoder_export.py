@@ -300,7 +300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Encoder runs (``encoder-run.json``) export here; classifier runs go to onnx_export."""
-    from voicegate.train.commands import failure_exit
+    from voicegate.train.commands import error_text, failure_exit
 
     from . import onnx_export
 
@@ -336,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         export_encoder(runs, args.out, cfg, cache=args.cache, checkpoint=args.checkpoint, backend=args.backend,
                        score_norm=args.score_norm)
     except Exception as e:  # one line, and the training side's exit code (2 usage, 1 failure)
-        print(f"voicegate export: {e}", file=sys.stderr)
+        print(f"voicegate export: {error_text(e)}", file=sys.stderr)
         log.debug("encoder export failed", exc_info=True)
         return failure_exit(e)
     return 0

@@ -415,9 +415,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         export_run(args.run, args.out, cfg, cache=args.cache)
     except Exception as e:  # one line, and the training side's exit code (2 usage, 1 failure)
-        from voicegate.train.commands import failure_exit
+        from voicegate.train.commands import error_text, failure_exit
 
-        print(f"voicegate export: {e}", file=sys.stderr)
+        print(f"voicegate export: {error_text(e)}", file=sys.stderr)
         log.debug("export failed", exc_info=True)
         return failure_exit(e)
     return 0

@@ -153,7 +153,7 @@ def rescore(model, out, cache: str, top: int = COHORT_TOP) -> Path:
 def run_rescore(model: str, args: argparse.Namespace) -> int:
     """``voicegate export MODEL.onnx --score-norm as-norm --cache CACHE --out NEW.onnx``."""
     from voicegate.device.contract import EXIT_MODEL
-    from voicegate.train.commands import failure_exit
+    from voicegate.train.commands import error_text, failure_exit
 
     if not Path(model).is_file():  # a typo: say so, rather than how to re-score a model
         print(f"voicegate export: {model}: model file not found", file=sys.stderr)
@@ -165,7 +165,7 @@ def run_rescore(model: str, args: argparse.Namespace) -> int:
     try:
         rescore(model, args.out, args.cache)
     except Exception as e:  # one line; 5 for an unusable model, 2 usage, 1 failure
-        print(f"voicegate export: {e}", file=sys.stderr)
+        print(f"voicegate export: {error_text(e)}", file=sys.stderr)
         log.debug("re-scoring failed", exc_info=True)
         return failure_exit(e)
     return 0

@@ -205,3 +205,15 @@ def test_sigterm_during_prepare_removes_the_half_written_cache(tiny_corpus, tmp_
     assert proc.returncode == 143
     assert err.strip().splitlines()[-1] == "voicegate: terminated (SIGTERM)"
     assert not list(tmp_path.glob(".cache.tmp-*")) and not cache.exists()
+
+
+def test_an_os_error_is_said_as_path_and_reason(tmp_path):
+    from voicegate.train.commands import error_text
+
+    missing = tmp_path / "nowhere" / "x"
+    try:
+        missing.mkdir()
+    except OSError as e:
+        assert error_text(e) == f"{missing}: No such file or directory"
+    assert error_text(ValueError("bad\nvalue")) == "bad\\nvalue"
+    assert error_text(RuntimeError()) == "RuntimeError"

@@ -24,6 +24,17 @@ COMMANDS = {
 EXIT_FAILED = 1  # a training-side command failed for another reason (README, "Exit codes")
 
 
+def error_text(e: BaseException) -> str:
+    """``e`` as the one line a command prints: an OS error as "PATH: reason" (not Python's
+    "[Errno 2] No such file or directory: 'PATH'"), control characters escaped."""
+    from voicegate.device.options import one_line
+
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return one_line(f"{where}: {e.strerror}")
+    return one_line(str(e) or type(e).__name__)
+
+
 def failure_exit(e: BaseException) -> int:
     """The exit code of a training-side command that failed with ``e``: 5 for a model that is
     missing, invalid or modified (as on the device), 2 for a corpus, a run folder or an option

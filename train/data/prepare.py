@@ -39,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+from voicegate.train.commands import error_text
 from voicegate.train.data.build import build, limit_recordings, load_recording  # noqa: F401 (load_recording: API)
 from voicegate.train.data.cache import PreparedCorpus, cache_key, existing_key, swap_into_place
 from voicegate.train.data.config import PrepareConfig, add_arguments, config_from_args, default_cache_root
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         pc = prepare_corpus(cfg)
     except (CorpusError, ValueError, OSError) as e:
-        print(f"voicegate prepare: error: {e}", file=sys.stderr)
+        print(f"voicegate prepare: error: {error_text(e)}", file=sys.stderr)
         return 2
     print(summary(pc))
     return 0

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from voicegate.device.contract import ModelError
-    from voicegate.train.commands import failure_exit
+    from voicegate.train.commands import error_text, failure_exit
     from voicegate.train.data.corpus import CorpusError
 
     from .enrolment import OnnxEmbedder
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         channels = channel_names(args.channels)
     except ValueError as e:
-        print(f"voicegate eval: {e}", file=sys.stderr)
+        print(f"voicegate eval: {error_text(e)}", file=sys.stderr)
         return 2
     if args.peer and not Path(args.peer).is_file():
         print(f"voicegate eval: --peer {args.peer}: no such file (benchmarks/ge2e_peer.py writes it)", file=sys.stderr)
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed or 0, n_boot=args.bootstrap, progress=not args.no_progress,
                                  peer=args.peer, halves=args.halves)
     except (ProtocolError, ModelError, CorpusError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"voicegate eval: {e}", file=sys.stderr)
+        print(f"voicegate eval: {error_text(e)}", file=sys.stderr)
         log.debug("encoder eval failed", exc_info=True)
         return failure_exit(e)
     from .enrolment_report import markdown

@@ -218,7 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from voicegate.device.contract import ModelError
-    from voicegate.train.commands import failure_exit
+    from voicegate.train.commands import error_text, failure_exit
 
     from voicegate.train.data.corpus import CorpusError
     from voicegate.train.eval import encoder_eval
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(cfg)
     except (EvalError, ModelError, CorpusError, FileNotFoundError, ValueError) as e:
-        print(f"voicegate eval: {e}", file=sys.stderr)
+        print(f"voicegate eval: {error_text(e)}", file=sys.stderr)
         log.debug("eval failed", exc_info=True)
         return failure_exit(e)
     print(json.dumps(result, indent=1) if args.json else markdown(result))

@@ -92,7 +92,7 @@ def pseudo_options(warps_text: str, prob: float | None) -> tuple[tuple, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from voicegate.train.commands import failure_exit
+    from voicegate.train.commands import error_text, failure_exit
     from voicegate.train.data.encoder_data import EncoderDataConfig, prepare_encoder_data
 
     corpora = [Path(c) for c in args.corpus]
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # before the data preparation, which takes minutes
         warps, pseudo_prob = pseudo_options(args.pseudo_warps, args.pseudo_prob)
     except ValueError as e:
-        print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        print(f"voicegate train-encoder: {error_text(e)}", file=sys.stderr)
         return 2
     # absolute paths in the run's records: its export must find the cache from any folder
     data_cfg = EncoderDataConfig(corpora=[str(c.resolve()) for c in corpora], cache=str(Path(args.cache).resolve()),
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         folder = prepare_encoder_data(data_cfg)
     except (ValueError, OSError) as e:
-        print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        print(f"voicegate train-encoder: {error_text(e)}", file=sys.stderr)
         return failure_exit(e)
     meta = json.loads((folder / "meta.json").read_text())
     for name, c in meta["per_corpus"].items():
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = train_encoder(cfg)
     except ValueError as e:  # options that do not fit the run (--init of another shape, ...)
-        print(f"voicegate train-encoder: {e}", file=sys.stderr)
+        print(f"voicegate train-encoder: {error_text(e)}", file=sys.stderr)
         return failure_exit(e)
     if not (out / CHECKPOINT_NAME).is_file():
         print(f"voicegate train-encoder: no epoch finished within --minutes {args.minutes:g}, so {out} holds "

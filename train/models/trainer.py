@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from voicegate.train.commands import error_text
 from voicegate.device.options import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, number
 from voicegate.train.data.splits import HELDOUT, TEST, TRAIN, VAL
 
@@ -266,12 +267,12 @@ def run(args: argparse.Namespace) -> int:
         prep_cfg = prepare_config_from_args(args)
         corpus = prepare_corpus(prep_cfg)
     except (CorpusError, ValueError, OSError) as e:
-        print(f"voicegate train: error: {e}", file=sys.stderr)
+        print(f"voicegate train: error: {error_text(e)}", file=sys.stderr)
         return 2
     try:
         ensemble = train_run(corpus, args.out, model_cfg, tcfg, data_config=prep_cfg.to_dict())
     except (CorpusError, ValueError) as e:  # the splits cannot train a model: said in one line
-        print(f"voicegate train: error: {e}", file=sys.stderr)
+        print(f"voicegate train: error: {error_text(e)}", file=sys.stderr)
         return 2
     label = f"ensemble of {tcfg.ensemble}" if tcfg.ensemble > 1 else "model"
     for name, report in ensemble["mean_of_members"].items():

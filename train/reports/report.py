@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = mod.make_report(args)
     except Exception as e:  # one line; 2 for a corpus, run or option that cannot be used, 5 a bad model, else 1
-        from voicegate.train.commands import failure_exit
+        from voicegate.train.commands import error_text, failure_exit
 
-        print(f"voicegate report {args.report_name}: {e}", file=sys.stderr)
+        print(f"voicegate report {args.report_name}: {error_text(e)}", file=sys.stderr)
         log.debug("report failed", exc_info=True)
         return failure_exit(e)
     path = report.write()
