@@ -211,9 +211,8 @@ def test_an_os_error_is_said_as_path_and_reason(tmp_path):
     from voicegate.train.commands import error_text
 
     missing = tmp_path / "nowhere" / "x"
-    try:
+    with pytest.raises(OSError) as e:
         missing.mkdir()
-    except OSError as e:
-        assert error_text(e) == f"{missing}: No such file or directory"
+    assert error_text(e.value) == f"{missing}: No such file or directory"
     assert error_text(ValueError("bad\nvalue")) == "bad\\nvalue"
     assert error_text(RuntimeError()) == "RuntimeError"
