@@ -195,7 +195,7 @@ def bench_listen_rss(model: Path, audio: np.ndarray, tmp: Path, encoder, threads
 
 def bench_cold(model: Path | None, threads: int, runs: int) -> dict:
     """``voicegate enroll-check models/example.wav --demo`` as a whole process (see the docstring)."""
-    from run import cold_runs, voicegate_command  # benchmarks/run.py: the same process timing
+    from processes import cold_runs, voicegate_command  # the same process timing as benchmarks/run.py
 
     if model is not None:  # the demo household is the default encoder's; another one has none
         return {"skipped": "--model names another encoder than the shipped default"}
