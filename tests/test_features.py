@@ -137,6 +137,7 @@ def test_device_import_is_lean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.shared
 def test_featurize_real_speech(librispeech):
     path = next((librispeech / "test-other" / "1998").glob("*.flac"))
     img = F.featurize(path)
