@@ -175,6 +175,12 @@ def test_enrolment_and_attempts_go_through_the_same_seeded_channel(corpus, encod
     r1 = R.channel_report(emb1, n_boot=5)
     cmp = R.compare_with_peer({"channels": {"half": r1}}, {"model": {"name": "peer"}, "channels": {"half": r1}})
     assert cmp["channels"]["half"]["same_trials"] and not cmp["channels"]["half"]["eer_below_peer"]
+    # a peer that scored other trials, with a higher EER: both said
+    other = {**r1, "trials_sha256": "0" * 64, "eer": r1["eer"] + 0.1}
+    cmp = R.compare_with_peer({"channels": {"half": r1}}, {"model": {"name": "peer"}, "channels": {"half": other}})
+    row = cmp["channels"]["half"]
+    assert row["same_trials"] is False and row["eer_below_peer"] is True
+    assert row["peer_eer"] == other["eer"] and row["eer"] == r1["eer"]
     assert P.channel_seed(0, "half", "f1-0") != P.channel_seed(0, "other", "f1-0")
 
 
@@ -197,6 +203,15 @@ def test_voicegate_eval_dispatches_an_encoder_to_the_protocol(corpus, encoder, t
     again = EE.attach_peer(str(tmp_path / "out"), str(tmp_path / "out" / "eval.json"))
     assert again["peer_comparison"]["channels"]["clean"]["same_trials"]
     assert "| clean | yes |" in (tmp_path / "out" / "eval.md").read_text()
+    # a peer that scored other trials (the same attempts): never "yes"
+    peer = json.loads((tmp_path / "out" / "eval.json").read_text())
+    peer.pop("peer_comparison", None)
+    peer["channels"]["clean"]["trials_sha256"] = "0" * 64
+    (tmp_path / "peer.json").write_text(json.dumps(peer))
+    again = EE.attach_peer(str(tmp_path / "out"), str(tmp_path / "peer.json"))
+    assert again["peer_comparison"]["channels"]["clean"]["same_trials"] is False
+    md = (tmp_path / "out" / "eval.md").read_text()
+    assert "| clean | attempts only |" in md and "| clean | yes |" not in md  # same attempts, other trials
 
 
 # --- figures on hand-made scores ---------------------------------------------------------------

@@ -171,7 +171,9 @@ def test_uncertainty(tiny_run, tmp_path):
         assert m["misclassified"] == methods[name]["misclassified"] + accepted
     assert {"reliability_door.png", "risk_coverage_door.png"} <= set(s["figures"])
     md = (tmp_path / "summary.md").read_text()
-    assert "| MC-50 |" in md and "comparable" in md
+    worse = any(row["mc_is"] == "worse" for row in cmp.values())
+    assert "| MC-50 |" in md
+    assert ("is **not** comparable to" in md) == worse and ("is **comparable** to" in md) == (not worse)
 
 
 def test_interpret(tiny_run, tmp_path):
