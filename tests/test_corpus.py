@@ -290,9 +290,10 @@ def test_noise_folder_skips_bad_files(tmp_path, caplog):
         noises = AUG.load_noises(tmp_path)
     assert list(noises) == ["ok.flac"]
     assert "broken.flac" in caplog.text and "zeros.wav" in caplog.text
-    assert AUG.find_noise_dir(tmp_path / "corpus", "none") is None
-    (tmp_path / "corpus").mkdir()
-    (tmp_path.parent / "noise").mkdir(exist_ok=True)
-    assert AUG.find_noise_dir(tmp_path / "corpus") is None  # <corpus>/../noise = tmp_path/noise
-    (tmp_path / "noise").mkdir()
-    assert AUG.find_noise_dir(tmp_path / "corpus") == (tmp_path / "noise").resolve()
+    corpus = tmp_path / "a" / "b" / "corpus"
+    assert AUG.find_noise_dir(corpus, "none") is None
+    corpus.mkdir(parents=True)
+    (tmp_path / "a" / "noise").mkdir()  # a decoy two levels up: not <corpus>/../noise
+    assert AUG.find_noise_dir(corpus) is None
+    (tmp_path / "a" / "b" / "noise").mkdir()
+    assert AUG.find_noise_dir(corpus) == (tmp_path / "a" / "b" / "noise").resolve()
