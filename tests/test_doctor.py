@@ -295,7 +295,7 @@ def test_bench_report_and_json(tmp_path, use_sd, capsys, monkeypatch, no_budget)
     assert bench["warm_decision_ms"]["n"] == 2 and bench["onnxruntime"] and bench["sha256"]
     assert bench["warm_decision_ms"]["min"] <= bench["warm_decision_ms"]["median"] <= bench["warm_decision_ms"]["max"]
     # benchmarks/pi.py turns the report into a measured line, named for the board it ran on
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import pi
 
     line = pi.measured_line(doc, "report.json")

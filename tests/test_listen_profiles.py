@@ -262,6 +262,8 @@ def test_the_shipped_demo_household_matches_the_shipped_encoder(capsys, monkeypa
     assert len(profiles) >= 1
     name = clips[0].stem[len("example-"):]
     code, (d,), _ = run_json(capsys, ["enroll-check", str(clips[0]), "--demo", "--json"])
+    if d["decision"] == "UNCERTAIN":  # the door asks to repeat (MC masks: 10 of 2,000 tries of this clip)
+        code, (d,), _ = run_json(capsys, ["enroll-check", str(clips[0]), "--demo", "--json"])
     assert (code, d["speaker"]) == (0, name)
     code, (d,), _ = run_json(capsys, ["enroll-check", str(models_dir() / "example.wav"), "--demo", "--json"])
     assert code == 1 and d["decision"] == "DENIED" and d["speaker"] is None  # a stranger (make_demo.py)

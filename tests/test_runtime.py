@@ -189,7 +189,10 @@ def test_fixed_bias_models_decide_by_their_thresholds(models, voice, tmp_path):
     no = Gate.load(models["denied"]).decide_file(wav)
     assert (yes.decision, yes.exit_code) == (GRANTED, 0) and yes.p_allow > 0.99
     assert (no.decision, no.exit_code) == (DENIED, 1) and no.p_allow < 0.01
-    # an override can make the same model uncertain or deny
+    # an override can make the same model uncertain (a limit below its small spread) or deny
+    assert 0.0 < yes.std < 0.01 and yes.p_allow < 1.0
+    uncertain = Gate.load(models["granted"], uncertainty_limit=yes.std / 2).decide_file(wav)
+    assert (uncertain.decision, uncertain.exit_code) == (UNCERTAIN, 3)
     assert Gate.load(models["granted"], accept=1.0, deny=1.0).decide_file(wav).decision == DENIED
 
 
