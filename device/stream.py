@@ -35,8 +35,8 @@ from .audio import (
     _first_line,
     mono_blocks,
     read_audio,
-    resample,
 )
+from .resample import resample, resample_half_width
 from .endpoint import VAD_BLOCK_FRAMES, EndpointConfig, Endpointer, Utterance  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def iter_file_16k(path: PathLike, block_seconds: float = FILE_BLOCK_SECONDS) -> 
         return
     g = math.gcd(sr, SAMPLE_RATE)
     up, down = SAMPLE_RATE // g, sr // g
-    half = _audio.resample_half_width(up, down)  # taps each side of the resampler's sinc
+    half = resample_half_width(up, down)  # taps each side of the resampler's sinc
     ctx = down * math.ceil((half + 2) / down)  # context each side (+ a margin), a multiple of `down`
     block = max(ctx, down * math.ceil(block_seconds * sr / down))
     blocks = mono_blocks(f, p, block)  # `block` frames each, but the last
