@@ -8,8 +8,9 @@ recorded in the audit log (``lockout_started``, ``locked_out``). A GRANTED decis
 lockout clears the count. Only real
 decisions count (not "no speech" noise, which is DENIED without being scored). The state is a
 small JSON file beside the audit log (``AUDIT.lockout.json``, written atomically, created on the
-first start), so it survives a restart of the service; without ``--log`` it lives in memory
-only. A state file that is unreadable, malformed (``{}``, NaN times), not a regular file, or
+first start), so it survives a restart of the service; without ``--log`` it is the per-user
+``$XDG_STATE_HOME/voicegate/lockout.json`` (:func:`default_state_dir`), so a script that runs
+``listen --max-utterances 1`` once per attempt meets the same count. A state file that is unreadable, malformed (``{}``, NaN times), not a regular file, or
 missing beside an audit log that already has records means a full cool-off (fail closed).
 ``--lockout-after 0`` turns it off.
 
@@ -50,6 +51,15 @@ LOCKOUT_WINDOW_S = 120.0
 LOCKOUT_COOLOFF_S = 300.0
 HOOK_TIMEOUT_S = 10.0
 LOCKOUT_SUFFIX = ".lockout.json"
+DEFAULT_LOCKOUT_NAME = "lockout.json"  # in default_state_dir(), when there is no --log
+
+
+def default_state_dir() -> Path:
+    """Where ``listen`` keeps its lockout state without ``--log``: ``$XDG_STATE_HOME/voicegate``
+    (default ``~/.local/state/voicegate``), so a new process (``listen --max-utterances 1`` run
+    once per attempt by a script) does not start with a clean count."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "voicegate"
 
 
 def new_decision_id() -> str:
@@ -76,6 +86,19 @@ class Lockout:
     def beside(cls, audit_path, **kw) -> "Lockout":
         p = Path(audit_path)
         return cls(p.with_name(p.name + LOCKOUT_SUFFIX), audit_path=p, **kw)
+
+    @classmethod
+    def default(cls, **kw) -> "Lockout":
+        """The per-user state file (:func:`default_state_dir`), its folder created 0700. A folder
+        that cannot be created is said once and the count is kept in memory for this process."""
+        folder = default_state_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            log.warning("%s: cannot keep the lockout state there (%s): this process counts alone",
+                        folder, e.strerror or e)
+            return cls(None, **kw)
+        return cls(folder / DEFAULT_LOCKOUT_NAME, **kw)
 
     def remaining(self) -> float:
         """Seconds left in the current lockout (0 when not locked)."""
@@ -317,5 +340,5 @@ def door_from_args(gate, args) -> tuple[DoorGate, Hooks]:
     lockout = None
     if args.lockout_after > 0:
         kw = dict(max_failures=args.lockout_after, window_s=args.lockout_window, cooloff_s=args.lockout_cooloff)
-        lockout = Lockout.beside(args.log, **kw) if getattr(args, "log", None) else Lockout(None, **kw)
+        lockout = Lockout.beside(args.log, **kw) if getattr(args, "log", None) else Lockout.default(**kw)
     return DoorGate(gate, lockout), hooks

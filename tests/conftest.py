@@ -81,3 +81,10 @@ def tiny_corpus(tmp_path_factory) -> Path:
     from synth import make_manifest_corpus
 
     return make_manifest_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory, monkeypatch):
+    """Each test has its own $XDG_STATE_HOME: listen keeps its lockout count there without
+    --log, and one test's denials must not lock another test's door (subprocesses inherit it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

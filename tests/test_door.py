@@ -189,3 +189,31 @@ def test_mic_session_gives_up_with_one_line_when_nobody_speaks():
     quiet = ArraySource(np.zeros(16000 * 5, np.float32))
     with pytest.raises(EnrolmentRefused, match="too little speech: 0.0 s heard"):
         record_session(args, source=quiet, out=sys.stdout)
+
+
+def test_without_an_audit_log_the_lockout_outlives_the_process(tmp_path, monkeypatch):
+    """A script that runs `listen --max-utterances 1` once per attempt meets one count: the state
+    is kept in $XDG_STATE_HOME/voicegate/lockout.json when there is no --log."""
+    from voicegate.device.door import DEFAULT_LOCKOUT_NAME, default_state_dir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_state_dir() == tmp_path / "state" / "voicegate"
+    for _ in range(3):  # three processes, one denial each
+        Lockout.default(max_failures=3, window_s=60, cooloff_s=300).apply(rec("DENIED"))
+    r = rec("GRANTED")
+    Lockout.default(max_failures=3, window_s=60, cooloff_s=300).apply(r)
+    assert r["decision"] == "DENIED" and r["locked_out"]
+    state = tmp_path / "state" / "voicegate" / DEFAULT_LOCKOUT_NAME
+    assert state.is_file() and (state.parent.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_state_folder_that_cannot_be_made_counts_in_memory(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker))  # a file: no folder can be made under it
+    lock = Lockout.default(max_failures=1, window_s=60, cooloff_s=300)
+    assert lock.path is None and "counts alone" in caplog.text
+    lock.apply(rec("DENIED"))
+    r = rec("GRANTED")
+    lock.apply(r)
+    assert r["decision"] == "DENIED"

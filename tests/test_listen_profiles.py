@@ -286,3 +286,20 @@ def test_the_demo_household_with_another_shipped_encoder_says_what_it_is(capsys,
     err = capsys.readouterr().err.strip()
     assert "the demo household" in err and "enrolled with the shipped MC encoder" in err, err
     assert "re-enrol librispeech" not in err and len(err.splitlines()) == 1, err
+
+
+def test_one_listen_per_attempt_still_meets_the_lockout(capsys, monkeypatch):
+    """`listen --max-utterances 1 && unlock`, run once per attempt without --log: five strangers,
+    then the enrolled voice is DENIED (locked out), not GRANTED by a fresh process's clean count."""
+    from voicegate.device.model_files import models_dir
+
+    for var in ("VOICEGATE_MODEL", "VOICEGATE_ENCODER", "VOICEGATE_PROFILES"):
+        monkeypatch.delenv(var, raising=False)
+    stranger, member = models_dir() / "example.wav", sorted(models_dir().glob("example-*.flac"))[0]
+    once = ["listen", "--demo", "--json", "--max-utterances", "1", "--from-file"]
+    for _ in range(5):
+        code, (d,), _ = run_json(capsys, once + [str(stranger)])
+        assert code == 1 and d["decision"] == "DENIED"
+    code, (d,), err = run_json(capsys, once + [str(member)])
+    # (UNCERTAIN in the few tries the MC masks are unsure: the lockout only ever turns a GRANTED)
+    assert code != 0 and (d.get("locked_out") or d["decision"] == "UNCERTAIN"), (d, err)
