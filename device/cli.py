@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .console import first_command
 from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
-from .options import add_model_arguments, load_gate, one_line
+from .options import ONE_DECISION_SEED, add_model_arguments, load_gate, one_line
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
     try:
-        gate = load_gate(args)
+        gate = load_gate(args, seed=ONE_DECISION_SEED)  # the same recording, the same decision
         d = gate.decide_file(args.file)
     except ThresholdError as e:
         return _fail(args, EXIT_USAGE, "bad thresholds", str(e))

@@ -101,7 +101,7 @@ def wants_encoder(args) -> bool:
     return _asked_for_profiles(args) or build_has_encoder(_method(args))
 
 
-def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
+def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True, seed: int | None = None):
     """The encoder gate the command line names, with its profiles (ModelError, ProfileError...)."""
     from .encoder import Encoder, resolve_encoder_path
     from .scoring import ProfileGate
@@ -112,7 +112,7 @@ def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True):
         resolve_encoder_path(getattr(args, "model", None), method), accept=getattr(args, "accept", None),
         uncertainty_limit=getattr(args, "uncertainty_limit", None), deny=getattr(args, "deny", None),
         threads=max(1, int(getattr(args, "threads", 1) or 1)),
-        unsafe_thresholds=getattr(args, "unsafe_thresholds", False),
+        unsafe_thresholds=getattr(args, "unsafe_thresholds", False), seed=seed,
     )
     if method is not None and method != encoder.method:
         raise ModelError(f"{encoder.path}: is an {encoder.method} encoder, but --method {method} was asked for")

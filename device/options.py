@@ -98,18 +98,27 @@ def one_line(text) -> str:
     return str(text).translate(_CONTROL)
 
 
-def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True):
+# enroll-check's MC masks: one process decides once, so a fixed seed gives the same masks in
+# every run, and the same recording always the same decision (run it again: no new draw).
+# listen decides many times in one process and its masks go on changing; its lockout counts
+# the attempts. Process-global (onnxruntime's seed): set only by a one-decision command.
+ONE_DECISION_SEED = 0
+
+
+def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True,
+              seed: int | None = None):
     """The gate the command line's model options name (raises ModelError, ThresholdError, ...).
 
     Overrides that loosen the model's validated thresholds are said on stderr (one line). An
     encoder-kind model decides by name against the enrolled profiles (``identify``);
-    ``implicit_demo=False`` (the door) never falls back to the demo household.
+    ``implicit_demo=False`` (the door) never falls back to the demo household. ``seed``: the MC
+    masks' seed (:data:`ONE_DECISION_SEED` for enroll-check; None: a new draw every process).
     """
     from .identify import load_profile_gate, wants_encoder
     from .runtime import Gate
 
     if wants_encoder(args):
-        gate = load_profile_gate(args, warmup, implicit_demo)
+        gate = load_profile_gate(args, warmup, implicit_demo, seed=seed)
         warn_loosened(gate.encoder)
         return gate
     gate = Gate.load(
@@ -120,6 +129,7 @@ def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: boo
         deny=args.deny,
         threads=args.threads,
         unsafe_thresholds=getattr(args, "unsafe_thresholds", False),
+        seed=seed,
     )
     warn_loosened(gate)
     if warmup:
