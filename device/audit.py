@@ -118,7 +118,7 @@ def iter_audit_log(path: PathLike) -> Iterator[dict]:
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 log.warning("%s:%d: skipping a line that is not valid JSON", path, lineno)
                 continue
             if isinstance(record, dict):

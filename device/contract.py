@@ -184,8 +184,9 @@ class ModelContract:
             raise ModelError("the model carries no voicegate contract (was it made by voicegate export?)")
         try:
             d = json.loads(raw)
-        except ValueError as e:
-            raise ModelError(f"the model's voicegate contract is not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:
+            raise ModelError("the model's voicegate contract is not valid JSON "
+                             f"({e if isinstance(e, ValueError) else 'nested too deep'})") from None
         if not isinstance(d, dict):
             raise ModelError("the model's voicegate contract is not a JSON object")
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -30,6 +31,8 @@ from .doctor_probe import (  # noqa: F401 - Check and the statuses are this modu
 from .options import default_threads
 
 EXIT_READY, EXIT_NOT_READY = 0, 1
+
+log = logging.getLogger(__name__)
 
 MIN_PYTHON = (3, 10)
 MIC_SECONDS = 2.0
@@ -83,7 +86,16 @@ def check_model_file(path: Path) -> tuple[Check, str | None]:
 # --- profiles ---------------------------------------------------------------------------------
 def check_profiles(store_dir, kind: str | None, model: Path | None = None) -> Check:
     """The store's files are 0600 in a 0700 folder and load with this encoder (the door's model
-    when it is an encoder, else ``$VOICEGATE_ENCODER`` / the shipped encoder)."""
+    when it is an encoder, else ``$VOICEGATE_ENCODER`` / the shipped encoder). Anything the
+    check did not foresee is a FAIL too: the doctor always reaches its verdict."""
+    try:
+        return _check_profiles(store_dir, kind, model)
+    except Exception as e:  # noqa: BLE001 (a door would refuse what it cannot read)
+        log.debug("profile check failed", exc_info=True)
+        return Check("profiles", FAIL, f"cannot check the profiles ({type(e).__name__}: {first_line(e)})")
+
+
+def _check_profiles(store_dir, kind: str | None, model: Path | None) -> Check:
     try:
         enc = importlib.import_module(".encoder", __package__)
         profiles = importlib.import_module(".profiles", __package__)

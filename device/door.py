@@ -156,8 +156,8 @@ class Lockout:
             locked_until = float(d["locked_until"])
             if not all(math.isfinite(t) for t in failures + [locked_until]):
                 raise ValueError("non-finite times")
-        except (OSError, ValueError, TypeError) as e:
-            self._fail_closed(f"unreadable ({e})")
+        except (OSError, ValueError, TypeError, RecursionError) as e:  # RecursionError: "[[[[..."
+            self._fail_closed(f"unreadable ({'nested too deep' if isinstance(e, RecursionError) else e})")
             return
         self.failures, self.locked_until = failures, locked_until
 

@@ -208,26 +208,62 @@ class Profile:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "Profile":
+        """The profile in ``text`` (ProfileError unless every field has its type and range: a
+        re-checksummed file with ``embedding_dim: "128"`` or null embeddings is refused too)."""
         try:
-            doc = json.loads(text)
+            try:
+                doc = json.loads(text)
+            except RecursionError:
+                raise ValueError("not a voicegate profile (nested too deep)") from None
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError("not a voicegate profile")
-            if doc.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format version {doc.get('format_version')!r}, this voicegate reads "
-                                 f"{FORMAT_VERSION}")
+            version = doc.get("format_version")
+            if type(version) is not int or version != FORMAT_VERSION:
+                raise ValueError(f"format version {version!r}, this voicegate reads {FORMAT_VERSION}")
             if doc.get("checksum") != checksum(doc):
                 raise ValueError("checksum mismatch: the file was corrupted or edited by hand")
-            dim = int(doc["embedding_dim"])
-            sessions = [Session(_decode(s["embeddings"], dim), check_seconds(s["speech_seconds"]),
-                                list(s.get("sources", [])), str(s["date"])) for s in doc["sessions"]]
+            dim = _typed(doc, "embedding_dim", int)
+            if dim < 1:
+                raise ValueError(f"embedding_dim {dim} is not a size")
+            sessions = [_session(s, dim) for s in _typed(doc, "sessions", list)]
             if not sessions:
                 raise ValueError("no enrolment sessions")
-            return cls(check_name(doc["name"]), str(doc["encoder_sha256"]), dim, sessions,
-                       str(doc["created"]), str(doc["updated"]))
+            sha = _typed(doc, "encoder_sha256", str)
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise ValueError("encoder_sha256 is not a sha256")
+            return cls(check_name(_typed(doc, "name", str)), sha, dim, sessions,
+                       _typed(doc, "created", str), _typed(doc, "updated", str))
         except ProfileError:
             raise
         except (ValueError, KeyError, TypeError) as e:
             raise ProfileError(f"{where}: unusable profile ({e}); remove it or re-enrol") from None
+
+
+_JSON_TYPES = {int: "a whole number", float: "a number", str: "text", list: "a list", dict: "an object"}
+
+
+def _typed(doc, key: str, kind):
+    """``doc[key]`` if it is a ``kind`` (a number is never a bool; an int counts as a float)."""
+    if not isinstance(doc, dict) or key not in doc:
+        raise ValueError(f"{key} is missing")
+    v = doc[key]
+    ok = (type(v) in (int, float)) if kind is float else (type(v) is kind)
+    if not ok:
+        raise ValueError(f"{key} is {type(v).__name__}, not {_JSON_TYPES[kind]}")
+    return v
+
+
+def _session(s, dim: int) -> Session:
+    """One stored enrolment session, every field checked (see :meth:`Profile.from_json`)."""
+    if not isinstance(s, dict):
+        raise ValueError("a session is not an object")
+    emb = _decode(_typed(s, "embeddings", str), dim)
+    sources = _typed(s, "sources", list) if "sources" in s else []
+    if not all(isinstance(x, str) for x in sources):
+        raise ValueError("sources are not file names")
+    if "windows" in s and _typed(s, "windows", int) != emb.shape[0]:
+        raise ValueError(f"a session says {s['windows']} windows but holds {emb.shape[0]}")
+    return Session(emb, check_seconds(_typed(s, "speech_seconds", float)), list(sources), _typed(s, "date", str))
 
 
 class ProfileStore:

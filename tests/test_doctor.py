@@ -185,6 +185,28 @@ def test_profile_of_another_size_fails(store):
     assert c.status == doctor.FAIL and "8-d embeddings, the encoder makes 128-d" in c.message
 
 
+def test_a_profile_with_a_null_field_fails_the_check(store):
+    """Re-checksummed, null embeddings: FAIL with the reason, not an aborted doctor."""
+    s, profiles = store
+    doc = json.loads(s.path("alice").read_text())
+    doc["sessions"][0]["embeddings"] = None
+    doc["checksum"] = profiles.checksum(doc)
+    s.path("alice").write_text(json.dumps(doc))
+    c = doctor.check_profiles(s.root, "classifier")
+    assert c.status == doctor.FAIL and "unusable profile" in c.message and "embeddings is NoneType" in c.message
+
+
+def test_an_unforeseen_error_in_the_profile_check_is_a_fail(store, monkeypatch):
+    s, profiles = store
+
+    def broken(self, *a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(profiles.ProfileStore, "load_all", broken)
+    c = doctor.check_profiles(s.root, "classifier")
+    assert c.status == doctor.FAIL and "RuntimeError: disk on fire" in c.message
+
+
 def test_profile_checks_without_a_store(tmp_path, monkeypatch):
     assert doctor.check_profiles(tmp_path / "none", "classifier").status == doctor.SKIP
     c = doctor.check_profiles(tmp_path / "none", "encoder")

@@ -217,3 +217,10 @@ def test_a_state_folder_that_cannot_be_made_counts_in_memory(tmp_path, monkeypat
     r = rec("GRANTED")
     lock.apply(r)
     assert r["decision"] == "DENIED"
+
+
+def test_a_deeply_nested_lockout_state_is_a_cool_off(tmp_path):
+    state = tmp_path / "audit.jsonl.lockout.json"
+    state.write_text("[" * 100_000 + "]" * 100_000)
+    lock = Lockout.beside(tmp_path / "audit.jsonl", max_failures=3, window_s=60, cooloff_s=300)
+    assert lock.remaining() > 0

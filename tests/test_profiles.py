@@ -280,6 +280,23 @@ def _resigned(path, edit) -> None:
         np.zeros((6, DIM), "<f4").tobytes()).decode()), "not unit-length"),
     (lambda d: d["sessions"][0].update(speech_seconds=float("nan")), "not a duration"),
     (lambda d: d["sessions"][0].update(speech_seconds=-5.0), "not a duration"),
+    # the wrong JSON type for a field, checksum recomputed: refused, never an internal error
+    (lambda d: d["sessions"][0].update(embeddings=None), "embeddings is NoneType, not text"),
+    (lambda d: d.update(embedding_dim=str(d["embedding_dim"])), "embedding_dim is str, not a whole number"),
+    (lambda d: d.update(embedding_dim=float(d["embedding_dim"])), "embedding_dim is float"),
+    (lambda d: d.update(embedding_dim=True), "embedding_dim is bool"),
+    (lambda d: d.update(format_version=True), "format version True"),
+    (lambda d: d["sessions"][0].update(speech_seconds="12"), "speech_seconds is str"),
+    (lambda d: d["sessions"][0].update(speech_seconds=True), "speech_seconds is bool"),
+    (lambda d: d["sessions"][0].update(date=None), "date is NoneType"),
+    (lambda d: d.update(created={"a": 1}), "created is dict"),
+    (lambda d: d["sessions"][0].update(sources="abc"), "sources is str"),
+    (lambda d: d["sessions"][0].update(sources=[1]), "sources are not file names"),
+    (lambda d: d["sessions"][0].update(windows=99), "says 99 windows"),
+    (lambda d: d.update(sessions={"0": d["sessions"][0]}), "sessions is dict"),
+    (lambda d: d.update(sessions=[7]), "a session is not an object"),
+    (lambda d: d.update(encoder_sha256="x" * 64), "not a sha256"),
+    (lambda d: d.pop("updated"), "updated is missing"),
 ])
 def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, why):
     """A wrong embedding_dim, all-zero embeddings or an impossible duration, checksum recomputed:
@@ -287,7 +304,16 @@ def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, 
     store = ProfileStore(tmp_path / "p")
     store.add_session("alice", SHA_A, DIM, session(1))
     _resigned(store.path("alice"), edit)
-    with pytest.raises(ProfileError, match=why):
+    with pytest.raises(ProfileError, match=why) as e:
+        store.load("alice")
+    assert "unusable profile" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_deeply_nested_profile_file_is_refused_in_one_line(tmp_path):
+    store = ProfileStore(tmp_path / "p")
+    store.add_session("alice", SHA_A, DIM, session(1))
+    store.path("alice").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ProfileError, match="nested too deep"):
         store.load("alice")
 
 
