@@ -62,6 +62,10 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         from .profiles import ProfileError
     except Exception as e:  # a broken install (e.g. onnxruntime missing)
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
+    from .identify import demo_problem  # local: identify imports the profile store (numpy)
+
+    if demo_problem(args):
+        return _fail(args, EXIT_USAGE, "usage", demo_problem(args))
     try:
         gate = load_gate(args, seed=ONE_DECISION_SEED)  # the same recording, the same decision
         d = gate.decide_file(args.file)

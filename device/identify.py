@@ -64,6 +64,17 @@ def _asked_for_profiles(args) -> bool:
     return _store_named(args) or bool(getattr(args, "demo", False))
 
 
+def demo_problem(args) -> str | None:
+    """Why ``--demo`` cannot be used as given (None if it can): with ``$VOICEGATE_PROFILES`` set
+    the command line names two households, and the one a service was set up with must not be
+    swapped silently for the public demo voices (a usage error, exit 2)."""
+    named = os.environ.get(PROFILES_ENV)
+    if getattr(args, "demo", False) and named:
+        return (f"--demo and ${PROFILES_ENV} ({named}) name two households: leave out --demo, "
+                f"or unset {PROFILES_ENV}")
+    return None
+
+
 def profile_store(args, implicit_demo: bool = True) -> tuple[ProfileStore, bool]:
     """(the store to decide against, is it the demo household?) by the demo rule above.
 
@@ -127,6 +138,12 @@ def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True, se
                            f"encoder, not {encoder.path.name}: try it without --method/--model, or enrol "
                            f"people with this one (voicegate enroll NAME FILE... --model {encoder.path})") from None
     gate.demo = demo
+    enrolled_here = os.path.lexists(ProfileStore(None).root)
+    if demo and getattr(args, "demo", False) and (not implicit_demo or enrolled_here):
+        print("voicegate: warning: --demo: the demo household's voices are public LibriSpeech recordings "
+              "(anyone who plays one is let in)"
+              + ("; the people enrolled on this machine are not consulted" if enrolled_here else ""),
+              file=sys.stderr)
     if demo and not getattr(args, "demo", False):
         print(f"voicegate: nobody is enrolled on this machine yet: deciding against the demo household "
               f"({', '.join(gate.names)}); enrol yourself with: voicegate enroll NAME FILE...",

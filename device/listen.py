@@ -34,7 +34,7 @@ from .contract import (
 )
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
 from .door import add_door_arguments, door_from_args
-from .identify import add_profile_arguments
+from .identify import add_profile_arguments, demo_problem
 from .options import add_model_arguments, load_gate, one_line
 from .policy import ThresholdError
 from .stream import (
@@ -157,6 +157,9 @@ def run(
         return EXIT_USAGE
     if args.loop != 1 and not args.from_file:
         _error("--loop needs --from-file")
+        return EXIT_USAGE
+    if demo_problem(args):
+        _error(demo_problem(args))
         return EXIT_USAGE
 
     audit = None

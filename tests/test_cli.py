@@ -162,7 +162,7 @@ def test_model_errors_exit_5(files, tmp_path, capsys, monkeypatch):
     assert len(err) == 8 and all(line.startswith("voicegate: model error:") for line in err)
 
 
-EMPTY_MODEL_CASES = [(cmd, how) for cmd in (["enroll-check", "{wav}", "--demo"], ["enroll", "alice", "{wav}"],
+EMPTY_MODEL_CASES = [(cmd, how) for cmd in (["enroll-check", "{wav}"], ["enroll", "alice", "{wav}"],
                                              ["profiles", "list"], ["listen", "--from-file", "{wav}"])
                      for how in ("env", "option", "old-env")] + [(["doctor"], "env"), (["doctor"], "option")]
 

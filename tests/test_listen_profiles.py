@@ -315,3 +315,26 @@ def test_enroll_check_gives_one_recording_one_decision(capsys, monkeypatch):
     keys = ("decision", "p_allow", "uncertainty", "scores")
     assert all({k: r[k] for k in keys} == {k: runs[0][k] for k in keys} for r in runs), runs
     assert runs[0]["std"] > 0  # the 50 masks still disagree with each other: the uncertainty is real
+
+
+def test_demo_with_a_named_store_in_the_environment_is_a_usage_error(capsys, monkeypatch, tmp_path):
+    """A service set up with $VOICEGATE_PROFILES: an added --demo must not swap its household for
+    the public demo voices (the review got GRANTED with the variable silently ignored)."""
+    from voicegate.device.model_files import models_dir
+
+    monkeypatch.setenv("VOICEGATE_PROFILES", str(tmp_path / "household"))
+    clip = str(sorted(models_dir().glob("example-*.flac"))[0])
+    for argv in (["enroll-check", clip, "--demo", "--json"],
+                 ["listen", "--demo", "--from-file", clip, "--max-utterances", "1"]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "name two households" in err[0], (argv, err)
+
+
+def test_listen_with_demo_says_public_recordings_open_it(capsys, monkeypatch):
+    from voicegate.device.model_files import models_dir
+
+    for var in ("VOICEGATE_MODEL", "VOICEGATE_ENCODER", "VOICEGATE_PROFILES"):
+        monkeypatch.delenv(var, raising=False)
+    main(["listen", "--demo", "--from-file", str(models_dir() / "example.wav"), "--max-utterances", "1"])
+    assert "public LibriSpeech recordings" in capsys.readouterr().err
