@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -22,6 +23,8 @@ import numpy as np
 from .resample import resample
 
 log = logging.getLogger(__name__)
+
+_CHUNK_LOG = re.compile(r"^(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
 # --- audio constants -------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Hz: everything downstream of load_audio runs at this rate
@@ -151,6 +154,9 @@ def _open(p: Path, max_seconds: float | None):
     except Exception as e:  # soundfile raises several types for malformed files
         raise AudioError(f"{p}: not readable audio ({_open_reason(e, p)})") from None
     try:
+        cut = _truncated(f)
+        if cut:
+            raise AudioError(f"{p}: the file is cut short ({cut}): a damaged copy or an unfinished recording")
         sr, channels = int(f.samplerate), int(f.channels)
         if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
             raise AudioError(
@@ -173,6 +179,28 @@ def _open(p: Path, max_seconds: float | None):
         f.close()
         raise
     return f, frames
+
+
+_UNKNOWN_LENGTHS = (0, 0xFFFFFFFF)  # a streamed WAV: no length was written, all its audio is there
+
+
+def _truncated(f) -> str | None:
+    """Why a WAV or AIFF file is shorter than its own header says (None if it is not).
+
+    libsndfile reads what is there and notes the difference in its log ("data : 160000 (should
+    be 79978)"); a file cut in half would otherwise be decided on from its first half. A header
+    that gives no length (a streamed recording) is not a cut."""
+    if f.format not in ("WAV", "WAVEX", "RF64", "AIFF"):
+        return None
+    try:
+        info = f.extra_info
+    except Exception:  # noqa: BLE001 (no log: nothing to say)
+        return None
+    for line in info.splitlines():
+        m = _CHUNK_LOG.match(line.strip())
+        if m and int(m.group(2)) not in _UNKNOWN_LENGTHS and int(m.group(2)) > int(m.group(3)):
+            return f"its header promises {int(m.group(2))} bytes of audio, {int(m.group(3))} are there"
+    return None
 
 
 def _read_block(f, p: Path, n: int) -> np.ndarray:

@@ -133,7 +133,7 @@ def _(d):
 
 
 @_kind("header_claims_missing_data", EXIT4, "a header claiming 3 s of data, then nothing",
-       "no audio samples")
+       "cut short")
 def _(d):
     return _raw(d, "header_claims.wav", wav_header(int(SPEECH_SECONDS * SR * 2)))
 
@@ -352,20 +352,25 @@ def _(d):
     return _write(d, "speech_in_silence.wav", x)
 
 
-@_kind("truncated_data_chunk", DECISION, "header claims 3 s, the file holds 1.5 s")
+@_kind("truncated_data_chunk", EXIT4, "header claims 3 s, the file holds 1.5 s (damaged: refused)", "cut short")
 def _(d):
     return _raw(d, "truncated.wav", wav_header(int(SPEECH_SECONDS * SR * 2))
                 + _pcm16(_speech())[: int(1.5 * SR * 2)])
 
 
-@_kind("truncated_mid_sample", DECISION, "a 16-bit WAV cut one byte into a sample")
+@_kind("streamed_wav_no_length", DECISION, "a streamed WAV: its header gives no length (0xFFFFFFFF)")
+def _(d):
+    return _raw(d, "streamed.wav", wav_header(0xFFFF_FFFF, riff_bytes=0xFFFF_FFFF) + _pcm16(_speech()))
+
+
+@_kind("truncated_mid_sample", EXIT4, "a 16-bit WAV cut one byte into a sample (damaged: refused)", "cut short")
 def _(d):
     data = open(_write(d, "full.wav", _speech()), "rb").read()
     (d / "full.wav").unlink()
     return _raw(d, "truncated_odd.wav", data[: 44 + 2 * SR * 2 + 1])
 
 
-@_kind("header_claims_2GB", DECISION, "a 32 KB file (1 s of speech) whose header claims 2 GB")
+@_kind("header_claims_2GB", EXIT4, "a 32 KB file (1 s of speech) whose header claims 2 GB (refused)", "cut short")
 def _(d):
     big = 0x7FFF_FFF0
     return _raw(d, "claims_2gb.wav", wav_header(big, riff_bytes=big + 36) + _pcm16(_speech(1.0)))
