@@ -44,12 +44,23 @@ def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
 
 
+def _emit(text: str, stream=None) -> bool:
+    """Print ``text``; False (and nothing raised) when the stream cannot be written (a full
+    disk, a closed pipe). A lost stderr line never changes an exit code."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+        return True
+    except (OSError, ValueError):  # ValueError: a closed file
+        return False
+
+
 def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
-    print(f"voicegate: {kind}: {one_line(message)}", file=sys.stderr)
+    _emit(f"voicegate: {kind}: {one_line(message)}", sys.stderr)
     if getattr(args, "json", False):
         import json
 
-        print(json.dumps({"decision": None, "error": kind, "reason": message, "exit_code": code}))
+        _emit(json.dumps({"decision": None, "error": kind, "reason": message, "exit_code": code}))
     return code
 
 
@@ -83,17 +94,19 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        print(json.dumps(d.to_dict()))
+        line = json.dumps(d.to_dict())
     else:
         from .identify import describe
 
         head, scores = describe(d)  # "GRANTED as NAME", every profile's score (encoder kind)
-        print(
-            f"{head}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
-            f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
-            f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
-            + scores
-        )
+        line = (f"{head}  p_allow={d.p_allow:.3f}  uncertainty={d.uncertainty:.3f} "
+                f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
+                f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
+                + scores)
+    if not _emit(line):  # the decision was not said: never exit 0 on it
+        _emit(f"voicegate: output: cannot write the {d.decision} decision to stdout: exit {EXIT_MODEL}",
+              sys.stderr)
+        return EXIT_MODEL
     return d.exit_code
 
 
@@ -284,11 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"voicegate: {args.command}: {TRAIN_EXTRA_MESSAGE}", file=sys.stderr)
             return EXIT_USAGE
         log.debug("import failed", exc_info=True)
-        print(f"voicegate: {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        _emit(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
     except Exception as e:
         log.debug("command failed", exc_info=True)
-        print(f"voicegate: {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        _emit(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
 
 

@@ -67,7 +67,8 @@ EXIT_MEANINGS = {
     EXIT_USAGE: "usage error (bad command line, or thresholds refused)",
     EXIT_AUDIO: "the input audio cannot be used (unreadable, empty, no speech found); the reason is printed",
     EXIT_MODEL: "the model is missing, invalid, modified (sha256 mismatch) or mismatched (feature version);\n"
-                "     or nobody is enrolled, or a profile is unreadable, tampered with or from another encoder",
+                "     or nobody is enrolled, or a profile is unreadable, tampered with or from another encoder;\n"
+                "     or an internal error, or the decision could not be written to stdout",
     EXIT_DEVICE: "the audio device is unavailable: PortAudio missing, no input device, or the device\n"
                  "     failed with --exit-on-error (without it, listen retries with back-off)",
     EXIT_AUDIT: "the audit log cannot be opened or written",

@@ -473,3 +473,18 @@ def test_the_logging_flags_may_follow_the_command():
 def test_an_unknown_option_is_reported_by_its_command(capsys):
     assert main(["enroll-check", "a.wav", "--bogus"]) == 2
     assert capsys.readouterr().err.startswith("voicegate enroll-check: error: unrecognized arguments: --bogus")
+
+
+def test_an_unwritable_output_never_says_granted_and_stderr_changes_no_code(tmp_path):
+    """stdout on a full disk: the GRANTED line was never said, so exit 5, not 0. stderr on a full
+    disk: the error line is lost, the code stays the error's (4), not a traceback's 1."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    member = sorted((REPO / "models").glob("example-*.flac"))[0]
+    cmd = [sys.executable, "-m", "voicegate.device", "enroll-check", "--demo"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(cmd + [str(member)], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+        assert r.returncode == 5 and "cannot write the GRANTED decision" in r.stderr, r.stderr
+        r = subprocess.run(cmd + [str(tmp_path / "missing.wav")], stdout=subprocess.PIPE, stderr=full, env=env)
+        assert r.returncode == 4
