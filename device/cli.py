@@ -176,6 +176,11 @@ class OneLineParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown option is reported by the command it was given to."""
         ns, extras = self.parse_known_args(args, namespace)
+        dest = getattr(ns, "intermixed_positionals", None)  # a command's trailing FILE... list
+        if extras and dest and not any(x.startswith("-") for x in extras):
+            # `enroll alice --profiles hh a.flac b.flac`: argparse has closed FILE... at the option
+            setattr(ns, dest, list(getattr(ns, dest) or []) + extras)
+            extras = []
         if extras:
             command = getattr(ns, "command", None)
             prog = f"{self.prog} {command}" if command else self.prog

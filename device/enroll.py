@@ -360,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXIT_CODES_HELP
     parser.add_argument("name", metavar="NAME", help="who is enrolling (letters, digits, _ - .)")
     parser.add_argument("files", metavar="FILE", nargs="*", help="recordings of NAME's voice")
+    parser.set_defaults(intermixed_positionals="files")  # FILEs may follow options (cli.OneLineParser)
     parser.add_argument("--mic", action="store_true", help="record from the microphone, guided")
     parser.add_argument("--seconds", type=_min_speech, metavar="S",
                         help=f"--mic: seconds of speech to collect (default {MIC_SECONDS:g}, at least --min-speech; "

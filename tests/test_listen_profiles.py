@@ -338,3 +338,16 @@ def test_listen_with_demo_says_public_recordings_open_it(capsys, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     main(["listen", "--demo", "--from-file", str(models_dir() / "example.wav"), "--max-utterances", "1"])
     assert "public LibriSpeech recordings" in capsys.readouterr().err
+
+
+def test_enroll_files_may_follow_the_options(tmp_path, clips, model):  # noqa: F811
+    """`voicegate enroll alice --profiles DIR a.wav b.wav` (a review got "unrecognized arguments")."""
+    from pathlib import Path
+
+    from voicegate.device.profiles import ProfileStore
+
+    a, b = clips["f1"]
+    root = tmp_path / "p"
+    assert main(["enroll", "alice", "--profiles", str(root), a, "--model", str(model), b]) == 0
+    assert [Path(f).name for f in ProfileStore(root).load("alice").sessions[0].sources] == [Path(a).name, Path(b).name]
+    assert main(["enroll", "bob", "--profiles", str(root), a, "--bogus", b]) == 2  # an unknown option still is one
