@@ -77,6 +77,8 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
 
     if demo_problem(args):
         return _fail(args, EXIT_USAGE, "usage", demo_problem(args))
+    if not args.file.strip():  # Path("") is ".": the message would be about a folder
+        return _fail(args, EXIT_AUDIO, "unusable audio", f"{args.file!r}: empty file name")
     try:
         gate = load_gate(args, seed=ONE_DECISION_SEED)  # the same recording, the same decision
         d = gate.decide_file(args.file)
@@ -170,8 +172,17 @@ class OneLineParser(argparse.ArgumentParser):
     usage is) and exit 2, not the usage block: every error of voicegate is one line. Its
     sub-commands' parsers are of this class too (argparse makes them of the parent's type)."""
 
+    json_errors = False  # main() sets it for a --json command line: the error is a JSON object too
+
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        self._usage_exit(self.prog, message)
+
+    def _usage_exit(self, prog: str, message: str):
+        if OneLineParser.json_errors:  # a --json caller reads stdout: say it there too, as _fail does
+            import json
+
+            _emit(json.dumps({"decision": None, "error": "usage", "reason": message, "exit_code": EXIT_USAGE}))
+        self.exit(EXIT_USAGE, f"{prog}: error: {one_line(message)} (see {prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown option is reported by the command it was given to."""
@@ -183,9 +194,8 @@ class OneLineParser(argparse.ArgumentParser):
             extras = []
         if extras:
             command = getattr(ns, "command", None)
-            prog = f"{self.prog} {command}" if command else self.prog
-            self.exit(EXIT_USAGE, f"{prog}: error: unrecognized arguments: {one_line(' '.join(extras))} "
-                                  f"(see {prog} --help)\n")
+            self._usage_exit(f"{self.prog} {command}" if command else self.prog,
+                             f"unrecognized arguments: {' '.join(extras)}")
         return ns
 
 
@@ -262,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voicegate {__version__}")
         return EXIT_INFO
     argv = hoist_global_flags(argv)
+    OneLineParser.json_errors = "--json" in before
     first = first_command(argv)
     try:
         parser, commands, failed = build_parser(argv)

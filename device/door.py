@@ -331,6 +331,14 @@ def add_door_arguments(p) -> None:
                    help=f"how long a lockout lasts (default {LOCKOUT_COOLOFF_S:.0f} s)")
 
 
+def hook_problem(args) -> str | None:
+    """Why the hook options cannot be used (None if they can), said before the model loads."""
+    for flag, cmd in (("--on-grant", args.on_grant), ("--on-deny", args.on_deny)):
+        if cmd is not None and not cmd.strip():  # an unset variable in a unit file: the door never opens
+            return f"{flag}: empty command (leave the option out for no hook)"
+    return None
+
+
 def door_from_args(gate, args) -> tuple[DoorGate, Hooks]:
     """(the gate wrapped with the lockout, the hooks) that listen's options ask for (ValueError)."""
     if args.hook_timeout <= 0 or args.lockout_after < 0 or args.lockout_window <= 0 or args.lockout_cooloff < 0:

@@ -399,6 +399,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_USAGE, "give recordings (FILE...) or --mic, not both or neither")
     if not args.mic and (args.seconds or args.device):
         return _fail(args, EXIT_USAGE, "--seconds and --device go with --mic")
+    if any(not f.strip() for f in args.files):  # Path("") is ".": the message would be about a folder
+        return _fail(args, EXIT_USAGE, "an empty file name among the recordings")
     try:
         store = ProfileStore(args.profiles)
     except ProfileError as e:  # an empty --profiles or $VOICEGATE_PROFILES: exit 5, as at the door

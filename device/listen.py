@@ -33,7 +33,7 @@ from .contract import (
     LISTEN_EXIT_CODES_HELP,
 )
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
-from .door import add_door_arguments, door_from_args
+from .door import add_door_arguments, door_from_args, hook_problem
 from .identify import add_profile_arguments, demo_problem
 from .options import add_model_arguments, load_gate, one_line
 from .policy import ThresholdError
@@ -149,8 +149,11 @@ def run(
         if getattr(args, name) < 1:
             _error(f"--{name.replace('_', '-')} must be at least 1")
             return EXIT_USAGE
-    if args.loop < 0 or (args.max_utterances is not None and args.max_utterances < 1):
-        _error("--loop must be >= 0 and --max-utterances >= 1")
+    if args.loop < 0:
+        _error(f"--loop must be >= 0, got {args.loop}")
+        return EXIT_USAGE
+    if args.max_utterances is not None and args.max_utterances < 1:
+        _error(f"--max-utterances must be >= 1, got {args.max_utterances}")
         return EXIT_USAGE
     if args.log is not None and not args.log.strip():  # an unset variable in a unit file: no silent "no log"
         _error("--log: empty path (leave the option out for no audit log)")
@@ -158,8 +161,11 @@ def run(
     if args.loop != 1 and not args.from_file:
         _error("--loop needs --from-file")
         return EXIT_USAGE
-    if demo_problem(args):
-        _error(demo_problem(args))
+    if args.from_file is not None and not args.from_file.strip():
+        _error("--from-file: empty file name")
+        return EXIT_USAGE
+    if demo_problem(args) or hook_problem(args):
+        _error(demo_problem(args) or hook_problem(args))
         return EXIT_USAGE
 
     audit = None

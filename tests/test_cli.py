@@ -488,3 +488,14 @@ def test_an_unwritable_output_never_says_granted_and_stderr_changes_no_code(tmp_
         assert r.returncode == 5 and "cannot write the GRANTED decision" in r.stderr, r.stderr
         r = subprocess.run(cmd + [str(tmp_path / "missing.wav")], stdout=subprocess.PIPE, stderr=full, env=env)
         assert r.returncode == 4
+
+
+@pytest.mark.parametrize("argv", [["--accept", "2"], ["--threads", "0"], ["--profiles", "X"], ["--bogus"]])
+def test_a_usage_error_with_json_is_a_json_object_too(argv, capsys):
+    code = main(["enroll-check", "--json", "--demo", *argv, "f.wav"])
+    cap = capsys.readouterr()
+    d = json.loads(cap.out)
+    assert code == 2 and d["exit_code"] == 2 and d["decision"] is None and d["error"] == "usage"
+    assert len(cap.err.strip().splitlines()) == 1
+    main(["enroll-check", "--demo", *argv, "f.wav"])
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty

@@ -679,3 +679,29 @@ def test_endpointer_on_real_speech_never_straddles_a_pause(librispeech):
         inside = [u for u in utts if u.start_s < b and u.end_s > a]
         assert inside, (a, b)
         assert all(a - 0.3 <= u.start_s and u.end_s <= b + 0.3 for u in inside), (a, b)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--on-grant", ""], "--on-grant: empty command"),
+    (["--on-deny", " "], "--on-deny: empty command"),
+    (["--max-utterances", "0"], "--max-utterances must be >= 1, got 0"),
+    (["--loop", "-1"], "--loop must be >= 0, got -1"),
+])
+def test_listen_option_problems_are_one_line_before_the_model_loads(argv, says, capsys, tmp_path):
+    from voicegate.device.cli import main
+
+    wav = tmp_path / "x.wav"
+    code = main(["listen", "--demo", "--from-file", str(wav), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_empty_file_names_are_said_as_such(capsys):
+    from voicegate.device.cli import main
+
+    assert main(["enroll-check", "", "--demo"]) == 4
+    assert "empty file name" in capsys.readouterr().err
+    assert main(["listen", "--demo", "--from-file", ""]) == 2
+    assert "empty file name" in capsys.readouterr().err
+    assert main(["enroll", "alice", "", "--profiles", "/nonexistent/p"]) == 2
+    assert "empty file name" in capsys.readouterr().err
