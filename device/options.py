@@ -70,7 +70,7 @@ FINITE_NON_NEGATIVE = number(float, 0.0, finite=True)
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and threshold options shared by the device commands."""
     p.add_argument("--model", metavar="PATH",
-                   help="ONNX model (default: $VOICEGATE_MODEL, else the shipped encoder)")
+                   help="ONNX model (default: $VOICEGATE_MODEL, else $VOICEGATE_ENCODER, else the shipped encoder)")
     p.add_argument("--method", choices=("mc", "ensemble"),
                    help="MC dropout or deep ensemble: picks the shipped encoder of that kind (the study's "
                         "classifiers only with --model), and must match --model")

@@ -65,6 +65,10 @@ class EmptyStoreError(ProfileError):
     """No one is enrolled: there is nobody to let in (never an open door)."""
 
 
+class NameTakenError(ProfileError):
+    """``rename`` onto a name that has a profile already: a usage error (exit 2), nothing changed."""
+
+
 class OtherEncoderError(ProfileError):
     """The profile was made with another encoder (another sha256 or embedding size): re-enrol."""
 
@@ -446,7 +450,7 @@ class ProfileStore:
         self._must_exist(old)
         with self.lock(exclusive=True):
             if self.path(new).exists():
-                raise ProfileError(f"a profile named {new!r} exists already")
+                raise NameTakenError(f"a profile named {new!r} exists already: remove it first, or choose another name")
             prof = self.load(old)
             prof.name, prof.updated = new, utc_now()
             self._write(prof)

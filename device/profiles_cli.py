@@ -17,14 +17,14 @@ import logging
 import sys
 
 from .contract import EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
-from .profiles import ProfileError, ProfileStore, check_name
+from .profiles import NameTakenError, ProfileError, ProfileStore, check_name
 
 log = logging.getLogger(__name__)
 
 EXIT_CODES_HELP = f"""\
 exit codes:
   0  done (list: every profile is usable by the door)
-  {EXIT_USAGE}  usage error (bad command line, bad name)
+  {EXIT_USAGE}  usage error (bad command line, bad name, rename onto a name that is taken)
   {EXIT_MODEL}  the profile (or the store) is missing, corrupt, made with another encoder, or cannot
      be written (list: the door would refuse, or nobody is enrolled)
   {EXIT_INFO} --help was printed: nothing was done"""
@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         store.rename(args.old, args.new)
         print(f"renamed {args.old} to {args.new} in {store.root}")
         return 0
+    except NameTakenError as e:
+        print(f"voicegate profiles: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except ModelError as e:
         print(f"voicegate profiles: {e}", file=sys.stderr)
         return EXIT_MODEL

@@ -252,6 +252,8 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "rec1.wav" in out and SHA_A in out
     assert cli("show", "alice", "--profiles", root) == 0
+    assert cli("--profiles", root, "rename", "alice", "bob") == 2  # taken: a usage error, nothing changed
+    assert "exists already" in capsys.readouterr().err and store.names() == ["alice", "bob"]
     assert cli("--profiles", root, "rename", "alice", "carol") == 0
     assert cli("--profiles", root, "remove", "bob") == 0
     assert store.names() == ["carol"]
