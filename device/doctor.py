@@ -131,7 +131,7 @@ def classify_level(x) -> tuple[str, str]:
     """(status, text) for a recording made while someone spoke: silent, too quiet, clipping."""
     import numpy as np
 
-    from .audio import SILENCE_FLOOR_DBFS, frame_rms_db
+    from .audio import MAX_DC_OFFSET, SILENCE_FLOOR_DBFS, frame_rms_db
 
     x = np.asarray(x, dtype=np.float32).ravel()
     if x.size == 0 or not np.any(x):
@@ -145,6 +145,10 @@ def classify_level(x) -> tuple[str, str]:
         return FAIL, f"too quiet: {text}, below the gate's no-speech floor {SILENCE_FLOOR_DBFS:g} dBFS"
     if loudest < SILENCE_FLOOR_DBFS + QUIET_MARGIN_DB:
         return WARN, f"quiet: {text}; speak closer or raise the capture gain"
+    dc = float(np.mean(x, dtype=np.float64))
+    if abs(dc) > MAX_DC_OFFSET:
+        return WARN, (f"the signal sits off zero (DC offset {dc:+.3f}, want within {MAX_DC_OFFSET:g}; {text}): "
+                      "a faulty or badly biased input, voices are recognised worse through it")
     return OK, text
 
 

@@ -239,6 +239,7 @@ def test_no_input_device(use_sd):
     (speech_like(0.005), doctor.WARN, "quiet"),
     (np.clip(speech_like(3.0), -1, 1), doctor.FAIL, "clipping"),
     (speech_like(0.3), doctor.OK, "dBFS"),
+    (speech_like(0.3) + 0.1, doctor.WARN, "DC offset +0.100"),
 ])
 def test_microphone_level(use_sd, recording, status, words):
     sd = use_sd(fake_sounddevice(recording))

@@ -75,6 +75,17 @@ def test_noise_is_a_warning_with_an_snr_estimate(encoder, tmp_path):
     assert any("street.wav: too much noise (SNR about" in p for p in problems)
 
 
+def test_a_dc_offset_is_said_as_one_not_as_noise(encoder, tmp_path):
+    """A review's DC-offset recording was refused as "too much noise (SNR about 0 dB)"."""
+    store = ProfileStore(tmp_path / "p")
+    offset = synth_voice("f1", 8, seed=4) + np.float32(0.1)
+    recs = synthetic_recordings("f1") + [recording("biased.wav", offset)]
+    assert abs(recs[-1].dc_offset - 0.1) < 0.01 and recs[-1].snr_db >= enroll.MIN_SNR_DB
+    problems = refusal(encoder, store, "alice", recs)
+    assert any("biased.wav: the signal sits off zero (DC offset +0.10" in p for p in problems), problems
+    assert not any("too much noise" in p for p in problems), problems
+
+
 def test_one_file_of_someone_else_is_caught(encoder, tmp_path):
     store = ProfileStore(tmp_path / "p")
     recs = synthetic_recordings("f1", seeds=(0, 1)) + [recording("m1.wav", synth_voice("m1", 7, seed=3))]
