@@ -4,8 +4,10 @@
 ``window_s`` seconds (default :data:`LOCKOUT_FAILURES` = 5 in :data:`LOCKOUT_WINDOW_S` = 120 s),
 ``listen`` stops granting for ``cooloff_s`` (default :data:`LOCKOUT_COOLOFF_S` = 300 s): a
 voice that would be GRANTED meanwhile is DENIED with the reason, and the lockout is logged and
-recorded in the audit log (``lockout_started``, ``locked_out``). A GRANTED decision outside a
-lockout clears the count. Only real
+recorded in the audit log (``lockout_started``, ``locked_out``). Each lockout in a row (no GRANTED
+between them) doubles the cool-off, up to :data:`LOCKOUT_MAX_COOLOFF_S`: listen draws new MC masks
+for every decision, so a borderline voice or sound tried again and again must pay for each try.
+A GRANTED decision outside a lockout clears the count. Only real
 decisions count (not "no speech" noise, which is DENIED without being scored). The state is a
 small JSON file beside the audit log (``AUDIT.lockout.json``, written atomically, created on the
 first start), so it survives a restart of the service; without ``--log`` it is the per-user
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_S = 120.0
 LOCKOUT_COOLOFF_S = 300.0
+LOCKOUT_MAX_COOLOFF_S = 3600.0  # each lockout with no GRANTED since doubles the cool-off, up to this
 HOOK_TIMEOUT_S = 10.0
 LOCKOUT_SUFFIX = ".lockout.json"
 DEFAULT_LOCKOUT_NAME = "lockout.json"  # in default_state_dir(), when there is no --log
@@ -80,7 +83,14 @@ class Lockout:
         self.audit_path = Path(audit_path) if audit_path else None
         self.failures: list[float] = []  # wall-clock times of recent denied/uncertain decisions
         self.locked_until = 0.0
+        self.lockouts = 0  # lockouts in a row with no GRANTED between them (the cool-off doubles)
         self._load()
+
+    def cooloff(self) -> float:
+        """The next lockout's cool-off: ``cooloff_s`` doubled for every lockout in a row before it
+        (someone trying sound after sound, or one recording again and again, waits longer each
+        time), at most LOCKOUT_MAX_COOLOFF_S (or ``cooloff_s`` if that is longer)."""
+        return min(self.cooloff_s * 2.0 ** min(self.lockouts, 30), max(LOCKOUT_MAX_COOLOFF_S, self.cooloff_s))
 
     @classmethod
     def beside(cls, audit_path, **kw) -> "Lockout":
@@ -116,8 +126,8 @@ class Lockout:
                                      f"(would have granted: {record.get('reason', '')})")
             return None
         if decision == GRANTED:
-            if self.failures:
-                self.failures = []
+            if self.failures or self.lockouts:
+                self.failures, self.lockouts = [], 0
                 self._save()
             return None
         if decision not in (DENIED, UNCERTAIN):
@@ -125,12 +135,15 @@ class Lockout:
         self.failures = [t for t in self.failures if now - t < self.window_s] + [now]
         event = None
         if len(self.failures) >= self.max_failures:
-            self.locked_until = now + self.cooloff_s
+            cooloff = self.cooloff()
+            self.locked_until = now + cooloff
             self.failures = []
-            event = {"type": "event", "event": "lockout", "cooloff_s": self.cooloff_s,
-                     "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s"}
-            log.info("lockout: %d denied/uncertain within %.0f s; no access for %.0f s",
-                     self.max_failures, self.window_s, self.cooloff_s)
+            self.lockouts += 1
+            again = f" (lockout {self.lockouts} in a row)" if self.lockouts > 1 else ""
+            event = {"type": "event", "event": "lockout", "cooloff_s": cooloff, "lockouts_in_a_row": self.lockouts,
+                     "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s{again}"}
+            log.info("lockout: %d denied/uncertain within %.0f s%s; no access for %.0f s",
+                     self.max_failures, self.window_s, again, cooloff)
         self._save()
         return event
 
@@ -156,22 +169,25 @@ class Lockout:
             locked_until = float(d["locked_until"])
             if not all(math.isfinite(t) for t in failures + [locked_until]):
                 raise ValueError("non-finite times")
+            lockouts = d.get("lockouts", 0)  # absent in a state file of an older voicegate
+            if type(lockouts) is not int or lockouts < 0:
+                raise ValueError("lockouts is not a count")
         except (OSError, ValueError, TypeError, RecursionError) as e:  # RecursionError: "[[[[..."
             self._fail_closed(f"unreadable ({'nested too deep' if isinstance(e, RecursionError) else e})")
             return
-        self.failures, self.locked_until = failures, locked_until
+        self.failures, self.locked_until, self.lockouts = failures, locked_until, lockouts
 
     def _fail_closed(self, why: str) -> None:
         log.warning("%s: lockout state %s: locking out for %.0f s", self.path, why, self.cooloff_s)
-        self.failures, self.locked_until = [], self.clock() + self.cooloff_s
+        self.failures, self.locked_until, self.lockouts = [], self.clock() + self.cooloff_s, 1
         self._save()
 
     def _save(self) -> None:
         if self.path is None:
             return
         data = json.dumps({"failures": self.failures, "locked_until": self.locked_until,
-                           "max_failures": self.max_failures, "window_s": self.window_s,
-                           "cooloff_s": self.cooloff_s})
+                           "lockouts": self.lockouts, "max_failures": self.max_failures,
+                           "window_s": self.window_s, "cooloff_s": self.cooloff_s})
         try:
             if self.path.is_dir() and not self.path.is_symlink():  # os.replace would leave tmp behind
                 raise OSError(f"{self.path} is a folder")  # kept locked out in memory meanwhile

@@ -224,3 +224,34 @@ def test_a_deeply_nested_lockout_state_is_a_cool_off(tmp_path):
     state.write_text("[" * 100_000 + "]" * 100_000)
     lock = Lockout.beside(tmp_path / "audit.jsonl", max_failures=3, window_s=60, cooloff_s=300)
     assert lock.remaining() > 0
+
+
+def test_lockouts_in_a_row_double_the_cool_off_until_someone_is_granted(tmp_path):
+    """Someone trying sound after sound (or one recording again and again) waits longer each
+    time: 100, 200, 400 s ... at most an hour; a GRANTED outside a lockout starts over."""
+    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+
+    clock = Clock()
+    path = tmp_path / "audit.jsonl.lockout.json"
+    lock = Lockout(path, max_failures=2, window_s=60, cooloff_s=100, clock=clock)
+    waits = []
+    for _ in range(7):
+        lock.apply(rec("DENIED"))
+        event = lock.apply(rec("DENIED"))
+        waits.append(event["cooloff_s"])
+        clock.t += lock.remaining() + 1
+    assert waits == [100, 200, 400, 800, 1600, 3200, LOCKOUT_MAX_COOLOFF_S]
+    again = Lockout(path, max_failures=2, window_s=60, cooloff_s=100, clock=clock)  # a restart keeps the count
+    assert again.lockouts == 7 and again.cooloff() == LOCKOUT_MAX_COOLOFF_S
+    again.apply(rec("GRANTED"))
+    again.apply(rec("DENIED"))
+    assert again.apply(rec("DENIED"))["cooloff_s"] == 100
+
+
+def test_a_state_file_of_an_older_voicegate_has_no_lockout_count(tmp_path):
+    path = tmp_path / "audit.jsonl.lockout.json"
+    path.write_text(json.dumps({"failures": [], "locked_until": 0.0}))
+    lock = Lockout(path, max_failures=2, window_s=60, cooloff_s=100)
+    assert lock.lockouts == 0 and lock.remaining() == 0
+    path.write_text(json.dumps({"failures": [], "locked_until": 0.0, "lockouts": "7"}))
+    assert Lockout(path, max_failures=2, window_s=60, cooloff_s=100).remaining() > 0  # damaged: cool-off
