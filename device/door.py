@@ -61,8 +61,9 @@ def default_state_dir() -> Path:
     """Where ``listen`` keeps its lockout state without ``--log``: ``$XDG_STATE_HOME/voicegate``
     (default ``~/.local/state/voicegate``), so a new process (``listen --max-utterances 1`` run
     once per attempt by a script) does not start with a clean count."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "voicegate"
+    from .xdg import base
+
+    return base("XDG_STATE_HOME") / "voicegate"
 
 
 def new_decision_id() -> str:

@@ -78,8 +78,9 @@ def utc_now() -> str:
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "voicegate" / "profiles"
+    from .xdg import base
+
+    return base("XDG_DATA_HOME") / "voicegate" / "profiles"
 
 
 def resolve_dir(path: PathLike | None = None) -> Path:

@@ -255,3 +255,16 @@ def test_a_state_file_of_an_older_voicegate_has_no_lockout_count(tmp_path):
     assert lock.lockouts == 0 and lock.remaining() == 0
     path.write_text(json.dumps({"failures": [], "locked_until": 0.0, "lockouts": "7"}))
     assert Lockout(path, max_failures=2, window_s=60, cooloff_s=100).remaining() > 0  # damaged: cool-off
+
+
+def test_a_relative_xdg_folder_is_ignored_not_taken_from_the_current_folder(tmp_path, monkeypatch):
+    from voicegate.device import profiles
+    from voicegate.device.door import default_state_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", "state")
+    monkeypatch.setenv("XDG_DATA_HOME", "./data")
+    assert default_state_dir() == tmp_path / ".local" / "state" / "voicegate"
+    assert profiles.default_dir() == tmp_path / ".local" / "share" / "voicegate" / "profiles"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "abs"))
+    assert default_state_dir() == tmp_path / "abs" / "voicegate"

@@ -94,8 +94,9 @@ def default_cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "voicegate"
+    from voicegate.device.xdg import base
+
+    return base("XDG_CACHE_HOME") / "voicegate"
 
 
 def _csv_list(text: str) -> list[str]:
