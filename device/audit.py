@@ -38,7 +38,12 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # 0600 like the profiles: the log names who came to the door and when (an existing file
         # keeps its mode, so an administrator may share it on purpose)
-        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+        if os.path.lexists(self.path) and not self.path.is_file():  # a FIFO would block the open forever,
+            # and /dev/full or a folder is no log (nor the place for the lockout state beside it)
+            import errno
+
+            raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o600), "ab")
         if self._f.tell() > 0 and not _ends_with_newline(self.path):
             log.warning("%s: last line was partial (a crash?); starting a new line", self.path)
             self._f.write(b"\n")

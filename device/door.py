@@ -44,6 +44,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
+from .options import number
 from .policy import DENIED, GRANTED, UNCERTAIN
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_S = 120.0
 LOCKOUT_COOLOFF_S = 300.0
+MAX_LOCKOUT_AFTER = 100  # more tries than this before a lockout is no lockout
+DAY_S = 86400.0
 LOCKOUT_MAX_COOLOFF_S = 3600.0  # each lockout with no GRANTED since doubles the cool-off, up to this
 HOOK_TIMEOUT_S = 10.0
 LOCKOUT_SUFFIX = ".lockout.json"
@@ -70,14 +73,25 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
+class LockoutStateError(OSError):
+    """The lockout's count cannot be kept (its folder or file cannot be written): ``listen``
+    refuses to start (exit 7), as for an audit log it cannot write. A door whose count is lost
+    at every restart has no lockout."""
+
+
 class Lockout:
-    """Counts denied/uncertain decisions; locks granting for a cool-off (see the module doc)."""
+    """Counts denied/uncertain decisions; locks granting for a cool-off (see the module doc).
+
+    The state file is read again and written under an exclusive lock (``STATE.lock``) for every
+    decision, so two ``listen`` processes on one door (or one per attempt) share one count. A
+    state that cannot be saved during a run means no access until it can be (fail closed)."""
 
     def __init__(self, path: Optional[Path] = None, max_failures: int = LOCKOUT_FAILURES,
                  window_s: float = LOCKOUT_WINDOW_S, cooloff_s: float = LOCKOUT_COOLOFF_S,
                  clock: Callable[[], float] = time.time, audit_path: Optional[Path] = None):
-        if max_failures < 1 or window_s <= 0 or cooloff_s < 0:
-            raise ValueError("lockout needs max_failures >= 1, window_s > 0 and cooloff_s >= 0")
+        if not (max_failures >= 1 and window_s > 0 and cooloff_s >= 0
+                and math.isfinite(window_s) and math.isfinite(cooloff_s)):
+            raise ValueError("lockout needs max_failures >= 1, a finite window_s > 0 and cooloff_s >= 0")
         self.path = Path(path) if path else None
         self.max_failures, self.window_s, self.cooloff_s = int(max_failures), float(window_s), float(cooloff_s)
         self.clock = clock
@@ -85,13 +99,20 @@ class Lockout:
         self.failures: list[float] = []  # wall-clock times of recent denied/uncertain decisions
         self.locked_until = 0.0
         self.lockouts = 0  # lockouts in a row with no GRANTED between them (the cool-off doubles)
-        self._load()
+        self.unsaved = False  # the last change could not be written: no access until it is
+        with self._locked():
+            self._load(first=True)
+        if self.unsaved:
+            raise LockoutStateError(f"cannot keep the lockout state in {self.path}")
+
+    def longest(self) -> float:
+        return max(LOCKOUT_MAX_COOLOFF_S, self.cooloff_s)
 
     def cooloff(self) -> float:
         """The next lockout's cool-off: ``cooloff_s`` doubled for every lockout in a row before it
         (someone trying sound after sound, or one recording again and again, waits longer each
         time), at most LOCKOUT_MAX_COOLOFF_S (or ``cooloff_s`` if that is longer)."""
-        return min(self.cooloff_s * 2.0 ** min(self.lockouts, 30), max(LOCKOUT_MAX_COOLOFF_S, self.cooloff_s))
+        return min(self.cooloff_s * 2.0 ** min(self.lockouts, 30), self.longest())
 
     @classmethod
     def beside(cls, audit_path, **kw) -> "Lockout":
@@ -100,15 +121,15 @@ class Lockout:
 
     @classmethod
     def default(cls, **kw) -> "Lockout":
-        """The per-user state file (:func:`default_state_dir`), its folder created 0700. A folder
-        that cannot be created is said once and the count is kept in memory for this process."""
+        """The per-user state file (:func:`default_state_dir`), its folder created 0700
+        (LockoutStateError if it cannot be)."""
         folder = default_state_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
         except OSError as e:
-            log.warning("%s: cannot keep the lockout state there (%s): this process counts alone",
-                        folder, e.strerror or e)
-            return cls(None, **kw)
+            raise LockoutStateError(f"cannot keep the lockout state in {folder} ({e.strerror or e})") from None
         return cls(folder / DEFAULT_LOCKOUT_NAME, **kw)
 
     def remaining(self) -> float:
@@ -117,52 +138,83 @@ class Lockout:
 
     def apply(self, record: dict) -> Optional[dict]:
         """Update with one decision record (changed in place); return a lockout event or None."""
+        with self._locked():
+            self._load()  # what other processes on this door counted meanwhile
+            event = self._apply(record)
+            self._save()
+        return event
+
+    def _apply(self, record: dict) -> Optional[dict]:
         now = self.clock()
         decision = record.get("decision")
-        if self.remaining() > 0:
+        if self.remaining() > 0 or self.unsaved:
             if decision == GRANTED:
+                why = ("the lockout state cannot be saved" if self.unsaved and self.remaining() <= 0 else
+                       f"locked out for {self.remaining():.0f} s more after {self.max_failures} "
+                       f"denied/uncertain in {self.window_s:.0f} s")
                 record.update(decision=DENIED, speaker=None, locked_out=True,
-                              reason=f"locked out for {self.remaining():.0f} s more after "
-                                     f"{self.max_failures} denied/uncertain in {self.window_s:.0f} s "
-                                     f"(would have granted: {record.get('reason', '')})")
+                              reason=f"{why} (would have granted: {record.get('reason', '')})")
             return None
         if decision == GRANTED:
-            if self.failures or self.lockouts:
-                self.failures, self.lockouts = [], 0
-                self._save()
+            self.failures, self.lockouts = [], 0
             return None
         if decision not in (DENIED, UNCERTAIN):
             return None
         self.failures = [t for t in self.failures if now - t < self.window_s] + [now]
-        event = None
-        if len(self.failures) >= self.max_failures:
-            cooloff = self.cooloff()
-            self.locked_until = now + cooloff
-            self.failures = []
-            self.lockouts += 1
-            again = f" (lockout {self.lockouts} in a row)" if self.lockouts > 1 else ""
-            event = {"type": "event", "event": "lockout", "cooloff_s": cooloff, "lockouts_in_a_row": self.lockouts,
-                     "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s{again}"}
-            log.info("lockout: %d denied/uncertain within %.0f s%s; no access for %.0f s",
-                     self.max_failures, self.window_s, again, cooloff)
-        self._save()
-        return event
+        if len(self.failures) < self.max_failures:
+            return None
+        cooloff = self.cooloff()
+        self.locked_until = now + cooloff
+        self.failures = []
+        self.lockouts += 1
+        again = f" (lockout {self.lockouts} in a row)" if self.lockouts > 1 else ""
+        log.info("lockout: %d denied/uncertain within %.0f s%s; no access for %.0f s",
+                 self.max_failures, self.window_s, again, cooloff)
+        return {"type": "event", "event": "lockout", "cooloff_s": cooloff, "lockouts_in_a_row": self.lockouts,
+                "reason": f"{self.max_failures} denied/uncertain within {self.window_s:.0f} s{again}"}
 
     # -- persistence --------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _locked(self):
+        """An exclusive lock on ``STATE.lock`` (no lock without a state file)."""
+        import contextlib
+        import fcntl
+
+        if self.path is None:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def held():
+            try:
+                fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as e:  # no lock, no shared count: the next save fails closed as well
+                log.error("%s: cannot lock the lockout state: %s", self.path, e.strerror or e)
+                yield
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+        return held()
+
+    def _load(self, first: bool = False) -> None:
         """Read the state; anything but a well-formed state file means a full cool-off (fail
-        closed), except on a first start: no state file and no audit log beside it yet."""
+        closed), except on a first start: no state file and no audit log beside it yet. Once
+        this process has seen the file, a missing one was deleted: a cool-off too."""
         if self.path is None:
             return
         if not os.path.lexists(self.path):
-            if self.audit_path is not None and self.audit_path.is_file() and self.audit_path.stat().st_size > 0:
+            if not first:
+                self._fail_closed("deleted while listen runs")
+            elif self.audit_path is not None and self.audit_path.is_file() and self.audit_path.stat().st_size > 0:
                 self._fail_closed("missing beside an existing audit log (deleted?)")
             else:
                 self._save()  # a first start: from now on the file exists while the log does
             return
         try:
-            if not self.path.is_file():
-                raise ValueError("not a regular file")
+            if self.path.is_symlink() or not self.path.is_file():
+                raise ValueError("a link" if self.path.is_symlink() else "not a regular file")
             d = json.loads(self.path.read_text())
             if not isinstance(d, dict) or not isinstance(d.get("failures"), list) or "locked_until" not in d:
                 raise ValueError("not a lockout state")
@@ -173,10 +225,15 @@ class Lockout:
             lockouts = d.get("lockouts", 0)  # absent in a state file of an older voicegate
             if type(lockouts) is not int or lockouts < 0:
                 raise ValueError("lockouts is not a count")
-        except (OSError, ValueError, TypeError, RecursionError) as e:  # RecursionError: "[[[[..."
+        except (OSError, ValueError, TypeError, OverflowError, RecursionError) as e:  # "[[[[...", 1e400
             self._fail_closed(f"unreadable ({'nested too deep' if isinstance(e, RecursionError) else e})")
             return
-        self.failures, self.locked_until, self.lockouts = failures, locked_until, lockouts
+        latest = self.clock() + self.longest()
+        if locked_until > latest:  # a clock that ran ahead, or an edit: no lockout is longer than this
+            log.warning("%s: lockout state ends in %.0f s, more than any cool-off: held to %.0f s",
+                        self.path, locked_until - self.clock(), self.longest())
+            locked_until = latest
+        self.failures, self.locked_until, self.lockouts = failures, locked_until, min(lockouts, 64)
 
     def _fail_closed(self, why: str) -> None:
         log.warning("%s: lockout state %s: locking out for %.0f s", self.path, why, self.cooloff_s)
@@ -189,17 +246,24 @@ class Lockout:
         data = json.dumps({"failures": self.failures, "locked_until": self.locked_until,
                            "lockouts": self.lockouts, "max_failures": self.max_failures,
                            "window_s": self.window_s, "cooloff_s": self.cooloff_s})
+        tmp = None
         try:
             if self.path.is_dir() and not self.path.is_symlink():  # os.replace would leave tmp behind
-                raise OSError(f"{self.path} is a folder")  # kept locked out in memory meanwhile
+                raise OSError(f"{self.path} is a folder")
             fd, tmp = tempfile.mkstemp(prefix=".lockout.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            self.unsaved = False
         except OSError as e:
-            log.error("%s: cannot save the lockout state: %s", self.path, e)
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
+            if not self.unsaved:
+                log.error("%s: cannot save the lockout state (%s): no access until it can be",
+                          self.path, e.strerror or e)
+            self.unsaved = True
 
 
 def hook_env(record: dict) -> dict:
@@ -337,22 +401,39 @@ def add_door_arguments(p) -> None:
                    help="run CMD (no shell) when access is granted; the decision is in VOICEGATE_* "
                         "environment variables (VOICEGATE_SPEAKER, VOICEGATE_SCORE, VOICEGATE_DECISION_ID, ...)")
     p.add_argument("--on-deny", metavar="CMD", help="run CMD (no shell) when a voice is DENIED or UNCERTAIN")
-    p.add_argument("--hook-timeout", type=float, default=HOOK_TIMEOUT_S, metavar="S",
+    p.add_argument("--hook-timeout", type=number(float, 0.0, 3600.0, low_open=True, finite=True),
+                   default=HOOK_TIMEOUT_S, metavar="S",
                    help=f"kill a hook after S seconds (default {HOOK_TIMEOUT_S:.0f})")
-    p.add_argument("--lockout-after", type=int, default=LOCKOUT_FAILURES, metavar="N",
+    p.add_argument("--lockout-after", type=number(int, 0, MAX_LOCKOUT_AFTER), default=LOCKOUT_FAILURES, metavar="N",
                    help=f"stop granting after N denied/uncertain decisions within --lockout-window "
-                        f"(default {LOCKOUT_FAILURES}; 0 turns the lockout off)")
-    p.add_argument("--lockout-window", type=float, default=LOCKOUT_WINDOW_S, metavar="S",
-                   help=f"the lockout's counting window (default {LOCKOUT_WINDOW_S:.0f} s)")
-    p.add_argument("--lockout-cooloff", type=float, default=LOCKOUT_COOLOFF_S, metavar="S",
-                   help=f"how long a lockout lasts (default {LOCKOUT_COOLOFF_S:.0f} s)")
+                        f"(default {LOCKOUT_FAILURES}, at most {MAX_LOCKOUT_AFTER}; 0 turns the lockout off)")
+    p.add_argument("--lockout-window", type=number(float, 1.0, DAY_S, finite=True), default=LOCKOUT_WINDOW_S,
+                   metavar="S", help=f"the lockout's counting window (default {LOCKOUT_WINDOW_S:.0f} s, 1 s to a day)")
+    p.add_argument("--lockout-cooloff", type=number(float, 0.0, DAY_S, finite=True), default=LOCKOUT_COOLOFF_S,
+                   metavar="S", help=f"how long a first lockout lasts (default {LOCKOUT_COOLOFF_S:.0f} s; "
+                                     "it doubles for lockouts in a row)")
 
 
 def hook_problem(args) -> str | None:
-    """Why the hook options cannot be used (None if they can), said before the model loads."""
+    """Why the hook options cannot be used (None if they can), said before the model loads: an
+    empty command (an unset variable in a unit file), or a program that is not there, would
+    leave a door that can never open."""
+    import shutil
+
     for flag, cmd in (("--on-grant", args.on_grant), ("--on-deny", args.on_deny)):
-        if cmd is not None and not cmd.strip():  # an unset variable in a unit file: the door never opens
+        if cmd is None:
+            continue
+        try:
+            argv = shlex.split(cmd)
+        except ValueError as e:
+            return f"{flag}: {e}"
+        if not argv or not argv[0].strip():
             return f"{flag}: empty command (leave the option out for no hook)"
+        program = argv[0]
+        found = shutil.which(program) if os.sep not in program else (
+            program if os.path.isfile(program) and os.access(program, os.X_OK) else None)
+        if found is None:
+            return f"{flag}: {program}: no such program (or not executable)"
     return None
 
 

@@ -33,7 +33,7 @@ from .contract import (
     LISTEN_EXIT_CODES_HELP,
 )
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
-from .door import add_door_arguments, door_from_args, hook_problem
+from .door import LockoutStateError, add_door_arguments, door_from_args, hook_problem
 from .identify import add_profile_arguments, demo_problem
 from .options import add_model_arguments, load_gate, one_line
 from .policy import ThresholdError
@@ -199,9 +199,15 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
         return EXIT_MODEL
     try:  # decision ids and the lockout on every decision; the hooks after each record
         gate, hooks = door_from_args(gate, args)
+    except LockoutStateError as e:  # a count lost at every restart is no lockout: do not start
+        _error(f"{e}: set $XDG_STATE_HOME or --log to a folder this user can write")
+        return EXIT_AUDIT
     except ValueError as e:
         _error(str(e))
         return EXIT_USAGE
+    if args.lockout_after == 0:
+        print("voicegate listen: warning: --lockout-after 0: no lockout, a voice can be tried without limit",
+              file=sys.stderr)
     open_source = (source_factory or default_source_factory)(args)
     try:
         first = open_source()

@@ -62,7 +62,8 @@ def test_lockout_survives_a_restart_and_fails_closed_on_a_broken_state(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["{}", '{"failures": [], "locked_until": NaN}', '{"failures": "x", "locked_until": 0}',
-                                    "[]", "folder", "dangling link", "deleted"])
+                                    "[]", '{"failures": [], "locked_until": 1' + "0" * 400 + "}",
+                                    "dangling link", "link to a clean state", "deleted"])
 def test_a_damaged_or_deleted_lockout_state_locks_out(tmp_path, damage):
     """Emptied, NaN, a folder or a dangling link in its place, or deleted beside an audit log that
     has records: a full cool-off, never a fresh count (found by a review: each of these granted)."""
@@ -73,10 +74,11 @@ def test_a_damaged_or_deleted_lockout_state_locks_out(tmp_path, damage):
     Lockout.beside(audit, max_failures=2, cooloff_s=100, clock=clock).apply(rec("DENIED"))
     assert path.is_file()
     path.unlink()
-    if damage == "folder":
-        path.mkdir()
-    elif damage == "dangling link":
+    if damage == "dangling link":
         path.symlink_to(tmp_path / "nowhere")
+    elif damage == "link to a clean state":
+        (tmp_path / "clean.json").write_text('{"failures": [], "locked_until": 0}')
+        path.symlink_to(tmp_path / "clean.json")
     elif damage != "deleted":
         path.write_text(damage)
     lock = Lockout.beside(audit, max_failures=2, cooloff_s=100, clock=clock)
@@ -207,16 +209,53 @@ def test_without_an_audit_log_the_lockout_outlives_the_process(tmp_path, monkeyp
     assert state.is_file() and (state.parent.stat().st_mode & 0o777) == 0o700
 
 
-def test_a_state_folder_that_cannot_be_made_counts_in_memory(tmp_path, monkeypatch, caplog):
+def test_a_lockout_that_cannot_keep_its_count_refuses_to_start(tmp_path, monkeypatch):
+    """A count that is lost at every restart is no lockout (a review got GRANTED after 7 denials
+    with the state folder replaced by a file): the door does not start (listen: exit 7)."""
+    from voicegate.device.door import LockoutStateError
+
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker))  # a file: no folder can be made under it
-    lock = Lockout.default(max_failures=1, window_s=60, cooloff_s=300)
-    assert lock.path is None and "counts alone" in caplog.text
-    lock.apply(rec("DENIED"))
+    with pytest.raises(LockoutStateError, match="cannot keep the lockout state"):
+        Lockout.default(max_failures=1, window_s=60, cooloff_s=300)
+    (tmp_path / "state.json").mkdir()  # a folder where the state file should be
+    with pytest.raises(LockoutStateError):
+        Lockout(tmp_path / "state.json", max_failures=1, window_s=60, cooloff_s=300)
+
+
+def test_a_state_that_cannot_be_saved_while_running_means_no_access(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    lock = Lockout(folder / "lockout.json", max_failures=5, window_s=60, cooloff_s=300)
+    (folder / "lockout.json").unlink()
+    (folder / "lockout.json").mkdir()  # from now on nothing can be saved there
     r = rec("GRANTED")
     lock.apply(r)
-    assert r["decision"] == "DENIED"
+    assert r["decision"] == "DENIED" and lock.unsaved
+
+
+def test_two_processes_share_one_count(tmp_path):
+    """Each decision re-reads the state under a lock (a review's 8 parallel listens counted 2)."""
+    path = tmp_path / "lockout.json"
+    a = Lockout(path, max_failures=3, window_s=60, cooloff_s=300)
+    b = Lockout(path, max_failures=3, window_s=60, cooloff_s=300)
+    a.apply(rec("DENIED"))
+    b.apply(rec("DENIED"))
+    assert a.apply(rec("DENIED"))["event"] == "lockout"
+    r = rec("GRANTED")
+    b.apply(r)
+    assert r["decision"] == "DENIED" and r["locked_out"]
+
+
+def test_a_state_far_in_the_future_is_held_to_the_longest_cool_off(tmp_path):
+    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+
+    clock = Clock()
+    path = tmp_path / "lockout.json"
+    path.write_text(json.dumps({"failures": [], "locked_until": clock.t + 9e9, "lockouts": 1}))
+    lock = Lockout(path, max_failures=3, window_s=60, cooloff_s=300, clock=clock)
+    assert lock.remaining() == pytest.approx(LOCKOUT_MAX_COOLOFF_S)
 
 
 def test_a_deeply_nested_lockout_state_is_a_cool_off(tmp_path):

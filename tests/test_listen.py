@@ -410,17 +410,43 @@ def test_exit_codes_for_model_audio_and_log_errors(tmp_path, stream, capsys):
     assert "model not found" in err[0] and "bad.wav" in err[1]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_full_audit_log_is_exit_7_with_one_line(tmp_path, stream, capsys, monkeypatch):
+    import errno
+
+    from voicegate.device import audit as audit_mod
     from voicegate.device.cli import main
 
     audio, _ = stream
     wav = write_wav(tmp_path / "talk.wav", audio)
     monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
-    assert main(["listen", "--from-file", str(wav), "--log", "/dev/full"]) == listen.EXIT_AUDIT == 7
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_mod.AuditLog, "_sync", full)  # the disk fills up at the first record
+    assert main(["listen", "--from-file", str(wav), "--log", str(tmp_path / "audit.jsonl")]) == listen.EXIT_AUDIT == 7
     out, err = capsys.readouterr()
     assert out == ""  # nothing is printed that is not in the log
     assert err.count("\n") == 1 and err.startswith("voicegate listen: error: cannot write the audit log")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_an_audit_log_that_is_no_regular_file_is_exit_7_at_once(kind, tmp_path, capsys, monkeypatch):
+    """A FIFO hung listen forever in the open (a review); /dev/full put the lockout state in /dev."""
+    from voicegate.device.cli import main
+
+    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
+    if kind == "device":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("needs /dev/full (Linux)")
+        log_path = Path("/dev/full")
+    else:
+        log_path = tmp_path / "audit.jsonl"
+        os.mkfifo(log_path) if kind == "fifo" else log_path.mkdir()
+    assert main(["listen", "--from-file", str(tmp_path / "x.wav"), "--log", str(log_path)]) == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err, err
+    assert not Path(str(log_path) + ".lockout.json").exists()
 
 
 def test_listen_records_a_loosened_threshold_in_every_record_and_refuses_past_the_bound(tmp_path, stream,
@@ -686,6 +712,16 @@ def test_endpointer_on_real_speech_never_straddles_a_pause(librispeech):
     (["--on-deny", " "], "--on-deny: empty command"),
     (["--max-utterances", "0"], "--max-utterances must be >= 1, got 0"),
     (["--loop", "-1"], "--loop must be >= 0, got -1"),
+    (["--lockout-window", "nan"], "--lockout-window: not a number: nan"),
+    (["--lockout-cooloff", "nan"], "--lockout-cooloff: not a number: nan"),
+    (["--lockout-cooloff", "inf"], "--lockout-cooloff: must be <= 86400"),
+    (["--hook-timeout", "nan"], "--hook-timeout: not a number: nan"),
+    (["--lockout-window", "1e-300"], "--lockout-window: must be >= 1"),
+    (["--lockout-after", "99999999999999999999"], "--lockout-after: must be <= 100"),
+    (["--on-grant", '""'], "--on-grant: empty command"),
+    (["--on-grant", "/nonexistent/open-door"], "/nonexistent/open-door: no such program"),
+    (["--on-deny", "no-such-program-anywhere x"], "no-such-program-anywhere: no such program"),
+    (["--on-grant", "'unclosed"], "--on-grant: No closing quotation"),
 ])
 def test_listen_option_problems_are_one_line_before_the_model_loads(argv, says, capsys, tmp_path):
     from voicegate.device.cli import main
@@ -705,3 +741,26 @@ def test_empty_file_names_are_said_as_such(capsys):
     assert "empty file name" in capsys.readouterr().err
     assert main(["enroll", "alice", "", "--profiles", "/nonexistent/p"]) == 2
     assert "empty file name" in capsys.readouterr().err
+
+
+def test_turning_the_lockout_off_is_said(tmp_path, stream, capsys, monkeypatch):
+    from voicegate.device.cli import main
+
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
+    main(["listen", "--from-file", str(wav), "--lockout-after", "0"])
+    assert "--lockout-after 0: no lockout" in capsys.readouterr().err
+
+
+def test_a_lockout_state_that_cannot_be_kept_stops_listen_with_exit_7(tmp_path, stream, capsys, monkeypatch):
+    from voicegate.device.cli import main
+
+    audio, _ = stream
+    wav = write_wav(tmp_path / "talk.wav", audio)
+    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
+    (tmp_path / "state").write_text("")  # a file where the state folder should go
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert main(["listen", "--from-file", str(wav)]) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot keep the lockout state" in err[0], err
