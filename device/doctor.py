@@ -40,7 +40,11 @@ CLIP_LEVEL = 0.999  # |sample| at or above this is full scale
 MAX_CLIPPED_FRACTION = 1e-3  # more full-scale samples than this: the capture gain is too high
 QUIET_MARGIN_DB = 20.0  # speech should reach this far above the gate's no-speech floor
 MIN_FREE_BYTES = 64 * 1024 * 1024  # audit log: about 100,000 decisions at ~600 bytes each
-DEFAULT_LOG = Path("~/.local/state/voicegate/audit.jsonl")  # the README's Pi deployment
+def default_log() -> Path:
+    """The README's Pi deployment's audit log: ``$XDG_STATE_HOME/voicegate/audit.jsonl``."""
+    from .xdg import base
+
+    return base("XDG_STATE_HOME") / "voicegate" / "audit.jsonl"
 BENCH_REPEATS, CHECK_REPEATS = 20, 3
 
 
@@ -181,8 +185,12 @@ def check_audio(device, seconds: float = MIC_SECONDS, record: bool = True, say=N
     return out + [Check("microphone", status, f"{seconds:g} s from {dev if dev is not None else 'default'}: {text}")]
 
 
-def check_disk(log_path: Path) -> Check:
-    p = log_path.expanduser()
+def check_disk(log_path: Path | None) -> Check:
+    """The audit log's folder is writable with room to spare (the lockout state lives beside it),
+    and the log, if it exists, is a regular file (listen refuses a FIFO or a device)."""
+    p = (default_log() if log_path is None else log_path).expanduser()
+    if os.path.lexists(p) and not p.is_file():
+        return Check("audit log disk", FAIL, f"{p} is not a regular file: listen refuses it (exit 7)")
     existing = next(d for d in [p, *p.parents] if d.exists())
     folder = existing if existing.is_dir() else existing.parent
     free = shutil.disk_usage(folder).free
@@ -236,8 +244,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="ID", help="input device to level-check: index or part of its name")
     p.add_argument("--no-mic", action="store_true", help="skip the 2 s microphone level check")
     p.add_argument("--profiles", metavar="DIR", help="profile store (default: $VOICEGATE_PROFILES, ...)")
-    p.add_argument("--log", metavar="PATH", default=str(DEFAULT_LOG),
-                   help="the audit log the door will write (default %(default)s)")
+    p.add_argument("--log", metavar="PATH",
+                   help="the audit log the door will write, its lockout state beside it "
+                        "(default $XDG_STATE_HOME/voicegate/audit.jsonl, ~/.local/state/...)")
     p.add_argument("--audio", metavar="WAV", help="utterance to time decisions on (default: the shipped example)")
     p.add_argument("--bench", action="store_true", help=f"time {BENCH_REPEATS} decisions and print a report to send back")
     p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
@@ -293,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
             print(c.line(), flush=True)
     n0 = len(checks)
     checks += check_audio(args.device, record=not args.no_mic, say=say)
-    checks.append(check_disk(Path(args.log)))
+    checks.append(check_disk(Path(args.log) if args.log else None))
     code, text = verdict(checks)
     if args.json:
         print(json.dumps({"verdict": text, "exit_code": code,

@@ -69,7 +69,7 @@ def demo_problem(args) -> str | None:
     the command line names two households, and the one a service was set up with must not be
     swapped silently for the public demo voices (a usage error, exit 2)."""
     named = os.environ.get(PROFILES_ENV)
-    if getattr(args, "demo", False) and named:
+    if getattr(args, "demo", False) and named is not None:  # set, even empty: the service named a store
         return (f"--demo and ${PROFILES_ENV} ({named}) name two households: leave out --demo, "
                 f"or unset {PROFILES_ENV}")
     return None

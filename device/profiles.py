@@ -240,7 +240,7 @@ class Profile:
                        _typed(doc, "created", str), _typed(doc, "updated", str))
         except ProfileError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: a 400-digit number
             raise ProfileError(f"{where}: unusable profile ({e}); remove it or re-enrol") from None
 
 

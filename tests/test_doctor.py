@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import types
@@ -260,6 +261,14 @@ def test_low_disk_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=10 * 2**20))
     c = doctor.check_disk(tmp_path / "audit.jsonl")
     assert c.status == doctor.FAIL and "10 MiB free" in c.message
+
+
+def test_the_audit_log_check_follows_xdg_state_home_and_wants_a_regular_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert str(tmp_path / "state" / "voicegate" / "audit.jsonl") in doctor.check_disk(None).message
+    os.mkfifo(tmp_path / "fifo")
+    c = doctor.check_disk(tmp_path / "fifo")
+    assert c.status == doctor.FAIL and "not a regular file" in c.message
 
 
 # --- the command -------------------------------------------------------------------------------

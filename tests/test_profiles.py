@@ -299,6 +299,7 @@ def _resigned(path, edit) -> None:
     (lambda d: d.update(sessions=[7]), "a session is not an object"),
     (lambda d: d.update(encoder_sha256="x" * 64), "not a sha256"),
     (lambda d: d.pop("updated"), "updated is missing"),
+    (lambda d: d["sessions"][0].update(speech_seconds=10 ** 400), "too large"),
 ])
 def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, why):
     """A wrong embedding_dim, all-zero embeddings or an impossible duration, checksum recomputed:
