@@ -132,9 +132,27 @@ def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: boo
         seed=seed,
     )
     warn_loosened(gate)
+    warn_classifier(gate, named_by_environment=not args.model)
     if warmup:
         gate.warmup()
     return gate
+
+
+def warn_classifier(gate, named_by_environment: bool) -> None:
+    """One stderr line when one of the study's classifiers decides because $VOICEGATE_MODEL names
+    it, or where people are enrolled: it lets in the speakers baked into its weights (public
+    recordings for the shipped ones), whoever is enrolled, so a variable left pointing at one is
+    seen. ``--model CLASSIFIER`` on a machine where nobody is enrolled is the study: no line."""
+    from .profiles import ProfileStore
+
+    try:
+        enrolled_here = os.path.lexists(ProfileStore(None).root)
+    except Exception:  # noqa: BLE001 (no home folder: nothing enrolled to say it about)
+        enrolled_here = False
+    if named_by_environment or enrolled_here:
+        print(f"voicegate: warning: {gate.path.name} is a classifier of the study: it lets in the "
+              "speakers baked into its weights, not the people enrolled with voicegate enroll",
+              file=sys.stderr)
 
 
 def warn_loosened(gate) -> None:

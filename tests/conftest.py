@@ -85,6 +85,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _own_state_dir(tmp_path_factory, monkeypatch):
-    """Each test has its own $XDG_STATE_HOME: listen keeps its lockout count there without
-    --log, and one test's denials must not lock another test's door (subprocesses inherit it)."""
+    """Each test has its own $XDG_STATE_HOME and $XDG_DATA_HOME: listen keeps its lockout count
+    in the first without --log, the per-user profile store lives in the second, and one test's
+    denials or enrolments must not reach another test or this machine's user (subprocesses
+    inherit both)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))

@@ -499,3 +499,20 @@ def test_a_usage_error_with_json_is_a_json_object_too(argv, capsys):
     assert len(cap.err.strip().splitlines()) == 1
     main(["enroll-check", "--demo", *argv, "f.wav"])
     assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+
+
+def test_a_classifier_named_by_the_environment_is_said(tmp_path, capsys, monkeypatch):
+    """$VOICEGATE_MODEL left pointing at a study classifier lets in the voices baked into it,
+    not the household: said on stderr (a review got the shipped classifier GRANTING a public
+    LibriSpeech reader with people enrolled and no word of it). --model on a machine where
+    nobody is enrolled is the study: no line."""
+    from synth import synth_voice, write_wav
+    from tiny_gate import write_gate_model
+
+    model = write_gate_model(tmp_path / "tiny.onnx", "mc", samples=8)
+    wav = write_wav(tmp_path / "v.wav", synth_voice("f1", 3.0, seed=1))
+    main(["enroll-check", str(wav), "--model", str(model)])
+    assert "is a classifier of the study" not in capsys.readouterr().err
+    monkeypatch.setenv("VOICEGATE_MODEL", str(model))
+    main(["enroll-check", str(wav)])
+    assert "tiny.onnx is a classifier of the study" in capsys.readouterr().err
