@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .console import first_command
 from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
-from .options import ONE_DECISION_SEED, add_model_arguments, load_gate, one_line
+from .options import ONE_DECISION_SEED, add_model_arguments, load_gate, one_line, write_line
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,12 @@ def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
 
 
-def _emit(text: str, stream=None) -> bool:
-    """Print ``text``; False (and nothing raised) when the stream cannot be written (a full
-    disk, a closed pipe). A lost stderr line never changes an exit code."""
-    stream = sys.stdout if stream is None else stream
-    try:
-        print(text, file=stream, flush=True)
-        return True
-    except (OSError, ValueError):  # ValueError: a closed file
-        return False
-
-
 def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
-    _emit(f"voicegate: {kind}: {one_line(message)}", sys.stderr)
+    write_line(f"voicegate: {kind}: {one_line(message)}", sys.stderr)
     if getattr(args, "json", False):
         import json
 
-        _emit(json.dumps({"decision": None, "error": kind, "reason": message, "exit_code": code}))
+        write_line(json.dumps({"decision": None, "error": kind, "reason": message, "exit_code": code}))
     return code
 
 
@@ -105,8 +94,8 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
                 f"({d.uncertainty_measure})  windows={d.windows}  method={d.method}  "
                 f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
                 + scores)
-    if not _emit(line):  # the decision was not said: never exit 0 on it
-        _emit(f"voicegate: output: cannot write the {d.decision} decision to stdout: exit {EXIT_MODEL}",
+    if not write_line(line):  # the decision was not said: never exit 0 on it
+        write_line(f"voicegate: output: cannot write the {d.decision} decision to stdout: exit {EXIT_MODEL}",
               sys.stderr)
         return EXIT_MODEL
     return d.exit_code
@@ -181,7 +170,7 @@ class OneLineParser(argparse.ArgumentParser):
         if OneLineParser.json_errors:  # a --json caller reads stdout: say it there too, as _fail does
             import json
 
-            _emit(json.dumps({"decision": None, "error": "usage", "reason": message, "exit_code": EXIT_USAGE}))
+            write_line(json.dumps({"decision": None, "error": "usage", "reason": message, "exit_code": EXIT_USAGE}))
         self.exit(EXIT_USAGE, f"{prog}: error: {one_line(message)} (see {prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
@@ -313,11 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"voicegate: {args.command}: {TRAIN_EXTRA_MESSAGE}", file=sys.stderr)
             return EXIT_USAGE
         log.debug("import failed", exc_info=True)
-        _emit(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
+        write_line(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
     except Exception as e:
         log.debug("command failed", exc_info=True)
-        _emit(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
+        write_line(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
 
 

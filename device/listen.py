@@ -35,7 +35,7 @@ from .contract import (
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
 from .door import LockoutStateError, add_door_arguments, door_from_args, hook_problem
 from .identify import add_profile_arguments, demo_problem
-from .options import add_model_arguments, load_gate, one_line
+from .options import add_model_arguments, load_gate, one_line, write_line
 from .policy import ThresholdError
 from .stream import (
     DEFAULT_CHUNK_SAMPLES,
@@ -99,8 +99,26 @@ def default_source_factory(args: argparse.Namespace) -> Callable[[], AudioSource
     return lambda: MicrophoneSource(device=args.device, chunk_samples=args.chunk_samples).open()
 
 
+class OutputError(OSError):
+    """A decision could not be written to stdout (a full disk, a closed pipe or descriptor)."""
+
+
 def _error(message: str) -> None:
-    print(f"voicegate listen: error: {one_line(message)}", file=sys.stderr)
+    write_line(f"voicegate listen: error: {one_line(message)}", sys.stderr)
+
+
+_ERROR_KINDS = {EXIT_USAGE: "usage", EXIT_AUDIO: "unusable audio", EXIT_MODEL: "model error",
+                EXIT_DEVICE: "audio device", EXIT_AUDIT: "audit log"}
+
+
+def _fail(args, code: int, message: str) -> int:
+    """One stderr line; with --json also a JSON object on stdout (as enroll-check does), so a
+    caller that reads stdout learns why there is no decision."""
+    _error(message)
+    if getattr(args, "json", False):
+        write_line(json.dumps({"decision": None, "error": _ERROR_KINDS.get(code, "error"), "reason": message,
+                               "exit_code": code}))
+    return code
 
 
 def _print_devices() -> int:
@@ -147,26 +165,19 @@ def run(
         return _print_devices()
     for name in ("chunk_samples", "threads"):
         if getattr(args, name) < 1:
-            _error(f"--{name.replace('_', '-')} must be at least 1")
-            return EXIT_USAGE
+            return _fail(args, EXIT_USAGE, f"--{name.replace('_', '-')} must be at least 1")
     if args.loop < 0:
-        _error(f"--loop must be >= 0, got {args.loop}")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, f"--loop must be >= 0, got {args.loop}")
     if args.max_utterances is not None and args.max_utterances < 1:
-        _error(f"--max-utterances must be >= 1, got {args.max_utterances}")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, f"--max-utterances must be >= 1, got {args.max_utterances}")
     if args.log is not None and not args.log.strip():  # an unset variable in a unit file: no silent "no log"
-        _error("--log: empty path (leave the option out for no audit log)")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, "--log: empty path (leave the option out for no audit log)")
     if args.loop != 1 and not args.from_file:
-        _error("--loop needs --from-file")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, "--loop needs --from-file")
     if args.from_file is not None and not args.from_file.strip():
-        _error("--from-file: empty file name")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, "--from-file: empty file name")
     if demo_problem(args) or hook_problem(args):
-        _error(demo_problem(args) or hook_problem(args))
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, demo_problem(args) or hook_problem(args))
 
     audit = None
     with _SigtermAsInterrupt():
@@ -175,8 +186,7 @@ def run(
                 try:
                     audit = AuditLog(args.log)
                 except OSError as e:
-                    _error(f"cannot open the audit log {args.log}: {e.strerror or e}")
-                    return EXIT_AUDIT
+                    return _fail(args, EXIT_AUDIT, f"cannot open the audit log {args.log}: {e.strerror or e}")
             code = _listen(args, audit, gate_factory, source_factory, listener_options)
         except KeyboardInterrupt:  # Ctrl-C while loading the model or opening the source
             code = EXIT_STOPPED
@@ -192,19 +202,15 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
     except (KeyboardInterrupt, SystemExit):
         raise
     except ThresholdError as e:  # out of range, or loosened too far without --unsafe-thresholds
-        _error(f"bad thresholds: {e}")
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, f"bad thresholds: {e}")
     except Exception as e:  # ModelError, or anything else while loading: no model, no gate
-        _error(str(e) or type(e).__name__)
-        return EXIT_MODEL
+        return _fail(args, EXIT_MODEL, str(e) or type(e).__name__)
     try:  # decision ids and the lockout on every decision; the hooks after each record
         gate, hooks = door_from_args(gate, args)
     except LockoutStateError as e:  # a count lost at every restart is no lockout: do not start
-        _error(f"{e}: set $XDG_STATE_HOME or --log to a folder this user can write")
-        return EXIT_AUDIT
+        return _fail(args, EXIT_AUDIT, f"{e}: set $XDG_STATE_HOME or --log to a folder this user can write")
     except ValueError as e:
-        _error(str(e))
-        return EXIT_USAGE
+        return _fail(args, EXIT_USAGE, str(e))
     if args.lockout_after == 0:
         print("voicegate listen: warning: --lockout-after 0: no lockout, a voice can be tried without limit",
               file=sys.stderr)
@@ -212,16 +218,16 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
     try:
         first = open_source()
     except AudioError as e:
-        _error(str(e))
-        return EXIT_AUDIO
+        return _fail(args, EXIT_AUDIO, str(e))
     except AudioDeviceError as e:
-        _error(str(e))
-        return EXIT_DEVICE
+        return _fail(args, EXIT_DEVICE, str(e))
 
     def emit(record: dict) -> None:
         if record.get("type") != "decision":
             return
-        print(json.dumps(record) if args.json else format_line(record), flush=True)
+        if not write_line(json.dumps(record) if args.json else format_line(record)):
+            # the decision is in the audit log, but nobody was told: no hook, and never exit 0
+            raise OutputError(f"cannot write the {record['decision']} decision to stdout: stopping (exit {EXIT_MODEL})")
         hooks.fire(record)  # background thread; never blocks the loop
 
     listener = Listener(
@@ -236,12 +242,13 @@ def _listen(args, audit, gate_factory, source_factory, listener_options) -> int:
     try:
         code = listener.run(first)
     except AuditError as e:
-        _error(str(e))
-        return EXIT_AUDIT
+        return _fail(args, EXIT_AUDIT, str(e))
+    except OutputError as e:
+        return _fail(args, EXIT_MODEL, str(e))
     finally:
         hooks.wait()  # the last decision's --on-grant / --on-deny runs before the process exits
     if code in (EXIT_AUDIO, EXIT_DEVICE):
-        _error(listener.last_error or "the audio source failed")
+        _fail(args, code, listener.last_error or "the audio source failed")
     log.info("listen stopped: %s", listener.stats.to_dict())
     return code
 
@@ -255,7 +262,7 @@ def _close_audit(audit: Optional[AuditLog], code: int) -> int:
     except AuditError as e:
         if code != EXIT_AUDIT:
             _error(str(e))
-        return EXIT_AUDIT
+            return EXIT_AUDIT
     return code
 
 

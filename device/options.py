@@ -105,6 +105,24 @@ def one_line(text) -> str:
 ONE_DECISION_SEED = 0
 
 
+_STDOUT = object()
+
+
+def write_line(text: str, stream=_STDOUT) -> bool:
+    """Print ``text`` and flush; False (nothing raised) when the stream cannot be written: a full
+    disk, a closed pipe, or no stream at all (a process started with that descriptor closed).
+    enroll-check and listen never exit 0 on a decision they could not say; a lost stderr line
+    changes no exit code."""
+    stream = sys.stdout if stream is _STDOUT else stream
+    if stream is None:  # sys.stdout / sys.stderr are None when the descriptor was closed at start
+        return False
+    try:
+        print(text, file=stream, flush=True)
+        return True
+    except (OSError, ValueError):  # ValueError: a closed file
+        return False
+
+
 def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True,
               seed: int | None = None):
     """The gate the command line's model options name (raises ModelError, ThresholdError, ...).

@@ -516,3 +516,12 @@ def test_a_classifier_named_by_the_environment_is_said(tmp_path, capsys, monkeyp
     monkeypatch.setenv("VOICEGATE_MODEL", str(model))
     main(["enroll-check", str(wav)])
     assert "tiny.onnx is a classifier of the study" in capsys.readouterr().err
+
+
+def test_enroll_check_with_stdout_closed_is_exit_5():
+    member = sorted((REPO / "models").glob("example-*.flac"))[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
+    r = subprocess.run([sys.executable, "-m", "voicegate.device", "enroll-check", "--demo", str(member)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 5 and "cannot write the GRANTED decision" in r.stderr, r.stderr

@@ -764,3 +764,26 @@ def test_a_lockout_state_that_cannot_be_kept_stops_listen_with_exit_7(tmp_path, 
     assert main(["listen", "--from-file", str(wav)]) == 7
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot keep the lockout state" in err[0], err
+
+
+def test_listen_usage_errors_with_json_are_json_too(capsys, tmp_path):
+    from voicegate.device.cli import main
+
+    code = main(["listen", "--demo", "--json", "--from-file", str(tmp_path / "x.wav"), "--max-utterances", "0"])
+    cap = capsys.readouterr()
+    d = json.loads(cap.out)
+    assert code == 2 and d == {"decision": None, "error": "usage", "exit_code": 2,
+                               "reason": "--max-utterances must be >= 1, got 0"}
+
+
+def test_listen_with_stdout_closed_never_exits_0_nor_runs_the_hook(tmp_path):
+    """`listen ... >&-` printed nothing, ran the hook and exited 0 (a review)."""
+    member = sorted((Path(__file__).resolve().parents[1] / "models").glob("example-*.flac"))[0]
+    marker = tmp_path / "opened"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
+    r = subprocess.run([sys.executable, "-m", "voicegate.device", "listen", "--demo", "--from-file", str(member),
+                        "--max-utterances", "1", "--on-grant", f"touch {marker}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 5 and "cannot write the" in r.stderr, r.stderr
+    assert not marker.exists()
