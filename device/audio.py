@@ -24,7 +24,7 @@ from .resample import resample
 
 log = logging.getLogger(__name__)
 
-_CHUNK_LOG = re.compile(r"^(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
+_CHUNK_LOG = re.compile(r"^([A-Za-z][A-Za-z ]*?)\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
 # --- audio constants -------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Hz: everything downstream of load_audio runs at this rate
@@ -186,15 +186,21 @@ def _open(p: Path, max_seconds: float | None):
 
 
 _UNKNOWN_LENGTHS = (0, 0xFFFFFFFF)  # a streamed WAV: no length was written, all its audio is there
+_LOGGED_LENGTH_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "SVX")
+_AUDIO_CHUNKS = {"data", "ssnd", "data size", "body"}  # the audio's own length: exact
+_FILE_CHUNKS = {"riff", "riff size", "form"}  # the whole file's: a few bytes of slack (padding)
+_FILE_SLACK = 64
 
 
 def _truncated(f) -> str | None:
-    """Why a WAV or AIFF file is shorter than its own header says (None if it is not).
+    """Why a WAV/RF64/W64/AIFF/AU/SVX file is shorter than its own header says (None if not).
 
     libsndfile reads what is there and notes the difference in its log ("data : 160000 (should
-    be 79978)"); a file cut in half would otherwise be decided on from its first half. A header
-    that gives no length (a streamed recording) is not a cut."""
-    if f.format not in ("WAV", "WAVEX", "RF64", "AIFF"):
+    be 79978)"; RF64 and W64 log only the whole file's size); a file cut in half would otherwise
+    be decided on from its first half. A header that gives no length (a streamed recording) is
+    not a cut. Formats whose log says nothing (NIST, IRCAM, VOC, PAF, MAT, and Ogg or MP3, which
+    carry no length up front) cannot be checked this way."""
+    if f.format not in _LOGGED_LENGTH_FORMATS:
         return None
     try:
         info = f.extra_info
@@ -202,8 +208,13 @@ def _truncated(f) -> str | None:
         return None
     for line in info.splitlines():
         m = _CHUNK_LOG.match(line.strip())
-        if m and int(m.group(2)) not in _UNKNOWN_LENGTHS and int(m.group(2)) > int(m.group(3)):
-            return f"its header promises {int(m.group(2))} bytes of audio, {int(m.group(3))} are there"
+        if not m:
+            continue
+        label, said, there = m.group(1).strip().lower(), int(m.group(2)), int(m.group(3))
+        if said in _UNKNOWN_LENGTHS:
+            continue
+        if (label in _AUDIO_CHUNKS and said > there) or (label in _FILE_CHUNKS and said > there + _FILE_SLACK):
+            return f"its header promises {said} bytes, {there} are there"
     return None
 
 

@@ -177,10 +177,14 @@ class OneLineParser(argparse.ArgumentParser):
         """As argparse's, but an unknown option is reported by the command it was given to."""
         ns, extras = self.parse_known_args(args, namespace)
         dest = getattr(ns, "intermixed_positionals", None)  # a command's trailing FILE... list
-        if extras and dest and not any(x.startswith("-") for x in extras):
-            # `enroll alice --profiles hh a.flac b.flac`: argparse has closed FILE... at the option
-            setattr(ns, dest, list(getattr(ns, dest) or []) + extras)
-            extras = []
+        if extras and dest:
+            # `enroll alice --profiles hh a.flac b.flac`: argparse has closed FILE... at the option;
+            # after `--` every word is a FILE, also one that starts with "-"
+            cut = extras.index("--") if "--" in extras else len(extras)
+            words, after = extras[:cut], extras[cut + 1:]
+            if not any(x.startswith("-") for x in words):
+                setattr(ns, dest, list(getattr(ns, dest) or []) + words + after)
+                extras = []
         if extras:
             command = getattr(ns, "command", None)
             self._usage_exit(f"{self.prog} {command}" if command else self.prog,

@@ -306,3 +306,21 @@ def test_corpus_preparation_skips_every_bad_file(suite, tmp_path):
     for f, kind in bad.items():
         assert kind.reason in skipped[f].lower(), (f, skipped[f])
     assert set(pc.index.recording) == {f"{s}/{s}-{i}" for s in ("f1", "m1") for i in range(3)}
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "SVX"])
+def test_a_file_cut_short_is_refused_in_every_format_whose_header_gives_a_length(fmt, tmp_path):
+    """A review's RF64, W64 and AU copies cut at 60 % were GRANTED from their first part."""
+    from synth import synth_voice
+
+    import soundfile as sf
+
+    x = synth_voice("f1", 3.0, seed=2)
+    full = tmp_path / f"full.{fmt.lower()}"
+    sf.write(full, x, A.SAMPLE_RATE, format=fmt, subtype="PCM_16")
+    assert A.load_audio(full).size > 0  # the whole file reads
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(A.AudioError, match="cut short"):
+        A.load_audio(cut)

@@ -340,7 +340,7 @@ def test_listen_with_demo_says_public_recordings_open_it(capsys, monkeypatch):
     assert "public LibriSpeech recordings" in capsys.readouterr().err
 
 
-def test_enroll_files_may_follow_the_options(tmp_path, clips, model):  # noqa: F811
+def test_enroll_files_may_follow_the_options(tmp_path, clips, model, capsys):  # noqa: F811
     """`voicegate enroll alice --profiles DIR a.wav b.wav` (a review got "unrecognized arguments")."""
     from pathlib import Path
 
@@ -351,3 +351,5 @@ def test_enroll_files_may_follow_the_options(tmp_path, clips, model):  # noqa: F
     assert main(["enroll", "alice", "--profiles", str(root), a, "--model", str(model), b]) == 0
     assert [Path(f).name for f in ProfileStore(root).load("alice").sessions[0].sources] == [Path(a).name, Path(b).name]
     assert main(["enroll", "bob", "--profiles", str(root), a, "--bogus", b]) == 2  # an unknown option still is one
+    assert main(["enroll", "bob", "--profiles", str(root), "--force", "--", str(tmp_path / "-x.wav")]) == 4
+    assert "-x.wav: no such file" in capsys.readouterr().err  # after `--`, a FILE may start with "-"
