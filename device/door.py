@@ -140,8 +140,10 @@ class Lockout:
         """Update with one decision record (changed in place); return a lockout event or None."""
         with self._locked():
             self._load()  # what other processes on this door counted meanwhile
+            before = (list(self.failures), self.locked_until, self.lockouts)
             event = self._apply(record)
-            self._save()
+            if self.unsaved or before != (self.failures, self.locked_until, self.lockouts):
+                self._save()  # only a change is written (and fsync'd): a plain GRANTED waits for no disk
         return event
 
     def _apply(self, record: dict) -> Optional[dict]:
