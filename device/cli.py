@@ -254,7 +254,42 @@ def hoist_global_flags(argv: list) -> list:
     return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:] if flags else argv
 
 
+class _QuietStderr:
+    """sys.stderr for the length of a command: a line that cannot be written (a full disk, a
+    closed descriptor) is dropped, never an exception. A warning that cannot be said must not
+    change an exit code, nor make ``enroll`` report failure for a profile it has written."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text) if self.stream is not None else len(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self):
+        try:
+            if self.stream is not None:
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    saved = sys.stderr
+    if not isinstance(saved, _QuietStderr):
+        sys.stderr = _QuietStderr(saved)
+    try:
+        return _main(argv)
+    finally:
+        sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     before = argv[: argv.index("--") if "--" in argv else len(argv)]
     if "-h" in before or "--help" in before:  # help wherever it stands, even after a bad value
@@ -331,10 +366,15 @@ def console_main() -> None:
     if first_command(argv) not in FAST_EXIT_COMMANDS:
         sys.exit(code)
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except Exception:  # a closed pipe: the decision may not have reached the caller
         code = code or EXIT_MODEL  # never 0 (GRANTED) when it may not have been said
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except Exception:  # noqa: BLE001 (a lost diagnostic changes no exit code)
+        pass
     logging.shutdown()
     os._exit(code)
 

@@ -235,7 +235,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("exit codes: 0 READY (every check passed or does not apply), 1 NOT READY, 2 usage error, "
                 "10 --help printed")
     p.add_argument("--model", metavar="PATH",
-                   help="the door's model (default: $VOICEGATE_MODEL, else the shipped encoder, else classifier)")
+                   help="the door's model (default: $VOICEGATE_MODEL, else $VOICEGATE_ENCODER, else the shipped "
+                        "encoder, else classifier)")
     p.add_argument("--method", choices=("mc", "ensemble"),
                    help="which shipped model to check: the encoder of this method (the door's default), "
                         "or the study's classifier in a build without an encoder")

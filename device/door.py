@@ -102,6 +102,8 @@ class Lockout:
         self.unsaved = False  # the last change could not be written: no access until it is
         with self._locked():
             self._load(first=True)
+            if self.path is not None and not self.unsaved:
+                self._save()  # can it be written? A door finds out at the start, not at a denial
         if self.unsaved:
             raise LockoutStateError(f"cannot keep the lockout state in {self.path}")
 
@@ -234,7 +236,9 @@ class Lockout:
         if locked_until > latest:  # a clock that ran ahead, or an edit: no lockout is longer than this
             log.warning("%s: lockout state ends in %.0f s, more than any cool-off: held to %.0f s",
                         self.path, locked_until - self.clock(), self.longest())
-            locked_until = latest
+            self.failures, self.locked_until, self.lockouts = failures, latest, min(lockouts, 64)
+            self._save()  # held to an hour from now, once: not an hour from every later read
+            return
         self.failures, self.locked_until, self.lockouts = failures, locked_until, min(lockouts, 64)
 
     def _fail_closed(self, why: str) -> None:

@@ -233,6 +233,8 @@ class Profile:
             sessions = [_session(s, dim) for s in _typed(doc, "sessions", list)]
             if not sessions:
                 raise ValueError("no enrolment sessions")
+            if "speech_seconds" in doc:  # the total is recomputed from the sessions; still a duration
+                check_seconds(_typed(doc, "speech_seconds", float))
             sha = _typed(doc, "encoder_sha256", str)
             if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
                 raise ValueError("encoder_sha256 is not a sha256")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .contract import EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
@@ -91,8 +92,9 @@ def _summary(store: ProfileStore, name: str, encoder: tuple[str, int] | None) ->
 
 def _list(args, store: ProfileStore) -> int:
     if not store.exists():
-        print(f"voicegate profiles: no profile store at {store.root} (nobody enrolled yet; "
-              "voicegate enroll NAME FILE...)", file=sys.stderr)
+        why = ("is not a folder (a file, or a link to something missing: a disk not mounted?)"
+               if os.path.lexists(store.root) else "does not exist (nobody enrolled yet; voicegate enroll NAME FILE...)")
+        print(f"voicegate profiles: the profile store {store.root} {why}", file=sys.stderr)
         if args.json:
             print(json.dumps({"store": str(store.root), "profiles": []}))
         return EXIT_MODEL

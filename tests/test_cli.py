@@ -525,3 +525,21 @@ def test_enroll_check_with_stdout_closed_is_exit_5():
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                        preexec_fn=lambda: os.close(1))
     assert r.returncode == 5 and "cannot write the GRANTED decision" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["enroll-check", "{member}", "--demo", "--accept", "0.85"], 0),  # a loosened-threshold warning on stderr
+    (["enroll-check", "{member}", "--demo"], 0),
+    (["listen", "--demo", "--from-file", "{member}", "--max-utterances", "1"], 0),  # the --demo warning
+])
+def test_warnings_on_an_unwritable_stderr_change_no_exit_code(argv, code):
+    """A review got exit 5 for a GRANTED whose warning could not be written (stderr on a full
+    disk), and `enroll` reported failure for a profile it had stored."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    member = str(sorted((REPO / "models").glob("example-*.flac"))[0])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "voicegate.device", *[a.format(member=member) for a in argv]],
+                           stdout=subprocess.PIPE, stderr=full, text=True, env=env)
+    assert r.returncode == code and "GRANTED" in r.stdout, (r.returncode, r.stdout)

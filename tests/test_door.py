@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -256,6 +257,10 @@ def test_a_state_far_in_the_future_is_held_to_the_longest_cool_off(tmp_path):
     path.write_text(json.dumps({"failures": [], "locked_until": clock.t + 9e9, "lockouts": 1}))
     lock = Lockout(path, max_failures=3, window_s=60, cooloff_s=300, clock=clock)
     assert lock.remaining() == pytest.approx(LOCKOUT_MAX_COOLOFF_S)
+    clock.t += LOCKOUT_MAX_COOLOFF_S + 1  # an hour later the door opens again (the hold was saved)
+    r = rec("GRANTED")
+    lock.apply(r)
+    assert r["decision"] == "GRANTED", r
 
 
 def test_a_deeply_nested_lockout_state_is_a_cool_off(tmp_path):
@@ -307,3 +312,26 @@ def test_a_relative_xdg_folder_is_ignored_not_taken_from_the_current_folder(tmp_
     assert profiles.default_dir() == tmp_path / ".local" / "share" / "voicegate" / "profiles"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "abs"))
     assert default_state_dir() == tmp_path / "abs" / "voicegate"
+
+
+def test_a_state_folder_made_read_only_is_found_at_the_start(tmp_path):
+    """A review made the folder read-only after the first run: 7 denials, then GRANTED."""
+    import subprocess
+    import sys as _sys
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    Lockout(folder / "lockout.json", max_failures=3, window_s=60, cooloff_s=300)
+    folder.chmod(0o500)
+    try:
+        code = ("import sys; from voicegate.device.door import Lockout, LockoutStateError\n"
+                "try:\n    Lockout(sys.argv[1], max_failures=3, window_s=60, cooloff_s=300)\n"
+                "except LockoutStateError:\n    sys.exit(7)\n")
+        # as a user without CAP_DAC_OVERRIDE (root ignores folder modes): setpriv if it is there
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+        if prefix and subprocess.run(["which", "setpriv"], capture_output=True).returncode != 0:
+            pytest.skip("running as root without setpriv: folder modes do not apply")
+        r = subprocess.run(prefix + [_sys.executable, "-c", code, str(folder / "lockout.json")])
+        assert r.returncode == 7
+    finally:
+        folder.chmod(0o700)

@@ -353,3 +353,27 @@ def test_enroll_files_may_follow_the_options(tmp_path, clips, model, capsys):  #
     assert main(["enroll", "bob", "--profiles", str(root), a, "--bogus", b]) == 2  # an unknown option still is one
     assert main(["enroll", "bob", "--profiles", str(root), "--force", "--", str(tmp_path / "-x.wav")]) == 4
     assert "-x.wav: no such file" in capsys.readouterr().err  # after `--`, a FILE may start with "-"
+
+
+def test_enroll_with_an_unwritable_stderr_still_says_enrolled_by_its_exit_code(tmp_path, clips, model, monkeypatch):  # noqa: F811
+    """A review's `enroll ... 2>/dev/full` stored the profile and exited 5 (the warning line failed)."""
+    import sys
+
+    from voicegate.device.profiles import ProfileStore
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+    import soundfile as sf
+
+    x, sr = sf.read(clips["f1"][0], dtype="float32")
+    biased = write_wav(tmp_path / "biased.wav", x + np.float32(0.1))  # a DC-offset warning goes to stderr
+    monkeypatch.setattr(sys, "stderr", Full())
+    root = tmp_path / "p"
+    argv = ["enroll", "alice", str(biased), clips["f1"][1], "--profiles", str(root), "--model", str(model), "--force"]
+    assert main(argv) == 0
+    assert ProfileStore(root).names() == ["alice"]

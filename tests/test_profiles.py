@@ -221,7 +221,10 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("VOICEGATE_PROFILES")
     assert "is empty" in capsys.readouterr().err
     assert cli("--profiles", root, "list") == 5  # no store yet
-    assert "no profile store" in capsys.readouterr().err
+    assert "does not exist (nobody enrolled yet" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert cli("--profiles", str(tmp_path / "afile"), "list") == 5  # a file where the store should be
+    assert "is not a folder (a file, or a link to something missing" in capsys.readouterr().err
     assert cli("--profiles", root, "remove", "alice") == 5  # and a mistyped remove does not create one
     assert cli("--profiles", root, "rename", "alice", "bob") == 5
     assert not (tmp_path / "p").exists()
@@ -300,6 +303,7 @@ def _resigned(path, edit) -> None:
     (lambda d: d.update(encoder_sha256="x" * 64), "not a sha256"),
     (lambda d: d.pop("updated"), "updated is missing"),
     (lambda d: d["sessions"][0].update(speech_seconds=10 ** 400), "too large"),
+    (lambda d: d.update(speech_seconds="abc"), "speech_seconds is str"),  # the stored total too
 ])
 def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, why):
     """A wrong embedding_dim, all-zero embeddings or an impossible duration, checksum recomputed:
