@@ -187,7 +187,16 @@ def check_audio(device, seconds: float = MIC_SECONDS, record: bool = True, say=N
 
 def check_disk(log_path: Path | None) -> Check:
     """The audit log's folder is writable with room to spare (the lockout state lives beside it),
-    and the log, if it exists, is a regular file (listen refuses a FIFO or a device)."""
+    and the log, if it exists, is a regular file (listen refuses a FIFO or a device). Anything the
+    check did not foresee (a folder on the way that cannot be searched) is a FAIL too."""
+    try:
+        return _check_disk(log_path)
+    except Exception as e:  # noqa: BLE001 (the doctor always reaches its verdict)
+        return Check("audit log disk", FAIL, f"cannot check the audit log's folder ({type(e).__name__}: "
+                                             f"{first_line(e)})")
+
+
+def _check_disk(log_path: Path | None) -> Check:
     p = (default_log() if log_path is None else log_path).expanduser()
     if os.path.lexists(p) and not p.is_file():
         return Check("audit log disk", FAIL, f"{p} is not a regular file: listen refuses it (exit 7)")

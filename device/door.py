@@ -89,9 +89,9 @@ class Lockout:
     def __init__(self, path: Optional[Path] = None, max_failures: int = LOCKOUT_FAILURES,
                  window_s: float = LOCKOUT_WINDOW_S, cooloff_s: float = LOCKOUT_COOLOFF_S,
                  clock: Callable[[], float] = time.time, audit_path: Optional[Path] = None):
-        if not (max_failures >= 1 and window_s > 0 and cooloff_s >= 0
+        if not (max_failures >= 1 and window_s > 0 and cooloff_s > 0
                 and math.isfinite(window_s) and math.isfinite(cooloff_s)):
-            raise ValueError("lockout needs max_failures >= 1, a finite window_s > 0 and cooloff_s >= 0")
+            raise ValueError("lockout needs max_failures >= 1, and a finite window_s and cooloff_s > 0")
         self.path = Path(path) if path else None
         self.max_failures, self.window_s, self.cooloff_s = int(max_failures), float(window_s), float(cooloff_s)
         self.clock = clock
@@ -100,6 +100,7 @@ class Lockout:
         self.locked_until = 0.0
         self.lockouts = 0  # lockouts in a row with no GRANTED between them (the cool-off doubles)
         self.unsaved = False  # the last change could not be written: no access until it is
+        self._lock_failed = False  # STATE.lock could not be opened: no shared count, no access
         with self._locked():
             self._load(first=True)
             if self.path is not None and not self.unsaved:
@@ -142,6 +143,8 @@ class Lockout:
         """Update with one decision record (changed in place); return a lockout event or None."""
         with self._locked():
             self._load()  # what other processes on this door counted meanwhile
+            if self.unsaved:
+                self._save()  # can it be written again? Then this decision is judged normally
             before = (list(self.failures), self.locked_until, self.lockouts)
             event = self._apply(record)
             if self.unsaved or before != (self.failures, self.locked_until, self.lockouts):
@@ -188,12 +191,18 @@ class Lockout:
 
         @contextlib.contextmanager
         def held():
-            try:
-                fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as e:  # no lock, no shared count: the next save fails closed as well
-                log.error("%s: cannot lock the lockout state: %s", self.path, e.strerror or e)
+            try:  # O_NOFOLLOW: a planted link must not make listen create or open a file elsewhere
+                fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                             os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except OSError as e:  # no lock, no shared count: no access (listen does not start)
+                if not self.unsaved:
+                    log.error("%s: cannot lock the lockout state (%s): no access until it can be",
+                              self.path, e.strerror or e)
+                self.unsaved = True
+                self._lock_failed = True
                 yield
                 return
+            self._lock_failed = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -262,14 +271,19 @@ class Lockout:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            self.unsaved = False
+            tmp = None
+            self.unsaved = self._lock_failed  # saved, but without the lock the count is not shared
         except OSError as e:
-            if tmp is not None and os.path.lexists(tmp):
-                os.unlink(tmp)
             if not self.unsaved:
                 log.error("%s: cannot save the lockout state (%s): no access until it can be",
                           self.path, e.strerror or e)
             self.unsaved = True
+        finally:  # also when a SIGTERM (KeyboardInterrupt) arrives mid-write: no temp file left
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
 
 def hook_env(record: dict) -> dict:
@@ -415,7 +429,7 @@ def add_door_arguments(p) -> None:
                         f"(default {LOCKOUT_FAILURES}, at most {MAX_LOCKOUT_AFTER}; 0 turns the lockout off)")
     p.add_argument("--lockout-window", type=number(float, 1.0, DAY_S, finite=True), default=LOCKOUT_WINDOW_S,
                    metavar="S", help=f"the lockout's counting window (default {LOCKOUT_WINDOW_S:.0f} s, 1 s to a day)")
-    p.add_argument("--lockout-cooloff", type=number(float, 0.0, DAY_S, finite=True), default=LOCKOUT_COOLOFF_S,
+    p.add_argument("--lockout-cooloff", type=number(float, 1.0, DAY_S, finite=True), default=LOCKOUT_COOLOFF_S,
                    metavar="S", help=f"how long a first lockout lasts (default {LOCKOUT_COOLOFF_S:.0f} s; "
                                      "it doubles for lockouts in a row)")
 

@@ -242,8 +242,10 @@ class Profile:
                        _typed(doc, "created", str), _typed(doc, "updated", str))
         except ProfileError:
             raise
-        except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: a 400-digit number
-            raise ProfileError(f"{where}: unusable profile ({e}); remove it or re-enrol") from None
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:  # a 400-digit number;
+            # nesting that json.loads just read but the checksum's json.dumps cannot write back
+            why = "nested too deep" if isinstance(e, RecursionError) else e
+            raise ProfileError(f"{where}: unusable profile ({why}); remove it or re-enrol") from None
 
 
 _JSON_TYPES = {int: "a whole number", float: "a number", str: "text", list: "a list", dict: "an object"}

@@ -23,7 +23,7 @@ def base(var: str) -> Path:
     """The folder ``var`` names (absolute paths only), else its default under the home folder."""
     value = os.environ.get(var)
     if value:
-        path = Path(value).expanduser()
+        path = Path(value)  # no ~ expansion (the spec has none): "~nosuchuser/x" is just relative
         if path.is_absolute():
             return path
         _warn_relative(var, value)

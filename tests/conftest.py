@@ -91,3 +91,5 @@ def _own_state_dir(tmp_path_factory, monkeypatch):
     inherit both)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+    for var in ("VOICEGATE_PROFILES", "VOICEGATE_MODEL", "VOICEGATE_ENCODER"):  # the caller's door is not the tests'
+        monkeypatch.delenv(var, raising=False)

@@ -263,6 +263,15 @@ def test_low_disk_fails(tmp_path, monkeypatch):
     assert c.status == doctor.FAIL and "10 MiB free" in c.message
 
 
+def test_an_unforeseen_error_in_the_disk_check_is_a_fail(tmp_path, monkeypatch):
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(doctor.Path, "exists", denied)
+    c = doctor.check_disk(tmp_path / "x" / "audit.jsonl")
+    assert c.status == doctor.FAIL and "PermissionError" in c.message
+
+
 def test_the_audit_log_check_follows_xdg_state_home_and_wants_a_regular_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert str(tmp_path / "state" / "voicegate" / "audit.jsonl") in doctor.check_disk(None).message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 import sys
 import time
 
@@ -310,6 +311,8 @@ def test_a_relative_xdg_folder_is_ignored_not_taken_from_the_current_folder(tmp_
     monkeypatch.setenv("XDG_DATA_HOME", "./data")
     assert default_state_dir() == tmp_path / ".local" / "state" / "voicegate"
     assert profiles.default_dir() == tmp_path / ".local" / "share" / "voicegate" / "profiles"
+    monkeypatch.setenv("XDG_STATE_HOME", "~nosuchuser/s")  # no ~ expansion: relative, ignored (no crash)
+    assert default_state_dir() == tmp_path / ".local" / "state" / "voicegate"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "abs"))
     assert default_state_dir() == tmp_path / "abs" / "voicegate"
 
@@ -335,3 +338,79 @@ def test_a_state_folder_made_read_only_is_found_at_the_start(tmp_path):
         assert r.returncode == 7
     finally:
         folder.chmod(0o700)
+
+
+def test_a_lock_that_cannot_be_taken_means_no_access(tmp_path):
+    """A root-owned (or linked) STATE.lock left no lock and no shared count (a code review): the
+    door does not start."""
+    from voicegate.device.door import LockoutStateError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lockout.json.lock").mkdir()  # cannot be opened as the lock
+    with pytest.raises(LockoutStateError):
+        Lockout(tmp_path / "a" / "lockout.json", max_failures=3, window_s=60, cooloff_s=300)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "lockout.json.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LockoutStateError):
+        Lockout(tmp_path / "b" / "lockout.json", max_failures=3, window_s=60, cooloff_s=300)
+    assert not (tmp_path / "elsewhere").exists()  # the link was not followed
+
+
+def test_a_save_that_fails_mid_run_denies_without_a_cool_off(tmp_path, monkeypatch):
+    from voicegate.device import door
+
+    lock = Lockout(tmp_path / "lockout.json", max_failures=5, window_s=60, cooloff_s=300)
+
+    def no_room(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(door.tempfile, "mkstemp", no_room)
+    lock.apply(rec("DENIED"))  # counted, but not saved
+    assert lock.unsaved and lock.remaining() == 0
+    r = rec("GRANTED")
+    lock.apply(r)
+    assert r["decision"] == "DENIED" and "cannot be saved" in r["reason"]
+    monkeypatch.undo()
+    r = rec("GRANTED")
+    lock.apply(r)  # saved again: the door opens
+    assert r["decision"] == "GRANTED" and not lock.unsaved
+    assert not list(tmp_path.glob(".lockout.*"))  # no temp file left
+
+
+def _deny_n(path: str, n: int) -> None:
+    lock = Lockout(path, max_failures=1000, window_s=600, cooloff_s=300)
+    for _ in range(n):
+        lock.apply(rec("DENIED"))
+
+
+def test_processes_deciding_at_once_lose_no_count(tmp_path):
+    """The lock, not only the re-read: 6 processes, 10 denials each, all counted."""
+    import multiprocessing
+
+    path = str(tmp_path / "lockout.json")
+    Lockout(path, max_failures=1000, window_s=600, cooloff_s=300)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_deny_n, args=(path, 10)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert len(json.loads(Path(path).read_text())["failures"]) == 60
+
+
+def test_a_far_future_state_written_while_running_is_held_and_saved(tmp_path):
+    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+
+    clock = Clock()
+    path = tmp_path / "lockout.json"
+    lock = Lockout(path, max_failures=3, window_s=60, cooloff_s=300, clock=clock)
+    path.write_text(json.dumps({"failures": [], "locked_until": clock.t + 9e9, "lockouts": 1}))
+    lock.apply(rec("DENIED"))
+    assert lock.remaining() == pytest.approx(LOCKOUT_MAX_COOLOFF_S)
+    assert json.loads(path.read_text())["locked_until"] == pytest.approx(clock.t + LOCKOUT_MAX_COOLOFF_S)
+
+
+def test_a_zero_cool_off_is_refused():
+    with pytest.raises(ValueError):
+        Lockout(None, max_failures=3, window_s=60, cooloff_s=0)

@@ -316,6 +316,21 @@ def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, 
     assert "unusable profile" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_nesting_the_checksum_cannot_write_back_is_refused_in_one_line(tmp_path, monkeypatch):
+    """json.loads can read a depth that json.dumps (the checksum) cannot write (a code review)."""
+    from voicegate.device import profiles
+
+    store = ProfileStore(tmp_path / "p")
+    store.add_session("alice", SHA_A, DIM, session(1))
+
+    def too_deep(doc):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(profiles, "checksum", too_deep)
+    with pytest.raises(ProfileError, match="unusable profile \\(nested too deep\\)"):
+        store.load("alice")
+
+
 def test_a_deeply_nested_profile_file_is_refused_in_one_line(tmp_path):
     store = ProfileStore(tmp_path / "p")
     store.add_session("alice", SHA_A, DIM, session(1))
