@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .console import first_command
 from .contract import EXIT_AUDIO, EXIT_CODES_HELP, EXIT_INFO, EXIT_MODEL, EXIT_USAGE
-from .options import ONE_DECISION_SEED, add_model_arguments, load_gate, one_line, write_line
+from .options import ONE_DECISION_SEED, add_model_arguments, load_gate, one_line, quiet_stderr, write_line
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _enroll_check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
-    write_line(f"voicegate: {kind}: {one_line(message)}", sys.stderr)
+    print(f"voicegate: {kind}: {one_line(message)}", file=sys.stderr)
     if getattr(args, "json", False):
         import json
 
@@ -95,8 +95,8 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
                 f"latency={d.latency_ms:.1f} ms" + ("  thresholds=LOOSENED" if d.thresholds_loosened else "")
                 + scores)
     if not write_line(line):  # the decision was not said: never exit 0 on it
-        write_line(f"voicegate: output: cannot write the {d.decision} decision to stdout: exit {EXIT_MODEL}",
-              sys.stderr)
+        print(f"voicegate: output: cannot write the {d.decision} decision to stdout: exit {EXIT_MODEL}",
+              file=sys.stderr)
         return EXIT_MODEL
     return d.exit_code
 
@@ -254,39 +254,9 @@ def hoist_global_flags(argv: list) -> list:
     return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:] if flags else argv
 
 
-class _QuietStderr:
-    """sys.stderr for the length of a command: a line that cannot be written (a full disk, a
-    closed descriptor) is dropped, never an exception. A warning that cannot be said must not
-    change an exit code, nor make ``enroll`` report failure for a profile it has written."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        try:
-            return self.stream.write(text) if self.stream is not None else len(text)
-        except (OSError, ValueError):
-            return len(text)
-
-    def flush(self):
-        try:
-            if self.stream is not None:
-                self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def __getattr__(self, name):  # fileno, isatty, encoding, ...
-        return getattr(self.stream, name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    saved = sys.stderr
-    if not isinstance(saved, _QuietStderr):
-        sys.stderr = _QuietStderr(saved)
-    try:
+    with quiet_stderr():  # a stderr line that cannot be written changes no exit code
         return _main(argv)
-    finally:
-        sys.stderr = saved
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -341,11 +311,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"voicegate: {args.command}: {TRAIN_EXTRA_MESSAGE}", file=sys.stderr)
             return EXIT_USAGE
         log.debug("import failed", exc_info=True)
-        write_line(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
+        print(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
     except Exception as e:
         log.debug("command failed", exc_info=True)
-        write_line(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", sys.stderr)
+        print(f"voicegate: {args.command}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return EXIT_MODEL if args.command in DEVICE_COMMANDS else 1
 
 

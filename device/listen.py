@@ -35,7 +35,7 @@ from .contract import (
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
 from .door import LockoutStateError, add_door_arguments, door_from_args, hook_problem
 from .identify import add_profile_arguments, demo_problem
-from .options import add_model_arguments, load_gate, one_line, write_line
+from .options import add_model_arguments, load_gate, one_line, quiet_stderr, write_line
 from .policy import ThresholdError
 from .stream import (
     DEFAULT_CHUNK_SAMPLES,
@@ -104,7 +104,7 @@ class OutputError(OSError):
 
 
 def _error(message: str) -> None:
-    write_line(f"voicegate listen: error: {one_line(message)}", sys.stderr)
+    print(f"voicegate listen: error: {one_line(message)}", file=sys.stderr)
 
 
 _ERROR_KINDS = {EXIT_USAGE: "usage", EXIT_AUDIO: "unusable audio", EXIT_MODEL: "model error",
@@ -273,7 +273,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help: never 0 (see EXIT_INFO); a usage error: 2
         return EXIT_INFO if e.code in (0, None) else EXIT_USAGE
-    return run(args)
+    with quiet_stderr():  # as `voicegate listen`: a lost stderr line changes no exit code
+        return run(args)
 
 
 if __name__ == "__main__":

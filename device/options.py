@@ -8,6 +8,7 @@ Nothing heavy is imported until :func:`load_gate` runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -105,22 +106,55 @@ def one_line(text) -> str:
 ONE_DECISION_SEED = 0
 
 
-_STDOUT = object()
-
-
-def write_line(text: str, stream=_STDOUT) -> bool:
-    """Print ``text`` and flush; False (nothing raised) when the stream cannot be written: a full
-    disk, a closed pipe, or no stream at all (a process started with that descriptor closed).
-    enroll-check and listen never exit 0 on a decision they could not say; a lost stderr line
-    changes no exit code."""
-    stream = sys.stdout if stream is _STDOUT else stream
-    if stream is None:  # sys.stdout / sys.stderr are None when the descriptor was closed at start
+def write_line(text: str) -> bool:
+    """Print ``text`` on stdout and flush; False (nothing raised) when stdout cannot be written: a
+    full disk, a closed pipe, or no stdout at all (the descriptor was closed at start).
+    enroll-check and listen never exit 0 on a decision they could not say."""
+    if sys.stdout is None:
         return False
     try:
-        print(text, file=stream, flush=True)
+        print(text, flush=True)
         return True
     except (OSError, ValueError):  # ValueError: a closed file
         return False
+
+
+class QuietStderr:
+    """sys.stderr for the length of a command (:func:`quiet_stderr`): a line that cannot be
+    written (a full disk, a closed descriptor) is dropped, never an exception. A warning that
+    cannot be said must not change an exit code, nor make ``enroll`` report failure for a profile
+    it has written."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text) if self.stream is not None else len(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self):
+        try:
+            if self.stream is not None:
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Run a command with :class:`QuietStderr` as sys.stderr (restored after it)."""
+    saved = sys.stderr
+    if not isinstance(saved, QuietStderr):
+        sys.stderr = QuietStderr(saved)
+    try:
+        yield
+    finally:
+        sys.stderr = saved
 
 
 def load_gate(args: argparse.Namespace, warmup: bool = False, implicit_demo: bool = True,
