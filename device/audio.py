@@ -47,6 +47,7 @@ MIN_SPEECH_SECONDS = 0.3  # less voiced audio than this after trimming is "no sp
 # UNCERTAIN (p 0.76). enroll warns and doctor warns above this mean level.
 MAX_DC_OFFSET = 0.02
 
+
 _RMS_CHUNK = 1 << 11  # RMS frames per block in frame_rms_db (bounds memory on long audio)
 
 PathLike = Union[str, os.PathLike]
@@ -351,6 +352,20 @@ def _check_rate(sample_rate, where: str) -> int:
     if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
         raise AudioError(f"{where}: sample rate {sr} Hz is outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz")
     return sr
+
+
+def dc_offset(x: np.ndarray) -> float:
+    """The mean sample value of ``x`` (0 for a healthy input; 0 for no samples)."""
+    return float(np.mean(x, dtype=np.float64)) if np.size(x) else 0.0
+
+
+def dc_offset_problem(dc: float) -> str | None:
+    """What to say about a DC offset ``dc`` above MAX_DC_OFFSET (None if it is within it): the
+    one wording of enroll's warning and doctor's microphone check."""
+    if abs(dc) <= MAX_DC_OFFSET:
+        return None
+    return (f"the signal sits off zero (DC offset {dc:+.3f}, want within {MAX_DC_OFFSET:g}): a faulty or "
+            "badly biased microphone input; voices are recognised worse through it")
 
 
 # --- silence trimming ------------------------------------------------------------------------

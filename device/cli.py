@@ -64,8 +64,9 @@ def cmd_enroll_check(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_MODEL, "runtime unavailable", f"{type(e).__name__}: {e}")
     from .identify import demo_problem  # local: identify imports the profile store (numpy)
 
-    if demo_problem(args):
-        return _fail(args, EXIT_USAGE, "usage", demo_problem(args))
+    problem = demo_problem(args)
+    if problem:
+        return _fail(args, EXIT_USAGE, "usage", problem)
     if not args.file.strip():  # Path("") is ".": the message would be about a folder
         return _fail(args, EXIT_AUDIO, "unusable audio", f"{args.file!r}: empty file name")
     try:

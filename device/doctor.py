@@ -135,7 +135,7 @@ def classify_level(x) -> tuple[str, str]:
     """(status, text) for a recording made while someone spoke: silent, too quiet, clipping."""
     import numpy as np
 
-    from .audio import MAX_DC_OFFSET, SILENCE_FLOOR_DBFS, frame_rms_db
+    from .audio import SILENCE_FLOOR_DBFS, dc_offset, dc_offset_problem, frame_rms_db
 
     x = np.asarray(x, dtype=np.float32).ravel()
     if x.size == 0 or not np.any(x):
@@ -149,10 +149,9 @@ def classify_level(x) -> tuple[str, str]:
         return FAIL, f"too quiet: {text}, below the gate's no-speech floor {SILENCE_FLOOR_DBFS:g} dBFS"
     if loudest < SILENCE_FLOOR_DBFS + QUIET_MARGIN_DB:
         return WARN, f"quiet: {text}; speak closer or raise the capture gain"
-    dc = float(np.mean(x, dtype=np.float64))
-    if abs(dc) > MAX_DC_OFFSET:
-        return WARN, (f"the signal sits off zero (DC offset {dc:+.3f}, want within {MAX_DC_OFFSET:g}; {text}): "
-                      "a faulty or badly biased input, voices are recognised worse through it")
+    off_zero = dc_offset_problem(dc_offset(x))
+    if off_zero:
+        return WARN, f"{off_zero} ({text})"
     return OK, text
 
 

@@ -242,13 +242,13 @@ class Lockout:
             self._fail_closed(f"unreadable ({'nested too deep' if isinstance(e, RecursionError) else e})")
             return
         latest = self.clock() + self.longest()
-        if locked_until > latest:  # a clock that ran ahead, or an edit: no lockout is longer than this
+        held = locked_until > latest  # a clock that ran ahead, or an edit: no lockout is longer than this
+        if held:
             log.warning("%s: lockout state ends in %.0f s, more than any cool-off: held to %.0f s",
                         self.path, locked_until - self.clock(), self.longest())
-            self.failures, self.locked_until, self.lockouts = failures, latest, min(lockouts, 64)
+        self.failures, self.locked_until, self.lockouts = failures, min(locked_until, latest), min(lockouts, 64)
+        if held:
             self._save()  # held to an hour from now, once: not an hour from every later read
-            return
-        self.failures, self.locked_until, self.lockouts = failures, locked_until, min(lockouts, 64)
 
     def _fail_closed(self, why: str) -> None:
         log.warning("%s: lockout state %s: locking out for %.0f s", self.path, why, self.cooloff_s)

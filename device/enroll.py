@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import MAX_DC_OFFSET, TRIM_HOP, AudioError, frame_rms_db, load_audio
+from .audio import TRIM_HOP, AudioError, dc_offset, dc_offset_problem, frame_rms_db, load_audio
 from .contract import EXIT_AUDIO, EXIT_DEVICE, EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
 from .features import INFER_HOP_SECONDS, MAX_READ_SECONDS, frame_windows, spectrogram
 from .policy import ThresholdError
@@ -144,7 +144,7 @@ def analyse(label: str, audio: np.ndarray, detector=None) -> Recording:
     x = np.asarray(audio, dtype=np.float32)
     intervals, seconds = find_speech(x, detector) if x.size else ([], 0.0)
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL)) if x.size else 0.0
-    dc = float(np.mean(x, dtype=np.float64)) if x.size else 0.0
+    dc = dc_offset(x)
     snr = estimate_snr_db(x - np.float32(dc), intervals) if intervals else 0.0  # an offset is no noise
     return Recording(label, x, intervals, seconds, clipped, snr, dc)
 
@@ -160,10 +160,9 @@ def recording_problems(rec: Recording) -> list[Problem]:
     if rec.clipped > CLIP_WARN_FRACTION:
         out.append(Problem("warning", f"{rec.label}: {100 * rec.clipped:.1f}% of the samples are "
                            "clipped (at full scale): lower the gain or move back from the microphone"))
-    if abs(rec.dc_offset) > MAX_DC_OFFSET:
-        out.append(Problem("warning", f"{rec.label}: the signal sits off zero (DC offset {rec.dc_offset:+.3f}, "
-                           f"want within {MAX_DC_OFFSET:g}): a faulty or badly biased microphone input; "
-                           "voices are recognised worse through it"))
+    off_zero = dc_offset_problem(rec.dc_offset)
+    if off_zero:
+        out.append(Problem("warning", f"{rec.label}: {off_zero}"))
     if rec.snr_db < MIN_SNR_DB:
         out.append(Problem("warning", f"{rec.label}: too much noise (SNR about {rec.snr_db:.0f} dB, "
                            f"want at least {MIN_SNR_DB:.0f} dB): record somewhere quieter"))

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from .contract import ModelError
-from .profiles import PROFILES_ENV, EmptyStoreError, OtherEncoderError, ProfileError, ProfileStore
+from .profiles import PROFILES_ENV, EmptyStoreError, OtherEncoderError, ProfileError, ProfileStore, default_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
                         "$XDG_DATA_HOME/voicegate/profiles once someone has enrolled)")
     g.add_argument("--demo", action="store_true",
                    help=f"decide against the demo household shipped in models/{DEMO_DIR_NAME}")
+
+
+def anyone_enrolled_here() -> bool:
+    """Has anyone enrolled on this machine: is there anything at the per-user store's path (the
+    demo rule's test; a file or a dangling link counts, it is a store that fails)."""
+    return os.path.lexists(default_dir())
 
 
 def _store_named(args) -> bool:
@@ -84,8 +90,8 @@ def profile_store(args, implicit_demo: bool = True) -> tuple[ProfileStore, bool]
         return ProfileStore(demo_dir()), True
     if _store_named(args):  # that store and nothing else (profiles.resolve_dir refuses an empty name)
         return ProfileStore(getattr(args, "profiles", None)), False
-    personal = ProfileStore(None)
-    if os.path.lexists(personal.root) or not demo_dir().is_dir():
+    personal = ProfileStore(None)  # no store is named: the per-user one
+    if anyone_enrolled_here() or not demo_dir().is_dir():
         return personal, False  # a file or a dangling link there fails when loaded: no demo people
     if not implicit_demo:
         raise EmptyStoreError(f"nobody is enrolled on this machine ({personal.root} does not exist): "
@@ -138,7 +144,7 @@ def load_profile_gate(args, warmup: bool = False, implicit_demo: bool = True, se
                            f"encoder, not {encoder.path.name}: try it without --method/--model, or enrol "
                            f"people with this one (voicegate enroll NAME FILE... --model {encoder.path})") from None
     gate.demo = demo
-    enrolled_here = os.path.lexists(ProfileStore(None).root)
+    enrolled_here = anyone_enrolled_here()
     if demo and getattr(args, "demo", False) and (not implicit_demo or enrolled_here):
         print("voicegate: warning: --demo: the demo household's voices are public LibriSpeech recordings "
               "(anyone who plays one is let in)"

@@ -176,8 +176,9 @@ def run(
         return _fail(args, EXIT_USAGE, "--loop needs --from-file")
     if args.from_file is not None and not args.from_file.strip():
         return _fail(args, EXIT_USAGE, "--from-file: empty file name")
-    if demo_problem(args) or hook_problem(args):
-        return _fail(args, EXIT_USAGE, demo_problem(args) or hook_problem(args))
+    problem = demo_problem(args) or hook_problem(args)
+    if problem:
+        return _fail(args, EXIT_USAGE, problem)
 
     audit = None
     with _SigtermAsInterrupt():

@@ -54,6 +54,7 @@ SUFFIX = ".json"
 LOCK_NAME = ".lock"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PROFILE_BYTES = 16 * 1024 * 1024
+NOT_A_FOLDER = "is not a folder (a file, or a link to something missing: a disk not mounted?)"  # the store path
 DIR_MODE, FILE_MODE = 0o700, 0o600
 
 
@@ -379,7 +380,7 @@ class ProfileStore:
             if not names:
                 where = ("holds no profiles" if self.root.is_dir() else "does not exist yet"
                          if not os.path.lexists(self.root) else
-                         "is not a folder (a file, or a link to something missing: a disk not mounted?)")
+                         NOT_A_FOLDER)
                 raise EmptyStoreError(
                     f"no one is enrolled: the profile store {self.root} {where}; enrol someone "
                     "with: voicegate enroll NAME FILE... (or --mic)"

@@ -18,7 +18,7 @@ import os
 import sys
 
 from .contract import EXIT_INFO, EXIT_MODEL, EXIT_USAGE, ModelError
-from .profiles import NameTakenError, ProfileError, ProfileStore, check_name
+from .profiles import NOT_A_FOLDER, NameTakenError, ProfileError, ProfileStore, check_name
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def _summary(store: ProfileStore, name: str, encoder: tuple[str, int] | None) ->
 
 def _list(args, store: ProfileStore) -> int:
     if not store.exists():
-        why = ("is not a folder (a file, or a link to something missing: a disk not mounted?)"
-               if os.path.lexists(store.root) else "does not exist (nobody enrolled yet; voicegate enroll NAME FILE...)")
+        why = (NOT_A_FOLDER if os.path.lexists(store.root)
+               else "does not exist (nobody enrolled yet; voicegate enroll NAME FILE...)")
         print(f"voicegate profiles: the profile store {store.root} {why}", file=sys.stderr)
         if args.json:
             print(json.dumps({"store": str(store.root), "profiles": []}))
