@@ -102,8 +102,9 @@ class Lockout:
         self.unsaved = False  # the last change could not be written: no access until it is
         self._lock_failed = False  # STATE.lock could not be opened: no shared count, no access
         with self._locked():
-            self._load(first=True)
-            if self.path is not None and not self.unsaved:
+            existed = self.path is not None and os.path.lexists(self.path)
+            self._load(first=True)  # a first start writes the file
+            if existed and not self.unsaved:
                 self._save()  # can it be written? A door finds out at the start, not at a denial
         if self.unsaved:
             raise LockoutStateError(f"cannot keep the lockout state in {self.path}")
