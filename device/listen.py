@@ -33,7 +33,8 @@ from .contract import (
     LISTEN_EXIT_CODES_HELP,
 )
 from .listener import DECISIONS, Listener, format_line  # noqa: F401  (DECISIONS: re-exported)
-from .door import LockoutStateError, add_door_arguments, door_from_args, hook_problem
+from .door import add_door_arguments, door_from_args, hook_problem
+from .lockout import LockoutStateError
 from .identify import add_profile_arguments, demo_problem
 from .options import add_model_arguments, load_gate, one_line, quiet_stderr, write_line
 from .policy import ThresholdError

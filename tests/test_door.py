@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from synth import synth_voice
 
-from voicegate.device.door import Hooks, Lockout, new_decision_id
+from voicegate.device.door import Hooks, new_decision_id
+from voicegate.device.lockout import Lockout
 from voicegate.device.enroll import EnrolmentRefused
 from voicegate.device.enroll_mic import record_session
 from voicegate.device.stream import ArraySource
@@ -198,7 +199,7 @@ def test_mic_session_gives_up_with_one_line_when_nobody_speaks():
 def test_without_an_audit_log_the_lockout_outlives_the_process(tmp_path, monkeypatch):
     """A script that runs `listen --max-utterances 1` once per attempt meets one count: the state
     is kept in $XDG_STATE_HOME/voicegate/lockout.json when there is no --log."""
-    from voicegate.device.door import DEFAULT_LOCKOUT_NAME, default_state_dir
+    from voicegate.device.lockout import DEFAULT_LOCKOUT_NAME, default_state_dir
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert default_state_dir() == tmp_path / "state" / "voicegate"
@@ -214,7 +215,7 @@ def test_without_an_audit_log_the_lockout_outlives_the_process(tmp_path, monkeyp
 def test_a_lockout_that_cannot_keep_its_count_refuses_to_start(tmp_path, monkeypatch):
     """A count that is lost at every restart is no lockout (a review got GRANTED after 7 denials
     with the state folder replaced by a file): the door does not start (listen: exit 7)."""
-    from voicegate.device.door import LockoutStateError
+    from voicegate.device.lockout import LockoutStateError
 
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -251,7 +252,7 @@ def test_two_processes_share_one_count(tmp_path):
 
 
 def test_a_state_far_in_the_future_is_held_to_the_longest_cool_off(tmp_path):
-    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+    from voicegate.device.lockout import LOCKOUT_MAX_COOLOFF_S
 
     clock = Clock()
     path = tmp_path / "lockout.json"
@@ -274,7 +275,7 @@ def test_a_deeply_nested_lockout_state_is_a_cool_off(tmp_path):
 def test_lockouts_in_a_row_double_the_cool_off_until_someone_is_granted(tmp_path):
     """Someone trying sound after sound (or one recording again and again) waits longer each
     time: 100, 200, 400 s ... at most an hour; a GRANTED outside a lockout starts over."""
-    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+    from voicegate.device.lockout import LOCKOUT_MAX_COOLOFF_S
 
     clock = Clock()
     path = tmp_path / "audit.jsonl.lockout.json"
@@ -304,7 +305,7 @@ def test_a_state_file_of_an_older_voicegate_has_no_lockout_count(tmp_path):
 
 def test_a_relative_xdg_folder_is_ignored_not_taken_from_the_current_folder(tmp_path, monkeypatch):
     from voicegate.device import profiles
-    from voicegate.device.door import default_state_dir
+    from voicegate.device.lockout import default_state_dir
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_STATE_HOME", "state")
@@ -327,7 +328,7 @@ def test_a_state_folder_made_read_only_is_found_at_the_start(tmp_path):
     Lockout(folder / "lockout.json", max_failures=3, window_s=60, cooloff_s=300)
     folder.chmod(0o500)
     try:
-        code = ("import sys; from voicegate.device.door import Lockout, LockoutStateError\n"
+        code = ("import sys; from voicegate.device.lockout import Lockout, LockoutStateError\n"
                 "try:\n    Lockout(sys.argv[1], max_failures=3, window_s=60, cooloff_s=300)\n"
                 "except LockoutStateError:\n    sys.exit(7)\n")
         # as a user without CAP_DAC_OVERRIDE (root ignores folder modes): setpriv if it is there
@@ -343,7 +344,7 @@ def test_a_state_folder_made_read_only_is_found_at_the_start(tmp_path):
 def test_a_lock_that_cannot_be_taken_means_no_access(tmp_path):
     """A root-owned (or linked) STATE.lock left no lock and no shared count (a code review): the
     door does not start."""
-    from voicegate.device.door import LockoutStateError
+    from voicegate.device.lockout import LockoutStateError
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "lockout.json.lock").mkdir()  # cannot be opened as the lock
@@ -357,14 +358,14 @@ def test_a_lock_that_cannot_be_taken_means_no_access(tmp_path):
 
 
 def test_a_save_that_fails_mid_run_denies_without_a_cool_off(tmp_path, monkeypatch):
-    from voicegate.device import door
+    from voicegate.device import lockout
 
     lock = Lockout(tmp_path / "lockout.json", max_failures=5, window_s=60, cooloff_s=300)
 
     def no_room(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(door.tempfile, "mkstemp", no_room)
+    monkeypatch.setattr(lockout.tempfile, "mkstemp", no_room)
     lock.apply(rec("DENIED"))  # counted, but not saved
     assert lock.unsaved and lock.remaining() == 0
     r = rec("GRANTED")
@@ -400,7 +401,7 @@ def test_processes_deciding_at_once_lose_no_count(tmp_path):
 
 
 def test_a_far_future_state_written_while_running_is_held_and_saved(tmp_path):
-    from voicegate.device.door import LOCKOUT_MAX_COOLOFF_S
+    from voicegate.device.lockout import LOCKOUT_MAX_COOLOFF_S
 
     clock = Clock()
     path = tmp_path / "lockout.json"
