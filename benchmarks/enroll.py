@@ -98,7 +98,8 @@ def timed(fn, repeats: int) -> dict:
 
 
 def bench_enrol(encoder, audio: np.ndarray, tmp: Path, repeats: int) -> dict:
-    from voicegate.device.enroll import analyse, enrol
+    from voicegate.device.enroll import enrol
+    from voicegate.device.enroll_checks import analyse
     from voicegate.device.profiles import ProfileStore
 
     store = ProfileStore(tmp / "enrol-bench")

@@ -1,6 +1,6 @@
 """Does enrolment refuse two voices in one profile, and how often does it warn one person?
 
-``voicegate enroll`` refuses speech that is not all one voice (``device/enroll.py``,
+``voicegate enroll`` refuses speech that is not all one voice (``device/enroll_checks.py``,
 ``disagreement_problems``): a stretch of about 6 s against the rest of the speech, else the
 speech split into its two most different groups, each scored against the other. This benchmark
 measures both checks, with the shipped encoder, on speakers it never heard (the allowed and
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voicegate.device import enroll
+from voicegate.device import enroll_checks
 from voicegate.device.audio import load_audio
 from voicegate.device.encoder import Encoder
 from voicegate.train.data.fingerprint import shared_data_dir
@@ -63,9 +63,9 @@ def first_speech(recs: list, seconds: float) -> list:
 
 def disagrees(encoder, recs: list) -> tuple[bool, bool]:
     """(the stretch-against-the-rest check warns, either check warns: what enrol does)."""
-    samples, embs, stretches = enroll.embed_recordings(encoder, recs)
-    stretch = bool(enroll.agreement_problems(embs, stretches, encoder, samples))
-    return stretch, stretch or bool(enroll.split_problems(embs, stretches, encoder, samples))
+    samples, embs, stretches = enroll_checks.embed_recordings(encoder, recs)
+    stretch = bool(enroll_checks.agreement_problems(embs, stretches, encoder, samples))
+    return stretch, stretch or bool(enroll_checks.split_problems(embs, stretches, encoder, samples))
 
 
 def main(argv=None) -> int:
@@ -94,11 +94,11 @@ def main(argv=None) -> int:
         speakers_used[corpus] = len(speakers)
         recs = {}
         for k, (spk, rows) in enumerate(speakers.items()):
-            analysed = [enroll.analyse(r.item, np.concatenate([load_audio(str(p)) for p in r.paths])) for r in rows]
+            analysed = [enroll_checks.analyse(r.item, np.concatenate([load_audio(str(p)) for p in r.paths])) for r in rows]
             recs[spk] = first_speech([r for r in analysed if r.intervals], 30.0)
             for name in CHANNELS:
                 through = recs[spk] if name == "clean" else [
-                    enroll.analyse(r.label, channel(r.audio, name, seed=1000 * k + i))
+                    enroll_checks.analyse(r.label, channel(r.audio, name, seed=1000 * k + i))
                     for i, r in enumerate(recs[spk])]
                 one[name]["enrolments"] += 1
                 stretch, warned = disagrees(encoder, through)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         "enrol_seconds": 30.0,
         "one_person": one,
         "two_people": two,
-        "checks": "device.enroll.disagreement_problems (voice agreement only); the stretch check "
+        "checks": "device.enroll_checks.disagreement_problems (voice agreement only); the stretch check "
                   "alone is agreement_problems, what enrol used before the two-group split",
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -15,7 +15,8 @@ import sys
 from typing import Optional, TextIO
 
 from .audio import SAMPLE_RATE
-from .enroll import MIC_SECONDS, EnrolmentRefused, Problem, analyse
+from .enroll import MIC_SECONDS, EnrolmentRefused
+from .enroll_checks import Problem, analyse
 
 DEFAULT_SECONDS = MIC_SECONDS  # 30 s of speech: under a minute of reading
 MIN_PHRASE_SPEECH_S = 0.5  # an utterance with less speech than this is noise, not a phrase

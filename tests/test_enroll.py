@@ -13,8 +13,9 @@ import soundfile as sf
 from synth import synth_voice
 from tiny_encoder import encoder, model, synthetic_recordings  # noqa: F401 (fixtures)
 
-from voicegate.device import enroll
-from voicegate.device.enroll import EnrolmentRefused, analyse, enrol
+from voicegate.device import enroll, enroll_checks
+from voicegate.device.enroll import EnrolmentRefused, enrol
+from voicegate.device.enroll_checks import analyse
 from voicegate.device.profiles import ProfileStore
 
 
@@ -70,7 +71,7 @@ def test_noise_is_a_warning_with_an_snr_estimate(encoder, tmp_path):
     x = synth_voice("f1", 8, seed=4)
     noisy = x + 0.05 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
     recs = synthetic_recordings("f1") + [recording("street.wav", noisy)]
-    assert recs[-1].snr_db < enroll.MIN_SNR_DB < recs[0].snr_db
+    assert recs[-1].snr_db < enroll_checks.MIN_SNR_DB < recs[0].snr_db
     problems = refusal(encoder, store, "alice", recs)
     assert any("street.wav: too much noise (SNR about" in p for p in problems)
 
@@ -80,7 +81,7 @@ def test_a_dc_offset_is_said_as_one_not_as_noise(encoder, tmp_path):
     store = ProfileStore(tmp_path / "p")
     offset = synth_voice("f1", 8, seed=4) + np.float32(0.1)
     recs = synthetic_recordings("f1") + [recording("biased.wav", offset)]
-    assert abs(recs[-1].dc_offset - 0.1) < 0.01 and recs[-1].snr_db >= enroll.MIN_SNR_DB
+    assert abs(recs[-1].dc_offset - 0.1) < 0.01 and recs[-1].snr_db >= enroll_checks.MIN_SNR_DB
     problems = refusal(encoder, store, "alice", recs)
     assert any("biased.wav: the signal sits off zero (DC offset +0.10" in p for p in problems), problems
     assert not any("too much noise" in p for p in problems), problems
@@ -192,12 +193,12 @@ def test_two_voices_in_equal_parts_are_split_apart(encoder):
     """Half one voice, half another: each stretch resembles "the rest" (half its own voice), so
     the split into the two most different groups is what finds them; one voice is not split."""
     mixed = synthetic_recordings("f1", seeds=(0, 1)) + synthetic_recordings("m1", seeds=(2, 3))
-    samples, embs, stretches = enroll.embed_recordings(encoder, mixed)
-    groups = enroll.two_groups(embs, stretches)
+    samples, embs, stretches = enroll_checks.embed_recordings(encoder, mixed)
+    groups = enroll_checks.two_groups(embs, stretches)
     labels = [{stretches[k][0].split("-")[0] for k in g} for g in groups]
     assert sorted(map(sorted, labels)) == [["f1"], ["m1"]]  # the groups are the two voices
-    problems = [str(p) for p in enroll.split_problems(embs, stretches, encoder, samples)]
+    problems = [str(p) for p in enroll_checks.split_problems(embs, stretches, encoder, samples)]
     assert len(problems) == 1 and "two groups that do not match each other" in problems[0]
     one = synthetic_recordings("f1", seeds=(0, 1, 2, 3))
-    samples, embs, stretches = enroll.embed_recordings(encoder, one)
-    assert enroll.split_problems(embs, stretches, encoder, samples) == []
+    samples, embs, stretches = enroll_checks.embed_recordings(encoder, one)
+    assert enroll_checks.split_problems(embs, stretches, encoder, samples) == []

@@ -173,7 +173,7 @@ def synthetic_recordings(voice: str, seeds=(0, 1), seconds: float = 8.0) -> list
     """Analysed enrolment recordings of a tests/synth.py voice (the device's speech detector)."""
     from synth import synth_voice
 
-    from voicegate.device.enroll import analyse
+    from voicegate.device.enroll_checks import analyse
 
     return [analyse(f"{voice}-{s}.wav", synth_voice(voice, seconds, seed=s)) for s in seeds]
 
