@@ -191,7 +191,9 @@ def test_a_profile_with_a_null_field_fails_the_check(store):
     s, profiles = store
     doc = json.loads(s.path("alice").read_text())
     doc["sessions"][0]["embeddings"] = None
-    doc["checksum"] = profiles.checksum(doc)
+    from voicegate.device.profile_format import checksum
+
+    doc["checksum"] = checksum(doc)
     s.path("alice").write_text(json.dumps(doc))
     c = doctor.check_profiles(s.root, "classifier")
     assert c.status == doctor.FAIL and "unusable profile" in c.message and "embeddings is NoneType" in c.message

@@ -271,7 +271,7 @@ def test_profiles_command(tmp_path, capsys, monkeypatch):
 
 def _resigned(path, edit) -> None:
     """Edit a stored profile and recompute its checksum: the damage a checksum cannot see."""
-    from voicegate.device.profiles import checksum
+    from voicegate.device.profile_format import checksum
 
     doc = json.loads(path.read_text())
     edit(doc)
@@ -318,7 +318,7 @@ def test_a_consistent_looking_but_degenerate_profile_is_refused(tmp_path, edit, 
 
 def test_nesting_the_checksum_cannot_write_back_is_refused_in_one_line(tmp_path, monkeypatch):
     """json.loads can read a depth that json.dumps (the checksum) cannot write (a code review)."""
-    from voicegate.device import profiles
+    from voicegate.device import profile_format
 
     store = ProfileStore(tmp_path / "p")
     store.add_session("alice", SHA_A, DIM, session(1))
@@ -326,7 +326,7 @@ def test_nesting_the_checksum_cannot_write_back_is_refused_in_one_line(tmp_path,
     def too_deep(doc):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(profiles, "checksum", too_deep)
+    monkeypatch.setattr(profile_format, "checksum", too_deep)
     with pytest.raises(ProfileError, match="unusable profile \\(nested too deep\\)"):
         store.load("alice")
 
