@@ -75,6 +75,14 @@ def noise_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def stream():
+    """Four synthetic utterances with noise between them (listen_fakes.speech_stream)."""
+    from listen_fakes import speech_stream
+
+    return speech_stream(n_utterances=4)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A generated manifest corpus: 2 allowed, 2 not-allowed, 2 impostor synthetic voices."""

@@ -1,52 +1,26 @@
-"""`voicegate listen`: streaming sources, the endpointer, the loop, faults and the audit log."""
+"""`voicegate listen`: the microphone source, the loop, faults and the audit log (the endpointer
+and file sources: test_stream.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from listen_fakes import SR, FakeGate, FlakySource, GrantingGate, LossySource, noise, speech_stream
-from synth import synth_voice, write_wav
+from listen_fakes import SR, FakeGate, FlakySource, GrantingGate, LossySource, speech_stream
+from synth import write_wav
 
 from voicegate.device import listen, listener as loop
-from voicegate.device.audio import AudioError, NoSpeechError, load_audio
+from voicegate.device.audio import NoSpeechError
 from voicegate.device.audit import AuditError, AuditLog, read_audit_log
 from voicegate.device.contract import DECISION_EXIT, EXIT_STOPPED as STOPPED
-from voicegate.device.stream import (
-    ArraySource,
-    AudioDeviceError,
-    ChunkQueue,
-    Endpointer,
-    FileSource,
-    MicrophoneSource,
-    iter_file_16k,
-)
+from voicegate.device.stream import ArraySource, AudioDeviceError, MicrophoneSource
 
-TESTS = Path(__file__).parent
-REPO = TESTS.parent
-FAKE_CLI = str(TESTS / "listen_fakes.py")
-
-
-@pytest.fixture(scope="module")
-def stream():
-    return speech_stream(n_utterances=4)
-
-
-def endpoint(audio, chunk):
-    ep = Endpointer()
-    utts = []
-    for c in ArraySource(audio, chunk):
-        utts += ep.feed(c)
-    return utts + ep.flush()
 
 
 def decisions(records):
@@ -75,31 +49,7 @@ def parse(*argv):
     return listen.build_parser().parse_args([str(a) for a in argv])
 
 
-# --- endpointer ----------------------------------------------------------------------------------
-def test_endpointer_finds_each_utterance_where_it_is(stream):
-    audio, spans = stream
-    utts = endpoint(audio, 1600)
-    assert len(utts) == len(spans)
-    for u, (a, b) in zip(utts, spans):
-        assert a - 0.25 <= u.start_s <= a + 0.2, (u.start_s, a)
-        assert b - 0.3 <= u.end_s <= b + 0.2, (u.end_s, b)
-        assert u.cut == "silence"
-        assert u.audio.size == u.end_sample - u.start_sample
-
-
-def test_endpointer_is_chunk_size_invariant(stream):
-    audio, _ = stream
-    ref = endpoint(audio, 160)
-    assert len(ref) == 4
-    for chunk in (1000, 4096, 333, 1):
-        utts = endpoint(audio, chunk)
-        assert [(u.start_sample, u.end_sample, u.cut) for u in utts] == [
-            (u.start_sample, u.end_sample, u.cut) for u in ref
-        ]
-        for u, r in zip(utts, ref):
-            assert np.array_equal(u.audio, r.audio)
-
-
+# --- the microphone source --------------------------------------------------------------------
 def test_listen_decisions_are_chunk_size_invariant(stream):
     audio, _ = stream
     runs = []
@@ -110,79 +60,6 @@ def test_listen_decisions_are_chunk_size_invariant(stream):
     assert len(runs[0]) == 4
     assert runs[0] == runs[1] == runs[2]
     assert len({r["p_allow"] for r in runs[0]}) == 4  # the fake gate saw four different utterances
-
-
-def test_endpointer_adapts_to_a_loud_noise_floor():
-    quiet, spans = speech_stream(n_utterances=3, noise_level=0.001)
-    loud, _ = speech_stream(n_utterances=3, noise_level=0.02)  # about -34 dBFS of noise
-    assert len(endpoint(quiet, 1600)) == len(endpoint(loud, 1600)) == len(spans)
-    assert endpoint(noise(20.0, 0.05), 1600) == []  # steady noise alone is never speech
-
-
-def test_endpointer_cuts_long_speech_and_drops_clicks():
-    t = np.arange(int(23.0 * SR)) / SR
-    syllables = np.clip(np.sin(2 * np.pi * 3.0 * t), 0.05, 1.0).astype(np.float32)  # no long pauses
-    long_voice = synth_voice("m1", 23.0, seed=3, pauses=False) * syllables
-    utts = endpoint(np.concatenate([noise(1.0), long_voice, noise(1.0)]), 4096)
-    assert [u.cut for u in utts][:2] == ["max_length", "max_length"]
-    assert all(u.audio.size <= 10.0 * SR for u in utts)
-    assert sum(u.audio.size for u in utts) >= 22.0 * SR
-    click = np.concatenate([noise(1.0), 0.5 * np.ones(800, np.float32), noise(1.0)])  # 50 ms
-    assert endpoint(click, 1000) == []
-
-
-@pytest.mark.parametrize("first_s, pause_s, n", [(1.0, 0.7, 1), (2.5, 0.7, 2), (1.0, 1.4, 2)])
-def test_a_short_phrase_waits_longer_for_the_rest_of_the_sentence(first_s, pause_s, n):
-    """Under short_voiced (1.5 s) of speech the pause must last short_hangover (1 s), not 0.5 s."""
-    first = synth_voice("f1", first_s, seed=4, pauses=False)
-    rest = synth_voice("f1", 2.0, seed=5, pauses=False)
-    audio = np.concatenate([noise(1.0), first, noise(pause_s), rest, noise(1.5)])
-    utts = endpoint(audio, 1600)
-    assert len(utts) == n, [(u.start_s, u.end_s, u.voiced_seconds) for u in utts]
-    assert [u.cut for u in utts] == ["silence"] * n
-    assert utts[-1].end_s >= 1.0 + first_s + pause_s + 1.8  # the rest of the sentence is kept
-
-
-def test_abort_returns_the_utterance_in_progress(stream):
-    audio, spans = stream
-    ep = Endpointer()
-    cut = int((spans[0][0] + 0.5) * SR)
-    assert ep.feed(audio[:cut]) == []
-    assert ep.in_speech
-    utt = ep.abort()
-    assert utt is not None and utt.cut == "aborted" and not ep.in_speech
-    assert ep.abort() is None
-
-
-# --- sources -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rate,channels,subtype", [(44_100, 2, "PCM_16"), (48_000, 1, "FLOAT"), (8_000, 1, "PCM_24")])
-def test_file_source_streams_like_load_audio(tmp_path, rate, channels, subtype):
-    x = synth_voice("f2", 3.0, seed=1, sr=rate)
-    data = np.stack([x, np.zeros_like(x)], 1) if channels == 2 else x
-    path = write_wav(tmp_path / "a.wav", data, sr=rate, subtype=subtype)
-    whole = load_audio(path)
-    streamed = np.concatenate(list(iter_file_16k(path, block_seconds=0.37)))
-    assert streamed.shape == whole.shape
-    np.testing.assert_allclose(streamed, whole, atol=1e-6)
-    chunks = list(FileSource(path, chunk_samples=1000))
-    assert all(c.size == 1000 for c in chunks[:-1])
-    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-6)
-
-
-def test_file_source_rejects_bad_files_at_once(tmp_path):
-    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
-    for bad in (tmp_path / "missing.wav", tmp_path / "junk.wav", tmp_path):
-        with pytest.raises(AudioError):
-            FileSource(bad)
-
-
-def test_chunk_queue_drops_the_oldest_and_counts():
-    q = ChunkQueue(3)
-    for i in range(5):
-        q.push(np.full(4, i, np.float32))
-    assert q.dropped == 2 and len(q) == 3
-    assert [int(q.pop(0.0)[0]) for _ in range(3)] == [2, 3, 4]
-    assert q.pop(0.01) is None
 
 
 class FakeStream:
@@ -230,6 +107,12 @@ class FakeSounddevice:
         return FakeStream(self.blocks, callback)
 
 
+def test_microphone_source_reports_a_missing_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice([]))
+    with pytest.raises(AudioDeviceError, match="no input device 'nope'"):
+        MicrophoneSource(device="nope").open()
+
+
 def test_microphone_source_overflow_drops_oldest_and_is_logged(monkeypatch, caplog):
     blocks = [np.full(1600, i, np.float32) for i in range(40)]
     monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice(blocks))
@@ -252,12 +135,6 @@ def test_microphone_source_overflow_drops_oldest_and_is_logged(monkeypatch, capl
         assert lst.run() == listen.EXIT_DEVICE
     assert "dropped 30 oldest chunk" in caplog.text
     assert lst.stats.dropped_chunks == 30
-
-
-def test_microphone_source_reports_a_missing_device(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sounddevice", FakeSounddevice([]))
-    with pytest.raises(AudioDeviceError, match="no input device 'nope'"):
-        MicrophoneSource(device="nope").open()
 
 
 def test_missing_portaudio_is_one_line_exit_6(tmp_path, monkeypatch, capsys):
@@ -625,165 +502,3 @@ def test_audit_log_reader_skips_a_partial_last_line_and_writer_recovers(tmp_path
         log_.write({"type": "decision", "decision": "GRANTED", "n": 3})
     assert [r["n"] for r in read_audit_log(path)] == [0, 1, 2, 3]
     assert path.stat().st_mode & 0o777 == 0o600  # it names who came to the door: the owner's only
-
-
-# --- process-level checks ------------------------------------------------------------------------
-def _env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-
-
-def test_no_sounddevice_import_unless_the_microphone_is_used(tmp_path, stream):
-    audio, _ = stream
-    wav = write_wav(tmp_path / "talk.wav", audio)
-    code = (
-        "import sys, listen_fakes\n"
-        "import voicegate.device.listen\n"
-        "assert 'sounddevice' not in sys.modules, 'imported by the module'\n"
-        f"rc = listen_fakes.main(['--from-file', {str(wav)!r}, '--json'])\n"
-        "heavy = [m for m in ('sounddevice', 'torch', 'librosa', 'sklearn') if m in sys.modules]\n"
-        "print('HEAVY', heavy, rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "HEAVY [] 8" in out.stdout
-    assert sum(1 for line in out.stdout.splitlines() if line.startswith("{")) == 4
-
-
-def test_sigterm_stops_cleanly_with_exit_8(tmp_path, stream):
-    audio, _ = stream
-    wav = write_wav(tmp_path / "talk.wav", audio)
-    log_path = tmp_path / "audit.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, FAKE_CLI, "--fake-delay", "0.01", "--from-file", wav, "--loop", "0", "--log", log_path],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not log_path.exists() or log_path.read_bytes().count(b"\n") < 7):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc == STOPPED, proc.stderr.read().decode()
-    raw = log_path.read_bytes()
-    assert raw.endswith(b"\n")  # closed cleanly: no partial line
-    assert len(read_audit_log(log_path)) == raw.count(b"\n") > 5
-
-
-def test_from_file_that_turns_bad_mid_stream_exits_4_after_its_decisions(tmp_path, stream, capsys):
-    audio, spans = stream
-    bad = audio.copy()
-    bad[int(spans[2][0] * SR) :] = np.nan  # the third utterance onwards is NaN
-    wav = write_wav(tmp_path / "nan.wav", bad, subtype="FLOAT")
-    log_path = tmp_path / "audit.jsonl"
-    args = parse("--from-file", wav, "--log", log_path, "--chunk-samples", 512)
-    assert listen.run(args, gate_factory=lambda a: FakeGate()) == 4
-    out, err = capsys.readouterr()
-    assert len(out.strip().splitlines()) == 2
-    assert err.count("\n") == 1 and "NaN" in err
-    assert [r["type"] for r in read_audit_log(log_path)] == ["decision", "decision", "event"]
-
-
-@pytest.mark.shared
-def test_endpointer_on_real_speech_never_straddles_a_pause(librispeech):
-    import csv
-
-    with open(librispeech / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:5]
-    parts, spans, t = [], [], 0.0
-    for row in rows:
-        x = load_audio(librispeech / row["path"], max_seconds=12.0)
-        parts += [np.zeros(SR, np.float32), x]
-        spans.append((t + 1.0, t + 1.0 + x.size / SR))
-        t += 1.0 + x.size / SR
-    audio = np.concatenate(parts)
-    audio = audio + noise(audio.size / SR, 0.003, seed=5)  # a steady room noise at about -50 dBFS
-    utts = endpoint(audio, 1600)
-    for a, b in spans:  # every recording is covered, and no utterance runs across a gap
-        inside = [u for u in utts if u.start_s < b and u.end_s > a]
-        assert inside, (a, b)
-        assert all(a - 0.3 <= u.start_s and u.end_s <= b + 0.3 for u in inside), (a, b)
-
-
-@pytest.mark.parametrize("argv, says", [
-    (["--on-grant", ""], "--on-grant: empty command"),
-    (["--on-deny", " "], "--on-deny: empty command"),
-    (["--max-utterances", "0"], "--max-utterances must be >= 1, got 0"),
-    (["--loop", "-1"], "--loop must be >= 0, got -1"),
-    (["--lockout-window", "nan"], "--lockout-window: not a number: nan"),
-    (["--lockout-cooloff", "nan"], "--lockout-cooloff: not a number: nan"),
-    (["--lockout-cooloff", "inf"], "--lockout-cooloff: must be <= 86400"),
-    (["--hook-timeout", "nan"], "--hook-timeout: not a number: nan"),
-    (["--lockout-window", "1e-300"], "--lockout-window: must be >= 1"),
-    (["--lockout-after", "99999999999999999999"], "--lockout-after: must be <= 100"),
-    (["--on-grant", '""'], "--on-grant: empty command"),
-    (["--on-grant", "/nonexistent/open-door"], "/nonexistent/open-door: no such program"),
-    (["--on-deny", "no-such-program-anywhere x"], "no-such-program-anywhere: no such program"),
-    (["--on-grant", "'unclosed"], "--on-grant: No closing quotation"),
-])
-def test_listen_option_problems_are_one_line_before_the_model_loads(argv, says, capsys, tmp_path):
-    from voicegate.device.cli import main
-
-    wav = tmp_path / "x.wav"
-    code = main(["listen", "--demo", "--from-file", str(wav), *argv])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and says in err[0], err
-
-
-def test_empty_file_names_are_said_as_such(capsys):
-    from voicegate.device.cli import main
-
-    assert main(["enroll-check", "", "--demo"]) == 4
-    assert "empty file name" in capsys.readouterr().err
-    assert main(["listen", "--demo", "--from-file", ""]) == 2
-    assert "empty file name" in capsys.readouterr().err
-    assert main(["enroll", "alice", "", "--profiles", "/nonexistent/p"]) == 2
-    assert "empty file name" in capsys.readouterr().err
-
-
-def test_turning_the_lockout_off_is_said(tmp_path, stream, capsys, monkeypatch):
-    from voicegate.device.cli import main
-
-    audio, _ = stream
-    wav = write_wav(tmp_path / "talk.wav", audio)
-    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
-    main(["listen", "--from-file", str(wav), "--lockout-after", "0"])
-    assert "--lockout-after 0: no lockout" in capsys.readouterr().err
-
-
-def test_a_lockout_state_that_cannot_be_kept_stops_listen_with_exit_7(tmp_path, stream, capsys, monkeypatch):
-    from voicegate.device.cli import main
-
-    audio, _ = stream
-    wav = write_wav(tmp_path / "talk.wav", audio)
-    monkeypatch.setattr(listen, "default_gate_factory", lambda args: FakeGate())
-    (tmp_path / "state").write_text("")  # a file where the state folder should go
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert main(["listen", "--from-file", str(wav)]) == 7
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot keep the lockout state" in err[0], err
-
-
-def test_listen_usage_errors_with_json_are_json_too(capsys, tmp_path):
-    from voicegate.device.cli import main
-
-    code = main(["listen", "--demo", "--json", "--from-file", str(tmp_path / "x.wav"), "--max-utterances", "0"])
-    cap = capsys.readouterr()
-    d = json.loads(cap.out)
-    assert code == 2 and d == {"decision": None, "error": "usage", "exit_code": 2,
-                               "reason": "--max-utterances must be >= 1, got 0"}
-
-
-def test_listen_with_stdout_closed_never_exits_0_nor_runs_the_hook(tmp_path):
-    """`listen ... >&-` printed nothing, ran the hook and exited 0 (a review)."""
-    member = sorted((Path(__file__).resolve().parents[1] / "models").glob("example-*.flac"))[0]
-    marker = tmp_path / "opened"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGATE_")}
-    r = subprocess.run([sys.executable, "-m", "voicegate.device", "listen", "--demo", "--from-file", str(member),
-                        "--max-utterances", "1", "--on-grant", f"touch {marker}"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                       preexec_fn=lambda: os.close(1))
-    assert r.returncode == 5 and "cannot write the" in r.stderr, r.stderr
-    assert not marker.exists()
