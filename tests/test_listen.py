@@ -22,7 +22,6 @@ from voicegate.device.contract import DECISION_EXIT, EXIT_STOPPED as STOPPED
 from voicegate.device.stream import ArraySource, AudioDeviceError, MicrophoneSource
 
 
-
 def decisions(records):
     return [r for r in records if r.get("type") == "decision"]
 
