@@ -162,6 +162,9 @@ def _open(p: Path, max_seconds: float | None):
         cut = _truncated(f)
         if cut:
             raise AudioError(f"{p}: the file is cut short ({cut}): a damaged copy or an unfinished recording")
+        overrun = _chunk_inside_audio(p) if f.format in ("WAV", "WAVEX") else None
+        if overrun:
+            raise AudioError(f"{p}: the file is damaged ({overrun}): its header's audio length is wrong")
         sr, channels = int(f.samplerate), int(f.channels)
         if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
             raise AudioError(
@@ -216,6 +219,53 @@ def _truncated(f) -> str | None:
             continue
         if (label in _AUDIO_CHUNKS and said > there) or (label in _FILE_CHUNKS and said > there + _FILE_SLACK):
             return f"its header promises {said} bytes, {there} are there"
+    return None
+
+
+_RIFF_CHUNK_IDS = (b"LIST", b"id3 ", b"ID3 ", b"bext", b"cue ", b"smpl", b"inst", b"fact", b"PEAK",
+                   b"JUNK", b"junk", b"iXML", b"_PMX", b"acid", b"cart")
+_OVERRUN_SCAN_BYTES = 1 << 16  # the end of the audio searched for a chunk that starts inside it
+
+
+def _chunk_inside_audio(p: Path) -> str | None:
+    """A WAV whose data chunk claims more bytes than its audio, with a metadata chunk after the
+    audio (a LIST, id3, ...): libsndfile reads the chunk's bytes as samples and logs nothing.
+    Found as a known chunk id at an even offset in the last bytes of the claimed audio whose own
+    size ends exactly at the end of the file (a chance match in real audio: about 2^-64 per spot)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "<" if head[:4] == b"RIFF" else ">"
+            size = os.fstat(fh.fileno()).st_size
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                cid, n = fh.read(4), int.from_bytes(fh.read(4), "little" if order == "<" else "big")
+                if cid != b"data":
+                    pos += 8 + n + (n & 1)
+                    continue
+                start, end = pos + 8, pos + 8 + n
+                if n in _UNKNOWN_LENGTHS or end > size:
+                    return None  # a streamed WAV, or cut short (said by _truncated)
+                lo = max(start, end - _OVERRUN_SCAN_BYTES)
+                fh.seek(lo)
+                tail = fh.read(end - lo)
+                fh.seek(lo)
+                rest = fh.read(end - lo + 8)  # the tail and a chunk header that starts in its last bytes
+                for cid in _RIFF_CHUNK_IDS:
+                    i = tail.find(cid)
+                    while i >= 0:
+                        at = lo + i
+                        if (at - start) % 2 == 0 and i + 8 <= len(rest):
+                            m = int.from_bytes(rest[i + 4:i + 8], "little" if order == "<" else "big")
+                            if at + 8 + m + (m & 1) == size or at + 8 + m == size:
+                                return f"a {cid.decode('ascii').strip()} chunk starts inside the audio"
+                        i = tail.find(cid, i + 1)
+                return None
+    except OSError:
+        return None  # unreadable here means unreadable to soundfile too: said there
     return None
 
 

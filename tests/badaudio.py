@@ -358,6 +358,24 @@ def _(d):
                 + _pcm16(_speech())[: int(1.5 * SR * 2)])
 
 
+def _list_chunk() -> bytes:
+    info = b"INFO" + b"INAM" + struct.pack("<I", 20) + b"a title of the song\x00"
+    return b"LIST" + struct.pack("<I", len(info)) + info
+
+
+@_kind("data_runs_into_list_chunk", EXIT4, "the data size runs 10 bytes into a LIST chunk after the audio "
+       "(its bytes would be read as samples: refused)", "damaged")
+def _(d):
+    pcm, lst = _pcm16(_speech()), _list_chunk()
+    return _raw(d, "into_list.wav", wav_header(len(pcm) + 10, riff_bytes=36 + len(pcm) + len(lst)) + pcm + lst)
+
+
+@_kind("list_chunk_after_audio", DECISION, "a LIST chunk (title) after the audio, sizes right")
+def _(d):
+    pcm, lst = _pcm16(_speech()), _list_chunk()
+    return _raw(d, "with_list.wav", wav_header(len(pcm), riff_bytes=36 + len(pcm) + len(lst)) + pcm + lst)
+
+
 @_kind("streamed_wav_no_length", DECISION, "a streamed WAV: its header gives no length (0xFFFFFFFF)")
 def _(d):
     return _raw(d, "streamed.wav", wav_header(0xFFFF_FFFF, riff_bytes=0xFFFF_FFFF) + _pcm16(_speech()))
