@@ -257,8 +257,15 @@ def _read_mono(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), sr
 
 
+CANCELLED_MIX = 0.01  # a channel mix with less than 1 % of the channels' mean power cancelled out
+
+
 def to_mono(data: np.ndarray) -> np.ndarray:
-    """Average the channels of a (frames, channels) or (frames,) array to float32 mono."""
+    """Average the channels of a (frames, channels) or (frames,) array to float32 mono.
+
+    Channels that cancel when averaged (a stereo pair wired with one side's polarity reversed:
+    the mix is near silence though each channel holds the sound) give the loudest channel
+    instead, so such a file is decided on, not called silent."""
     try:
         data = np.asarray(data, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -266,7 +273,13 @@ def to_mono(data: np.ndarray) -> np.ndarray:
     if data.ndim == 2:
         if data.shape[1] == 0:
             raise AudioError("audio has no channels")
-        data = data.mean(axis=1, dtype=np.float32)
+        mix = data.mean(axis=1, dtype=np.float32)
+        if data.shape[1] > 1 and data.shape[0]:
+            power = np.einsum("fc,fc->c", data, data, dtype=np.float64)
+            if power.max() > 0 and float(mix @ mix.astype(np.float64)) < CANCELLED_MIX * power.mean():
+                log.debug("the channels cancel when mixed: using channel %d", int(power.argmax()))
+                return np.ascontiguousarray(data[:, int(power.argmax())])
+        data = mix
     elif data.ndim != 1:
         raise AudioError(f"audio must be 1-D or (frames, channels), got shape {data.shape}")
     return data

@@ -309,6 +309,12 @@ def _(d):
     return _write(d, "stereo_half.wav", np.stack([_speech(), np.zeros_like(_speech())], axis=1))
 
 
+@_kind("stereo_phase_inverted", DECISION, "stereo: the right channel is the left one inverted "
+       "(a reversed-polarity lead: averaged, the two cancel to silence; the louder one is used)")
+def _(d):
+    return _write(d, "stereo_inverted.wav", np.stack([_speech(), -_speech()], axis=1))
+
+
 @_kind("six_channels", DECISION, "5.1: speech in 2 channels, the other 4 silent or faint noise")
 def _(d):
     x = np.zeros((_speech().size, 6), np.float32)
